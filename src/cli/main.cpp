@@ -1,0 +1,359 @@
+// The `ada` command-line tool: train, eval and demo (retrieve and export arrive with the Ada and
+// serving work). Every subcommand has --help. Errors print one line naming file/line/value and exit 1.
+#include <cblas.h>
+#include <omp.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "ada/check.hpp"
+#include "ada/checkpoint.hpp"
+#include "ada/data.hpp"
+#include "ada/device.hpp"
+#include "ada/eval.hpp"
+#include "ada/fileio.hpp"
+#include "ada/train.hpp"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace {
+
+using nlohmann::json;
+using namespace ada;
+
+struct DataArgs {
+  std::string path;  // empty: the built-in synthetic data
+  std::string format = "auto";
+  bool dedup = false;
+  int kcore = 0;
+  std::string user_col, item_col, time_col;
+  uint64_t synthetic_seed = 2024;
+  int synthetic_users = 3000, synthetic_items = 1500;
+};
+
+void add_data_options(CLI::App* app, DataArgs& a, bool required) {
+  auto* o = app->add_option("--data", a.path,
+                            "interaction file: FMLP text (`user item item ...`) or CSV/TSV (user, item, "
+                            "timestamp)" + std::string(required ? "" : "; default: built-in synthetic data"));
+  if (required) o->required();
+  app->add_option("--format", a.format, "fmlp | csv | auto (by extension: .csv/.tsv = csv)")
+      ->check(CLI::IsMember({"fmlp", "csv", "auto"}));
+  app->add_flag("--dedup", a.dedup, "remove repeated items within a user, keeping the first (reference-spec 1.2)");
+  app->add_option("--kcore", a.kcore, "csv: iteratively drop users and items with fewer interactions");
+  app->add_option("--user-col", a.user_col, "csv: user column (header name or 0-based index)");
+  app->add_option("--item-col", a.item_col, "csv: item column");
+  app->add_option("--time-col", a.time_col, "csv: timestamp column");
+}
+
+bool is_csv(const DataArgs& a) {
+  if (a.format != "auto") return a.format == "csv";
+  const auto dot = a.path.rfind('.');
+  const std::string ext = dot == std::string::npos ? "" : a.path.substr(dot + 1);
+  return ext == "csv" || ext == "tsv";
+}
+
+Dataset load_data(const DataArgs& a) {
+  if (a.path.empty()) {
+    SyntheticOptions so;
+    so.seed = a.synthetic_seed;
+    so.n_users = a.synthetic_users;
+    so.n_items = a.synthetic_items;
+    return generate_synthetic(so);
+  }
+  if (is_csv(a)) {
+    CsvOptions o;
+    o.dedup = a.dedup;
+    o.kcore = a.kcore;
+    o.user_col = a.user_col;
+    o.item_col = a.item_col;
+    o.time_col = a.time_col;
+    return load_interactions(a.path, o);
+  }
+  FmlpOptions o;
+  o.dedup = a.dedup;
+  return load_fmlp(a.path, o);
+}
+
+// Maps a dataset's items onto a saved id map (items are looked up by their original id).
+void remap_onto(Dataset& ds, const std::vector<std::string>& names, const std::string& map_path) {
+  std::map<std::string, ItemId> id_of;
+  for (size_t i = 1; i < names.size(); ++i) id_of[names[i]] = ItemId(i);
+  for (auto& seq : ds.sequences)
+    for (auto& it : seq) {
+      const std::string& name = ds.item_names[size_t(it)];
+      auto f = id_of.find(name);
+      ADA_CHECK(f != id_of.end(), "item \"" << name << "\" is not in the model's item map " << map_path);
+      it = f->second;
+    }
+  ds.item_names = names;
+  ds.n_items = int32_t(names.size());
+}
+
+void set_threads(int n) {
+  if (n <= 0) return;
+  omp_set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+// cpu | cuda | auto -> the device that will run. The CUDA backend's ops are not written yet, so
+// cuda is refused with the reason and auto says why it settles on the CPU.
+std::string resolve_device(const std::string& d) {
+  if (d == "cpu") return "cpu";
+  std::string why;
+  if (!built_with_cuda()) {
+    why = "this build has no CUDA support (configure with -DADA_WITH_CUDA=ON)";
+  } else if (cuda_device_count() == 0) {
+    why = "no CUDA device is visible";
+  } else {
+    why = "found " + cuda_device_description(0) + ", but the CUDA training backend is not implemented yet";
+  }
+  ADA_CHECK(d != "cuda", "--device cuda: " << why);
+  std::cerr << "device: cpu (" << why << ")\n";
+  return "cpu";
+}
+
+struct ModelArgs {
+  int hidden = 64, layers = 2, heads = 16, inner = 512, max_len = 50;
+  float dropout = 0.1777f;
+  std::string activation = "silu";
+};
+
+void add_model_options(CLI::App* app, ModelArgs& m) {
+  app->add_option("--hidden", m.hidden, "embedding size D")->check(CLI::PositiveNumber);
+  app->add_option("--layers", m.layers, "Transformer layers")->check(CLI::PositiveNumber);
+  app->add_option("--heads", m.heads, "attention heads (the reference runs 16 heads of 4)")->check(CLI::PositiveNumber);
+  app->add_option("--inner", m.inner, "feed-forward inner size")->check(CLI::PositiveNumber);
+  app->add_option("--max-len", m.max_len, "history length L (the last L items are used)")->check(CLI::PositiveNumber);
+  app->add_option("--dropout", m.dropout, "dropout everywhere")->check(CLI::Range(0.0, 0.99));
+  app->add_option("--activation", m.activation, "silu | gelu")->check(CLI::IsMember({"silu", "gelu"}));
+}
+
+void add_train_options(CLI::App* app, TrainOptions& t, int& threads, std::string& device) {
+  app->add_option("--epochs", t.epochs, "maximum epochs")->check(CLI::NonNegativeNumber);
+  app->add_option("--patience", t.patience, "early stopping: stop after valid hit@50 failed to improve more than P times");
+  app->add_option("--seed", t.seed, "random seed (all randomness is counter-based on it)");
+  app->add_option("--batch-size", t.batch_size, "training batch size")->check(CLI::PositiveNumber);
+  app->add_option("--lr", t.lr, "Adam learning rate")->check(CLI::PositiveNumber);
+  app->add_option("--n-neg", t.n_neg, "uniform negatives per sample")->check(CLI::PositiveNumber);
+  app->add_option("--threads", threads, "CPU threads (default: all cores)");
+  app->add_option("--device", device, "cpu | cuda | auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+}
+
+// --config FILE: a JSON object whose keys are the long option names (dashes or underscores);
+// command-line flags override it.
+void apply_config_file(CLI::App* app, const std::string& path) {
+  if (path.empty()) return;
+  json j;
+  try {
+    j = json::parse(read_file(path));
+  } catch (const json::exception& e) {
+    ADA_FAIL(path << ": not valid JSON: " << e.what());
+  }
+  ADA_CHECK(j.is_object(), path << ": must hold a JSON object");
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    std::string key = it.key();
+    std::replace(key.begin(), key.end(), '_', '-');
+    CLI::Option* opt = nullptr;
+    try {
+      opt = app->get_option("--" + key);
+    } catch (const CLI::OptionNotFound&) {
+      ADA_FAIL(path << ": unknown setting \"" << it.key() << "\"");
+    }
+    if (opt->count() > 0) continue;  // given on the command line
+    const json& v = it.value();
+    std::string text = v.is_string() ? v.get<std::string>() : v.dump();
+    if (v.is_boolean()) {
+      if (v.get<bool>()) opt->add_result(std::string("true"));
+      continue;
+    }
+    opt->add_result(text);
+    opt->run_callback();
+  }
+}
+
+SasRecConfig make_config(const ModelArgs& m, int32_t n_items) {
+  SasRecConfig c;
+  c.n_items = n_items;
+  c.hidden = m.hidden;
+  c.layers = m.layers;
+  c.heads = m.heads;
+  c.inner = m.inner;
+  c.max_len = m.max_len;
+  c.dropout = m.dropout;
+  c.activation = m.activation == "gelu" ? Activation::kGelu : Activation::kSilu;
+  return c;
+}
+
+void write_outputs(const std::string& out, const TrainReport& r, const std::string& device) {
+  write_file_atomic(out + "/result.json", report_json(r, device, false));
+  std::ostringstream tsv;
+  tsv.precision(10);
+  for (const auto& [k, v] : r.test) tsv << k << "\t" << v << "\n";
+  write_file_atomic(out + "/metrics.tsv", tsv.str());
+}
+
+int cmd_train(const DataArgs& da, const ModelArgs& ma, TrainOptions to, const std::string& out,
+              int threads, const std::string& device_arg) {
+  set_threads(threads);
+  const std::string device = resolve_device(device_arg);
+  const Dataset ds = load_data(da);
+  to.out_dir = out;
+  make_dirs(out);
+  if (!ds.item_names.empty()) save_item_map(out + "/item_map.tsv", ds);
+  auto be = make_cpu_backend<float>();
+  SasRec<float> model(make_config(ma, ds.n_items), *be);
+  model.init(to.seed);
+  const TrainReport r = train(model, ds, to, std::cout);
+  write_outputs(out, r, device);
+  std::cout << "wrote " << out << "/{model.safetensors,result.json,metrics.tsv,train.log}\n";
+  return 0;
+}
+
+int cmd_eval(DataArgs da, const std::string& ckpt, int threads, int batch, bool as_json) {
+  set_threads(threads);
+  const SafeTensors st = read_safetensors(ckpt);
+  const ModelInfo info = checkpoint_info(st, ckpt);
+  Dataset ds = load_data(da);
+  if (!ds.item_names.empty()) {
+    const std::string dir = ckpt.substr(0, ckpt.find_last_of('/') == std::string::npos ? 0 : ckpt.find_last_of('/') + 1);
+    const std::string map_path = (dir.empty() ? std::string("./") : dir) + "item_map.tsv";
+    remap_onto(ds, load_item_map(map_path), map_path);
+  }
+  ADA_CHECK(ds.n_items <= info.sasrec.n_items,
+            da.path << ": item id " << ds.n_items - 1 << " is beyond the model's catalog (ids 1.."
+                    << info.sasrec.n_items - 1 << " in " << ckpt << ")");
+  ds.n_items = info.sasrec.n_items;
+  auto be = make_cpu_backend<float>();
+  SasRec<float> model(info.sasrec, *be);
+  load_params(model.params(), st, ckpt);
+  const Ragged ex = full_histories(ds);
+  const MetricMap v = evaluate(model, make_eval_set(ds, false), ex, batch);
+  const MetricMap t = evaluate(model, make_eval_set(ds, true), ex, batch);
+  if (as_json) {
+    json j;
+    j["valid"] = v;
+    j["test"] = t;
+    std::cout << j.dump(2) << "\n";
+  } else {
+    for (const auto& [k, x] : v) std::printf("valid\t%s\t%.6f\n", k.c_str(), x);
+    for (const auto& [k, x] : t) std::printf("test\t%s\t%.6f\n", k.c_str(), x);
+  }
+  return 0;
+}
+
+int cmd_demo(int threads, int epochs, const std::string& out) {
+  set_threads(threads);
+  std::cout << "ada demo: SASRec on built-in synthetic data (users with several interests)\n";
+  DataArgs da;
+  const Dataset ds = load_data(da);
+  std::cout << "data: " << ds.sequences.size() << " users, " << ds.n_items - 1 << " items, "
+            << ds.num_actions() << " interactions\n";
+  auto be = make_cpu_backend<float>();
+  ModelArgs ma;
+  SasRec<float> model(make_config(ma, ds.n_items), *be);
+  TrainOptions to;
+  to.epochs = epochs;
+  to.patience = 3;
+  to.out_dir = out;
+  if (!out.empty()) make_dirs(out);
+  model.init(to.seed);
+  const TrainReport r = train(model, ds, to, std::cout);
+  if (!out.empty()) write_outputs(out, r, "cpu");
+
+  const Ragged ex = full_histories(ds);
+  const EvalSet test = make_eval_set(ds, true);
+  const MetricMap pop = evaluate_popularity(ds, test, ex);
+  std::printf("\ntest  %-12s hit@50 %.4f  ndcg@50 %.4f  hit@100 %.4f\n", "SASRec", r.test.at("hit@50"),
+              r.test.at("ndcg@50"), r.test.at("hit@100"));
+  std::printf("test  %-12s hit@50 %.4f  ndcg@50 %.4f  hit@100 %.4f\n\n", "most-popular", pop.at("hit@50"),
+              pop.at("ndcg@50"), pop.at("hit@100"));
+  // A few retrievals: top 10 over the whole catalog minus the history.
+  const int shown = 3, k = 10;
+  Ragged hist;
+  Ragged excl;
+  for (int i = 0; i < shown; ++i) {
+    hist.push_row(test.histories.row_begin(size_t(i)), test.histories.row_end(size_t(i)));
+    excl.push_row(test.histories.row_begin(size_t(i)), test.histories.row_end(size_t(i)));
+  }
+  const std::vector<float> U = user_vectors(model, hist, shown);
+  std::vector<ItemId> ids(size_t(shown * k));
+  std::vector<float> scores(size_t(shown * k));
+  topk_excluding(U.data(), shown, model.item_table(), model.item_bias(), ds.n_items, model.config().hidden,
+                 k, excl, nullptr, ids.data(), scores.data());
+  for (int i = 0; i < shown; ++i) {
+    std::printf("user %s  history (last 8):", ds.user_names[size_t(test.users[size_t(i)])].c_str());
+    const int64_t n = hist.row_size(size_t(i));
+    for (int64_t j = std::max<int64_t>(0, n - 8); j < n; ++j) std::printf(" %d", hist.row_begin(size_t(i))[j]);
+    std::printf("\n  next item %d   top-%d:", test.targets[size_t(i)], k);
+    for (int j = 0; j < k; ++j) {
+      const ItemId id = ids[size_t(i * k + j)];
+      std::printf(id == test.targets[size_t(i)] ? " [%d]" : " %d", id);
+    }
+    std::printf("\n");
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ada: Ada-Retrieval (adaptive multi-round retrieval) for sequential recommenders"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "ada 0.1.0");
+
+  DataArgs train_data;
+  ModelArgs train_model;
+  TrainOptions train_opt;
+  std::string train_out = "ada-out", train_model_name = "sasrec", train_device = "auto", train_config;
+  int train_threads = 0;
+  auto* t = app.add_subcommand("train", "train a model (validates every epoch, early-stops, tests the best)");
+  add_data_options(t, train_data, false);
+  t->add_option("--model", train_model_name, "backbone")->check(CLI::IsMember({"sasrec"}));
+  t->add_option("--out", train_out, "output folder (model.safetensors, result.json, metrics.tsv, train.log)");
+  t->add_option("--config", train_config, "JSON file of settings (keys = long option names); flags override it");
+  t->add_flag("--resume", train_opt.resume, "continue an interrupted run from OUT/last_state.safetensors");
+  t->add_option("--max-batches", train_opt.max_batches_per_epoch, "train on at most N batches per epoch (0 = all)");
+  add_model_options(t, train_model);
+  add_train_options(t, train_opt, train_threads, train_device);
+
+  DataArgs eval_data;
+  std::string eval_ckpt;
+  int eval_threads = 0, eval_batch = 1024;
+  bool eval_json = false;
+  auto* e = app.add_subcommand("eval", "full-ranking HR/NDCG@50,100 of a checkpoint on valid and test");
+  e->add_option("--checkpoint", eval_ckpt, "model.safetensors (ours, or a reference state dict)")->required();
+  add_data_options(e, eval_data, true);
+  e->add_option("--threads", eval_threads, "CPU threads");
+  e->add_option("--batch", eval_batch, "users per batch")->check(CLI::PositiveNumber);
+  e->add_flag("--json", eval_json, "print JSON");
+
+  int demo_threads = 0, demo_epochs = 30;
+  std::string demo_out;
+  auto* d = app.add_subcommand("demo", "train and evaluate briefly on synthetic data, show retrievals");
+  d->add_option("--threads", demo_threads, "CPU threads");
+  d->add_option("--epochs", demo_epochs, "maximum epochs")->check(CLI::PositiveNumber);
+  d->add_option("--out", demo_out, "also write the outputs to this folder");
+
+  try {
+    app.parse(argc, argv);
+    if (t->parsed()) apply_config_file(t, train_config);
+  } catch (const CLI::ParseError& pe) {
+    return app.exit(pe);
+  } catch (const std::exception& ex) {
+    std::cerr << "ada: error: " << ex.what() << "\n";
+    return 1;
+  }
+  try {
+    if (t->parsed()) return cmd_train(train_data, train_model, train_opt, train_out, train_threads, train_device);
+    if (e->parsed()) return cmd_eval(eval_data, eval_ckpt, eval_threads, eval_batch, eval_json);
+    if (d->parsed()) return cmd_demo(demo_threads, demo_epochs, demo_out);
+  } catch (const std::exception& ex) {
+    std::cerr << "ada: error: " << ex.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,124 @@
+#include "ada/checkpoint.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include "ada/check.hpp"
+
+namespace ada {
+
+using nlohmann::json;
+
+std::string model_info_to_json(const ModelInfo& info) {
+  const SasRecConfig& c = info.sasrec;
+  json j;
+  j["model"] = info.model;
+  j["dataset"] = info.dataset;
+  j["n_items"] = c.n_items;
+  j["hidden"] = c.hidden;
+  j["max_len"] = c.max_len;
+  j["layers"] = c.layers;
+  j["heads"] = c.heads;
+  j["inner"] = c.inner;
+  j["activation"] = c.activation == Activation::kSilu ? "silu" : "gelu";
+  j["ln_eps"] = c.ln_eps;
+  j["dropout"] = c.dropout;
+  j["item_bias"] = c.item_bias;
+  return j.dump();
+}
+
+ModelInfo model_info_from_json(const std::string& text, const std::string& where) {
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const std::exception& e) {
+    ADA_FAIL(where << ": model configuration is not valid JSON: " << e.what());
+  }
+  ModelInfo info;
+  try {
+    info.model = j.value("model", "sasrec");
+    info.dataset = j.value("dataset", "");
+    SasRecConfig& c = info.sasrec;
+    c.n_items = j.at("n_items").get<int32_t>();
+    c.hidden = j.value("hidden", c.hidden);
+    c.max_len = j.value("max_len", c.max_len);
+    c.layers = j.value("layers", c.layers);
+    c.heads = j.value("heads", c.heads);
+    c.inner = j.value("inner", c.inner);
+    const std::string act = j.value("activation", "silu");
+    ADA_CHECK(act == "silu" || act == "gelu", where << ": unknown activation \"" << act << "\"");
+    c.activation = act == "silu" ? Activation::kSilu : Activation::kGelu;
+    c.ln_eps = j.value("ln_eps", c.ln_eps);
+    c.dropout = j.value("dropout", c.dropout);
+    c.item_bias = j.value("item_bias", c.item_bias);
+  } catch (const json::exception& e) {
+    ADA_FAIL(where << ": bad model configuration: " << e.what());
+  }
+  ADA_CHECK(info.model == "sasrec", where << ": model \"" << info.model << "\" is not supported (sasrec)");
+  return info;
+}
+
+void save_checkpoint(const std::string& path, const ParamStore<float>& params, const ModelInfo& info,
+                     const std::map<std::string, TensorBlob>& extra,
+                     const std::map<std::string, std::string>& extra_meta) {
+  SafeTensors st;
+  for (size_t i = 0; i < params.entries().size(); ++i) {
+    const ParamEntry& e = params.entries()[i];
+    st.tensors[e.name] = make_blob(e.shape, params.value(int(i)));
+  }
+  for (const auto& [name, blob] : extra) {
+    ADA_CHECK(!st.has(name), "save_checkpoint: extra tensor " << name << " clashes with a parameter");
+    st.tensors[name] = blob;
+  }
+  st.metadata = extra_meta;
+  st.metadata["ada_config"] = model_info_to_json(info);
+  st.metadata["format"] = "ada-retrieval";
+  write_safetensors(path, st);
+}
+
+ModelInfo checkpoint_info(const SafeTensors& st, const std::string& path) {
+  auto it = st.metadata.find("ada_config");
+  if (it != st.metadata.end()) return model_info_from_json(it->second, path);
+  // A reference (PyTorch) state dict: infer what the shapes say.
+  ModelInfo info;
+  SasRecConfig& c = info.sasrec;
+  ADA_CHECK(st.has("item_embedding.weight"),
+            path << ": no ada_config metadata and no item_embedding.weight: not a SASRec checkpoint");
+  const auto& emb = st.at("item_embedding.weight").shape;
+  ADA_CHECK(emb.size() == 2, path << ": item_embedding.weight must be 2-D");
+  c.n_items = int32_t(emb[0]);
+  c.hidden = int(emb[1]);
+  if (st.has("position_embedding.weight")) c.max_len = int(st.at("position_embedding.weight").shape[0]) - 1;
+  c.layers = 0;
+  while (st.has("trm_encoder.layer." + std::to_string(c.layers) + ".multi_head_attention.query.weight"))
+    ++c.layers;
+  ADA_CHECK(c.layers > 0, path << ": no trm_encoder layers found");
+  const std::string f1 = "trm_encoder.layer.0.feed_forward.dense_1.weight";
+  if (st.has(f1)) c.inner = int(st.at(f1).shape[0]);
+  c.item_bias = st.has("item_bias");
+  return info;
+}
+
+void load_params(ParamStore<float>& params, const SafeTensors& st, const std::string& path,
+                 bool allow_missing, std::vector<std::string>* ignored,
+                 std::vector<std::string>* missing) {
+  for (size_t i = 0; i < params.entries().size(); ++i) {
+    const ParamEntry& e = params.entries()[i];
+    if (!st.has(e.name)) {
+      ADA_CHECK(allow_missing, path << ": tensor " << e.name << " is missing");
+      if (missing) missing->push_back(e.name);
+      continue;
+    }
+    const TensorBlob& b = st.at(e.name);
+    ADA_CHECK(b.shape == e.shape, path << ": tensor " << e.name << " has shape "
+                                       << json(b.shape).dump() << ", the model expects "
+                                       << json(e.shape).dump());
+    const std::vector<float> v = b.to_f32();
+    std::copy(v.begin(), v.end(), params.value(int(i)));
+  }
+  if (ignored) {
+    for (const auto& [name, blob] : st.tensors)
+      if (params.find(name) < 0) ignored->push_back(name);
+  }
+}
+
+}  // namespace ada

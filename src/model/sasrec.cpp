@@ -1,0 +1,276 @@
+#include "ada/sasrec.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "ada/rng.hpp"
+
+namespace ada {
+
+template <class T>
+SasRec<T>::SasRec(const SasRecConfig& cfg, Backend<T>& be) : cfg_(cfg), be_(be) {
+  ADA_CHECK(cfg.n_items >= 2, "SASRec: n_items must be >= 2 (padding + one item), got " << cfg.n_items);
+  ADA_CHECK(cfg.hidden % cfg.heads == 0,
+            "SASRec: hidden " << cfg.hidden << " is not a multiple of heads " << cfg.heads);
+  ADA_CHECK(cfg.layers >= 1 && cfg.max_len >= 1, "SASRec: layers and max_len must be >= 1");
+  const int64_t D = cfg.hidden, I = cfg.inner;
+  p_item_emb_ = params_.add("item_embedding.weight", {cfg.n_items, D});
+  if (cfg.item_bias) p_item_bias_ = params_.add("item_bias", {cfg.n_items});
+  p_pos_emb_ = params_.add("position_embedding.weight", {cfg.max_len + 1, D});
+  p_ln_w_ = params_.add("LayerNorm.weight", {D});
+  p_ln_b_ = params_.add("LayerNorm.bias", {D});
+  for (int l = 0; l < cfg.layers; ++l) {
+    const std::string a = "trm_encoder.layer." + std::to_string(l) + ".multi_head_attention.";
+    const std::string f = "trm_encoder.layer." + std::to_string(l) + ".feed_forward.";
+    LayerParams p{};
+    p.q_w = params_.add(a + "query.weight", {D, D});
+    p.q_b = params_.add(a + "query.bias", {D});
+    p.k_w = params_.add(a + "key.weight", {D, D});
+    p.k_b = params_.add(a + "key.bias", {D});
+    p.v_w = params_.add(a + "value.weight", {D, D});
+    p.v_b = params_.add(a + "value.bias", {D});
+    p.o_w = params_.add(a + "dense.weight", {D, D});
+    p.o_b = params_.add(a + "dense.bias", {D});
+    p.ln1_w = params_.add(a + "LayerNorm.weight", {D});
+    p.ln1_b = params_.add(a + "LayerNorm.bias", {D});
+    p.f1_w = params_.add(f + "dense_1.weight", {I, D});
+    p.f1_b = params_.add(f + "dense_1.bias", {I});
+    p.f2_w = params_.add(f + "dense_2.weight", {D, I});
+    p.f2_b = params_.add(f + "dense_2.bias", {D});
+    p.ln2_w = params_.add(f + "LayerNorm.weight", {D});
+    p.ln2_b = params_.add(f + "LayerNorm.bias", {D});
+    lp_.push_back(p);
+  }
+  params_.finalize();
+  acts_.resize(size_t(cfg.layers));
+}
+
+template <class T>
+void SasRec<T>::init(uint64_t seed) {
+  const auto& es = params_.entries();
+  for (size_t i = 0; i < es.size(); ++i) {
+    const ParamEntry& e = es[i];
+    T* v = params_.value(int(i));
+    const bool is_ln = e.name.find("LayerNorm") != std::string::npos;
+    const bool is_bias_vec = e.name.size() > 5 && e.name.compare(e.name.size() - 5, 5, ".bias") == 0;
+    const uint64_t st = rng_stream(RngPurpose::kInit, uint32_t(i));
+    if (e.name == "item_bias") {
+      for (int64_t j = 0; j < e.numel; ++j) v[j] = T(cfg_.bias_std * random_normal(seed, st, uint64_t(j)));
+    } else if (is_ln) {
+      std::fill(v, v + e.numel, is_bias_vec ? T(0) : T(1));
+    } else if (is_bias_vec) {
+      std::fill(v, v + e.numel, T(0));
+    } else {
+      for (int64_t j = 0; j < e.numel; ++j) v[j] = T(cfg_.init_std * random_normal(seed, st, uint64_t(j)));
+    }
+  }
+  std::fill(params_.value(p_item_emb_), params_.value(p_item_emb_) + cfg_.hidden, T(0));
+}
+
+template <class T>
+uint64_t SasRec<T>::stream(uint32_t site) const {
+  return rng_stream(RngPurpose::kDropout, uint32_t(step_), site);
+}
+
+template <class T>
+JaggedLayout SasRec<T>::layout() const {
+  JaggedLayout L;
+  L.num_seqs = int64_t(all_masked_.size());
+  L.num_tokens = tok_offsets_.back();
+  L.tok_offsets = tok_offsets_.data();
+  L.all_masked = all_masked_.data();
+  return L;
+}
+
+template <class T>
+void SasRec<T>::build_layout(const Ragged& hist) {
+  const int64_t S = int64_t(hist.rows());
+  const int ml = cfg_.max_len;
+  tok_offsets_.assign(size_t(S) + 1, 0);
+  all_masked_.assign(size_t(S), 0);
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t n = std::min<int64_t>(hist.row_size(size_t(s)), ml);
+    all_masked_[size_t(s)] = n == 0;
+    tok_offsets_[size_t(s) + 1] = tok_offsets_[size_t(s)] + (n == 0 ? ml : n);
+  }
+  const int64_t ntok = tok_offsets_.back();
+  ids_.resize(size_t(ntok));
+  pos_.resize(size_t(ntok));
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t t0 = tok_offsets_[size_t(s)], n = tok_offsets_[size_t(s) + 1] - t0;
+    const ItemId* end = hist.row_end(size_t(s));
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t id = all_masked_[size_t(s)] ? 0 : end[i - n];
+      ADA_CHECK(id >= 0 && id < cfg_.n_items && (id != 0 || all_masked_[size_t(s)]),
+                "SASRec: item id " << id << " in history " << s << " is outside 1.."
+                                   << cfg_.n_items - 1);
+      ids_[size_t(t0 + i)] = id;
+      pos_[size_t(t0 + i)] = int32_t(ml - n + i);
+    }
+  }
+}
+
+template <class T>
+void SasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uint64_t step, T* user_out) {
+  training_ = training;
+  seed_ = seed;
+  step_ = step;
+  build_layout(hist);
+  const JaggedLayout L = layout();
+  const int64_t S = L.num_seqs, Ntok = L.num_tokens, D = cfg_.hidden, I = cfg_.inner;
+  const float p = training ? cfg_.dropout : 0.0f;
+
+  x0_.resize(size_t(Ntok * D));
+  mean0_.resize(size_t(Ntok));
+  rstd0_.resize(size_t(Ntok));
+  x1_.resize(size_t(Ntok * D));
+  h0_.resize(size_t(Ntok * D));
+  be_.embedding_forward(x0_.data(), ids_.data(), params_.value(p_item_emb_), pos_.data(),
+                        params_.value(p_pos_emb_), Ntok, D);
+  be_.layernorm_forward(x1_.data(), mean0_.data(), rstd0_.data(), x0_.data(), params_.value(p_ln_w_),
+                        params_.value(p_ln_b_), Ntok, D, T(cfg_.ln_eps));
+  be_.dropout_forward(h0_.data(), x1_.data(), Ntok * D, p, seed, stream(0));
+
+  const T* in = h0_.data();
+  for (int l = 0; l < cfg_.layers; ++l) {
+    const LayerParams& w = lp_[size_t(l)];
+    LayerActs& a = acts_[size_t(l)];
+    const bool last = l == cfg_.layers - 1;
+    const int64_t nq = last ? S : Ntok;
+    a.nq = nq;
+    const T* in_q = in;
+    if (last) {
+      a.in_q.resize(size_t(S * D));
+      be_.gather_last(a.in_q.data(), in, L, D);
+      in_q = a.in_q.data();
+    }
+    a.q.resize(size_t(nq * D));
+    a.k.resize(size_t(Ntok * D));
+    a.v.resize(size_t(Ntok * D));
+    be_.linear_forward(a.q.data(), in_q, params_.value(w.q_w), params_.value(w.q_b), nq, D, D);
+    be_.linear_forward(a.k.data(), in, params_.value(w.k_w), params_.value(w.k_b), Ntok, D, D);
+    be_.linear_forward(a.v.data(), in, params_.value(w.v_w), params_.value(w.v_b), Ntok, D, D);
+    AttentionShape sh;
+    sh.layout = L;
+    sh.heads = cfg_.heads;
+    sh.head_dim = int(D / cfg_.heads);
+    sh.last_only = last;
+    sh.dropout = p;
+    sh.seed = seed;
+    sh.stream = stream(uint32_t(1 + 4 * l));
+    a.probs.resize(size_t(sh.prob_size()));
+    a.att.resize(size_t(nq * D));
+    be_.attention_forward(a.att.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), sh);
+    // r1 = dropout(att W_o^T + b_o) + in_q ; h = LN(r1)
+    a.r1.resize(size_t(nq * D));
+    be_.linear_forward(a.r1.data(), a.att.data(), params_.value(w.o_w), params_.value(w.o_b), nq, D, D);
+    be_.dropout_forward(a.r1.data(), a.r1.data(), nq * D, p, seed, stream(uint32_t(2 + 4 * l)));
+    be_.add_inplace(a.r1.data(), in_q, nq * D);
+    a.mean1.resize(size_t(nq));
+    a.rstd1.resize(size_t(nq));
+    a.h.resize(size_t(nq * D));
+    be_.layernorm_forward(a.h.data(), a.mean1.data(), a.rstd1.data(), a.r1.data(),
+                          params_.value(w.ln1_w), params_.value(w.ln1_b), nq, D, T(cfg_.ln_eps));
+    // r2 = dropout(act(h W1^T + b1) W2^T + b2) + h ; out = LN(r2)
+    a.f1.resize(size_t(nq * I));
+    a.g.resize(size_t(nq * I));
+    be_.linear_forward(a.f1.data(), a.h.data(), params_.value(w.f1_w), params_.value(w.f1_b), nq, D, I);
+    be_.activation_forward(a.g.data(), a.f1.data(), nq * I, cfg_.activation);
+    a.r2.resize(size_t(nq * D));
+    be_.linear_forward(a.r2.data(), a.g.data(), params_.value(w.f2_w), params_.value(w.f2_b), nq, I, D);
+    be_.dropout_forward(a.r2.data(), a.r2.data(), nq * D, p, seed, stream(uint32_t(3 + 4 * l)));
+    be_.add_inplace(a.r2.data(), a.h.data(), nq * D);
+    a.mean2.resize(size_t(nq));
+    a.rstd2.resize(size_t(nq));
+    a.out.resize(size_t(nq * D));
+    be_.layernorm_forward(a.out.data(), a.mean2.data(), a.rstd2.data(), a.r2.data(),
+                          params_.value(w.ln2_w), params_.value(w.ln2_b), nq, D, T(cfg_.ln_eps));
+    in = a.out.data();
+  }
+  // The last layer ran on the final tokens only, so its output rows are the user vectors.
+  std::copy(in, in + S * D, user_out);
+}
+
+template <class T>
+void SasRec<T>::backward(const T* d_user) {
+  ADA_CHECK(training_, "SASRec::backward without a training forward");
+  const JaggedLayout L = layout();
+  const int64_t S = L.num_seqs, Ntok = L.num_tokens, D = cfg_.hidden, I = cfg_.inner;
+  const float p = cfg_.dropout;
+  const uint64_t seed = seed_;
+
+  // Scratch buffers live in the model so that steady-state steps allocate nothing.
+  Grads& gr = grads_;
+  std::vector<T>&d_out = gr.d_out, &d_r2 = gr.d_r2, &d_h = gr.d_h, &d_g = gr.d_g, &d_f1 = gr.d_f1,
+  &d_r1 = gr.d_r1, &d_att = gr.d_att, &d_q = gr.d_q, &d_k = gr.d_k, &d_v = gr.d_v, &d_in = gr.d_in,
+  &d_in_q = gr.d_in_q, &d_x0 = gr.d_x0;
+  d_out.assign(d_user, d_user + S * D);  // gradient w.r.t. the current layer's output
+  for (int l = cfg_.layers - 1; l >= 0; --l) {
+    const LayerParams& w = lp_[size_t(l)];
+    LayerActs& a = acts_[size_t(l)];
+    const bool last = l == cfg_.layers - 1;
+    const int64_t nq = a.nq;
+    const T* in = l == 0 ? h0_.data() : acts_[size_t(l - 1)].out.data();
+    const T* in_q = last ? a.in_q.data() : in;
+
+    d_r2.resize(size_t(nq * D));
+    be_.layernorm_backward(d_r2.data(), params_.grad(w.ln2_w), params_.grad(w.ln2_b), d_out.data(),
+                           a.r2.data(), params_.value(w.ln2_w), a.mean2.data(), a.rstd2.data(), nq, D);
+    d_h = d_r2;  // residual branch
+    // FFN branch: d_r2 -> dropout -> W2 -> act -> W1 -> h
+    be_.dropout_backward(d_r2.data(), d_r2.data(), nq * D, p, seed, stream(uint32_t(3 + 4 * l)));
+    d_g.resize(size_t(nq * I));
+    be_.linear_backward(d_g.data(), params_.grad(w.f2_w), params_.grad(w.f2_b), d_r2.data(),
+                        a.g.data(), params_.value(w.f2_w), nq, I, D, false);
+    d_f1.resize(size_t(nq * I));
+    be_.activation_backward(d_f1.data(), d_g.data(), a.f1.data(), nq * I, cfg_.activation);
+    be_.linear_backward(d_h.data(), params_.grad(w.f1_w), params_.grad(w.f1_b), d_f1.data(),
+                        a.h.data(), params_.value(w.f1_w), nq, D, I, true);
+    d_r1.resize(size_t(nq * D));
+    be_.layernorm_backward(d_r1.data(), params_.grad(w.ln1_w), params_.grad(w.ln1_b), d_h.data(),
+                           a.r1.data(), params_.value(w.ln1_w), a.mean1.data(), a.rstd1.data(), nq, D);
+    d_in_q = d_r1;  // residual branch to the layer input (at the query rows)
+    be_.dropout_backward(d_r1.data(), d_r1.data(), nq * D, p, seed, stream(uint32_t(2 + 4 * l)));
+    d_att.resize(size_t(nq * D));
+    be_.linear_backward(d_att.data(), params_.grad(w.o_w), params_.grad(w.o_b), d_r1.data(),
+                        a.att.data(), params_.value(w.o_w), nq, D, D, false);
+    AttentionShape sh;
+    sh.layout = L;
+    sh.heads = cfg_.heads;
+    sh.head_dim = int(D / cfg_.heads);
+    sh.last_only = last;
+    sh.dropout = p;
+    sh.seed = seed;
+    sh.stream = stream(uint32_t(1 + 4 * l));
+    d_q.assign(size_t(nq * D), T(0));
+    d_k.assign(size_t(Ntok * D), T(0));
+    d_v.assign(size_t(Ntok * D), T(0));
+    be_.attention_backward(d_q.data(), d_k.data(), d_v.data(), d_att.data(), a.probs.data(),
+                           a.q.data(), a.k.data(), a.v.data(), sh);
+    be_.linear_backward(d_in_q.data(), params_.grad(w.q_w), params_.grad(w.q_b), d_q.data(), in_q,
+                        params_.value(w.q_w), nq, D, D, true);
+    d_in.resize(size_t(Ntok * D));
+    be_.linear_backward(d_in.data(), params_.grad(w.k_w), params_.grad(w.k_b), d_k.data(), in,
+                        params_.value(w.k_w), Ntok, D, D, false);
+    be_.linear_backward(d_in.data(), params_.grad(w.v_w), params_.grad(w.v_b), d_v.data(), in,
+                        params_.value(w.v_w), Ntok, D, D, true);
+    if (last)
+      be_.scatter_last_add(d_in.data(), d_in_q.data(), L, D);
+    else
+      be_.add_inplace(d_in.data(), d_in_q.data(), Ntok * D);
+    d_out.swap(d_in);
+  }
+  // Embedding stage: d_out is d h0.
+  be_.dropout_backward(d_out.data(), d_out.data(), Ntok * D, p, seed, stream(0));
+  d_x0.resize(size_t(Ntok * D));
+  be_.layernorm_backward(d_x0.data(), params_.grad(p_ln_w_), params_.grad(p_ln_b_), d_out.data(),
+                         x0_.data(), params_.value(p_ln_w_), mean0_.data(), rstd0_.data(), Ntok, D);
+  be_.embedding_backward(params_.grad(p_item_emb_), params_.grad(p_pos_emb_), d_x0.data(),
+                         ids_.data(), pos_.data(), Ntok, D);
+}
+
+template class SasRec<float>;
+template class SasRec<double>;
+
+}  // namespace ada

@@ -1,0 +1,332 @@
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "ada/check.hpp"
+#include "ada/checkpoint.hpp"
+#include "ada/eval.hpp"
+#include "ada/fileio.hpp"
+#include "ada/train.hpp"
+
+namespace ada {
+
+using nlohmann::json;
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+Ragged slice_rows(const Ragged& r, size_t begin, size_t end) {
+  Ragged out;
+  out.offsets.reserve(end - begin + 1);
+  for (size_t i = begin; i < end; ++i) out.push_row(r.row_begin(i), r.row_end(i));
+  return out;
+}
+
+void progress_bar(size_t done, size_t total, double loss_mean) {
+  const int width = 30;
+  const int fill = int(double(done) / double(total) * width);
+  std::fprintf(stderr, "\r  [%s%s] %zu/%zu batches  loss %.4f ", std::string(size_t(fill), '=').c_str(),
+               std::string(size_t(width - fill), ' ').c_str(), done, total, loss_mean);
+  if (done == total) std::fprintf(stderr, "\r%*s\r", width + 50, "");
+  std::fflush(stderr);
+}
+
+json metrics_json(const MetricMap& m) {
+  json j = json::object();
+  for (const auto& [k, v] : m) j[k] = v;
+  return j;
+}
+
+MetricMap metrics_from_json(const json& j) {
+  MetricMap m;
+  for (auto it = j.begin(); it != j.end(); ++it) m[it.key()] = it.value().get<double>();
+  return m;
+}
+
+// Trainer state saved after every epoch so that --resume continues exactly where it stopped
+// (all randomness is counter-based on (seed, epoch, step), so a resumed run equals an uninterrupted one).
+struct LoopState {
+  int next_epoch = 0;
+  int64_t step = 0;       // batches seen (names the dropout streams)
+  int64_t adam_step = 0;  // optimizer steps taken (NaN steps are skipped)
+  double best_score = -1;
+  int bad_count = 0;
+  TrainReport report;
+};
+
+std::string state_json(const LoopState& s) {
+  json j;
+  j["next_epoch"] = s.next_epoch;
+  j["step"] = s.step;
+  j["adam_step"] = s.adam_step;
+  j["best_score"] = s.best_score;
+  j["bad_count"] = s.bad_count;
+  j["best_epoch"] = s.report.best_epoch;
+  j["epochs_trained"] = s.report.epochs_trained;
+  j["epoch_seconds"] = s.report.epoch_seconds;
+  j["eval_seconds"] = s.report.eval_seconds;
+  j["epoch_loss"] = s.report.epoch_loss;
+  j["train_seconds"] = s.report.train_seconds;
+  json hist = json::array();
+  for (const auto& m : s.report.valid_history) hist.push_back(metrics_json(m));
+  j["valid_history"] = hist;
+  j["valid"] = metrics_json(s.report.valid);
+  return j.dump();
+}
+
+void state_from_json(LoopState& s, const std::string& text, const std::string& where) {
+  try {
+    const json j = json::parse(text);
+    s.next_epoch = j.at("next_epoch");
+    s.step = j.at("step");
+    s.adam_step = j.at("adam_step");
+    s.best_score = j.at("best_score");
+    s.bad_count = j.at("bad_count");
+    s.report.best_epoch = j.at("best_epoch");
+    s.report.epochs_trained = j.at("epochs_trained");
+    s.report.epoch_seconds = j.at("epoch_seconds").get<std::vector<double>>();
+    s.report.eval_seconds = j.at("eval_seconds").get<std::vector<double>>();
+    s.report.epoch_loss = j.at("epoch_loss").get<std::vector<double>>();
+    s.report.train_seconds = j.at("train_seconds");
+    for (const auto& m : j.at("valid_history")) s.report.valid_history.push_back(metrics_from_json(m));
+    s.report.valid = metrics_from_json(j.at("valid"));
+  } catch (const std::exception& e) {
+    ADA_FAIL(where << ": bad trainer state: " << e.what());
+  }
+}
+
+}  // namespace
+
+std::vector<float> user_vectors(SasRec<float>& model, const Ragged& histories, int batch) {
+  ADA_CHECK(batch > 0, "user_vectors: batch must be positive");
+  const int64_t D = model.config().hidden;
+  std::vector<float> U(histories.rows() * size_t(D));
+  for (size_t b = 0; b < histories.rows(); b += size_t(batch)) {
+    const size_t e = std::min(histories.rows(), b + size_t(batch));
+    const Ragged part = slice_rows(histories, b, e);
+    model.forward(part, false, 0, 0, U.data() + b * size_t(D));
+  }
+  return U;
+}
+
+MetricMap evaluate(SasRec<float>& model, const EvalSet& set, const Ragged& exclude, int batch,
+                   std::vector<int32_t>* ranks_out) {
+  const std::vector<float> U = user_vectors(model, set.histories, batch);
+  // The exclusion lists are indexed by user; the evaluation rows follow set.users.
+  Ragged ex;
+  ex.offsets.reserve(set.users.size() + 1);
+  for (int32_t u : set.users) ex.push_row(exclude.row_begin(size_t(u)), exclude.row_end(size_t(u)));
+  const auto& c = model.config();
+  std::vector<int32_t> ranks =
+      full_ranking_ranks(U.data(), int64_t(set.users.size()), model.item_table(), model.item_bias(),
+                         c.n_items, c.hidden, set.targets.data(), ex);
+  MetricMap m = ranking_metrics(ranks);
+  if (ranks_out) *ranks_out = std::move(ranks);
+  return m;
+}
+
+MetricMap evaluate_popularity(const Dataset& ds, const EvalSet& set, const Ragged& exclude) {
+  std::vector<float> count(size_t(ds.n_items), 0.0f);
+  for (const auto& seq : ds.sequences)
+    for (size_t i = 0; i + 2 < seq.size(); ++i) count[size_t(seq[i])] += 1.0f;
+  const std::vector<float> U(set.users.size(), 1.0f);
+  Ragged ex;
+  for (int32_t u : set.users) ex.push_row(exclude.row_begin(size_t(u)), exclude.row_end(size_t(u)));
+  return ranking_metrics(full_ranking_ranks(U.data(), int64_t(set.users.size()), count.data(), nullptr,
+                                            ds.n_items, 1, set.targets.data(), ex));
+}
+
+std::string report_json(const TrainReport& r, const std::string& device, bool ada) {
+  json j;
+  j["dataset"] = r.dataset;
+  j["model"] = "sasrec";
+  j["ada"] = ada;
+  j["device"] = device;
+  j["seed"] = r.seed;
+  j["epochs_trained"] = r.epochs_trained;
+  j["best_epoch"] = r.best_epoch;
+  j["valid"] = metrics_json(r.valid);
+  j["test"] = metrics_json(r.test);
+  j["epoch_seconds"] = r.epoch_seconds;
+  j["eval_seconds"] = r.eval_seconds;
+  j["epoch_loss"] = r.epoch_loss;
+  j["train_seconds"] = r.train_seconds;
+  j["parameters"] = r.parameters;
+  return j.dump(2) + "\n";
+}
+
+TrainReport train(SasRec<float>& model, const Dataset& ds, const TrainOptions& opt, std::ostream& log_os) {
+  ADA_CHECK(opt.batch_size > 0, "train: batch size must be positive, got " << opt.batch_size);
+  ADA_CHECK(opt.epochs >= 0, "train: epochs must be >= 0, got " << opt.epochs);
+  ADA_CHECK(opt.n_neg >= 1, "train: n_neg must be >= 1, got " << opt.n_neg);
+  ADA_CHECK(ds.n_items == model.config().n_items,
+            "train: the model has " << model.config().n_items << " item ids, the data " << ds.n_items);
+  Backend<float>& be = model.backend();
+  ParamStore<float>& P = model.params();
+  const auto& cfg = model.config();
+  const int64_t D = cfg.hidden;
+  const bool write = !opt.out_dir.empty();
+  const std::string model_path = opt.out_dir + "/model.safetensors";
+  const std::string state_path = opt.out_dir + "/last_state.safetensors";
+  ModelInfo info;
+  info.sasrec = cfg;
+  info.dataset = ds.name;
+
+  std::ostringstream log_text;
+  auto log = [&](const std::string& line) {
+    log_os << line << "\n" << std::flush;
+    log_text << line << "\n";
+    if (write) write_file_atomic(opt.out_dir + "/train.log", log_text.str());
+  };
+
+  const EvalSet valid = make_eval_set(ds, false);
+  const EvalSet test = make_eval_set(ds, true);
+  const Ragged exclude = full_histories(ds);
+  TrainSampler sampler(ds, opt.seed, opt.n_neg, cfg.max_len);
+  const size_t n_batches_full = sampler.num_batches(size_t(opt.batch_size));
+  const size_t n_batches = opt.max_batches_per_epoch > 0
+                               ? std::min(n_batches_full, size_t(opt.max_batches_per_epoch))
+                               : n_batches_full;
+
+  std::vector<float> adam_m(P.values().size(), 0.0f), adam_v(P.values().size(), 0.0f);
+  std::vector<float> best_params = P.values();
+  LoopState st;
+  st.report.dataset = ds.name;
+  st.report.seed = opt.seed;
+  st.report.parameters = P.count();
+  if (opt.resume) {
+    ADA_CHECK(write, "train: --resume needs an output folder");
+    const SafeTensors s = read_safetensors(state_path);
+    load_params(P, s, state_path);
+    adam_m = s.at("adam.m").to_f32();
+    adam_v = s.at("adam.v").to_f32();
+    ADA_CHECK(adam_m.size() == P.values().size() && adam_v.size() == P.values().size(),
+              state_path << ": optimizer state does not match the model");
+    auto it = s.metadata.find("trainer");
+    ADA_CHECK(it != s.metadata.end(), state_path << ": no trainer state");
+    state_from_json(st, it->second, state_path);
+    if (file_exists(model_path)) {
+      ParamStore<float> tmp = P;
+      load_params(tmp, read_safetensors(model_path), model_path);
+      best_params = tmp.values();
+    }
+    log("resuming at epoch " + std::to_string(st.next_epoch) + " (step " + std::to_string(st.step) + ")");
+  } else {
+    std::ostringstream os;
+    os << "training sasrec on " << ds.name << ": " << ds.sequences.size() << " users, "
+       << ds.n_items - 1 << " items, " << sampler.num_samples() << " samples, " << n_batches
+       << " batches of " << opt.batch_size << ", " << P.count() << " parameters, seed " << opt.seed;
+    log(os.str());
+  }
+
+  const bool bar = opt.progress && isatty(2);
+  Batch batch;
+  std::vector<float> U, dU, logits;
+  const auto train_t0 = std::chrono::steady_clock::now();
+  const double train_seconds_before = st.report.train_seconds;
+  for (int epoch = st.next_epoch; epoch < opt.epochs; ++epoch) {
+    // 1. validate first (the reference's order), 2. early stopping / best checkpoint
+    auto t0 = std::chrono::steady_clock::now();
+    const MetricMap vm = evaluate(model, valid, exclude, opt.eval_batch);
+    const double eval_s = seconds_since(t0);
+    st.report.eval_seconds.push_back(eval_s);
+    st.report.valid_history.push_back(vm);
+    const double score = vm.at(opt.key_metric);
+    std::string mark;
+    if (score > st.best_score) {
+      st.best_score = score;
+      st.bad_count = 0;
+      st.report.best_epoch = epoch;
+      st.report.valid = vm;
+      best_params = P.values();
+      if (write) save_checkpoint(model_path, P, info);
+      mark = "  *best";
+    } else {
+      ++st.bad_count;
+      mark = "  patience " + std::to_string(st.bad_count) + "/" + std::to_string(opt.patience);
+    }
+    if (st.bad_count > opt.patience) {
+      char buf[256];
+      std::snprintf(buf, sizeof buf, "epoch %3d  valid hit@50 %.4f ndcg@50 %.4f (%.1fs)  early stop", epoch,
+                    vm.at("hit@50"), vm.at("ndcg@50"), eval_s);
+      log(buf);
+      break;
+    }
+    // 3. one training epoch
+    t0 = std::chrono::steady_clock::now();
+    sampler.start_epoch(uint32_t(epoch));
+    double loss_sum = 0;
+    size_t skipped = 0;
+    for (size_t b = 0; b < n_batches; ++b) {
+      sampler.fill_batch(b, size_t(opt.batch_size), batch);
+      const int64_t B = int64_t(batch.size()), C = 1 + batch.n_neg;
+      U.resize(size_t(B * D));
+      dU.resize(size_t(B * D));
+      logits.resize(size_t(B * C));
+      P.zero_grad();
+      model.forward(batch.histories, true, opt.seed, uint64_t(st.step), U.data());
+      const double loss = be.sampled_bce(logits.data(), dU.data(), model.item_table_grad(),
+                                         model.item_bias_grad(), U.data(), model.item_table(),
+                                         model.item_bias(), batch.items.data(), B, C, D, 1.0);
+      ++st.step;
+      if (!std::isfinite(loss)) {  // the reference skips a step whose loss is NaN
+        ++skipped;
+        continue;
+      }
+      model.backward(dU.data());
+      if (opt.clip_norm > 0) {
+        const double norm = std::sqrt(be.sum_squares(P.grads().data(), P.flat_size()));
+        const double coef = opt.clip_norm / (norm + 1e-6);
+        if (coef < 1.0) be.scale(P.grads().data(), P.flat_size(), float(coef));
+      }
+      be.adam_update(P.values().data(), adam_m.data(), adam_v.data(), P.grads().data(), P.flat_size(),
+                     opt.lr, opt.beta1, opt.beta2, opt.adam_eps, ++st.adam_step);
+      loss_sum += loss;
+      if (bar) progress_bar(b + 1, n_batches, loss_sum / double(b + 1));
+    }
+    const double train_s = seconds_since(t0);
+    st.report.epoch_seconds.push_back(train_s);
+    st.report.epoch_loss.push_back(loss_sum);
+    st.report.epochs_trained = epoch + 1;
+    st.next_epoch = epoch + 1;
+    st.report.train_seconds = train_seconds_before + seconds_since(train_t0);
+    char buf[320];
+    std::snprintf(buf, sizeof buf,
+                  "epoch %3d  valid hit@50 %.4f ndcg@50 %.4f (%.1fs)%s | train loss %.4f (%.1fs)%s",
+                  epoch, vm.at("hit@50"), vm.at("ndcg@50"), eval_s, mark.c_str(), loss_sum, train_s,
+                  skipped ? (" " + std::to_string(skipped) + " NaN steps skipped").c_str() : "");
+    log(buf);
+    if (write) {
+      std::map<std::string, TensorBlob> extra;
+      extra["adam.m"] = make_blob({int64_t(adam_m.size())}, adam_m.data());
+      extra["adam.v"] = make_blob({int64_t(adam_v.size())}, adam_v.data());
+      save_checkpoint(state_path, P, info, extra, {{"trainer", state_json(st)}});
+    }
+  }
+  st.report.train_seconds = train_seconds_before + seconds_since(train_t0);
+
+  // Test the best checkpoint.
+  P.values() = best_params;
+  st.report.test = evaluate(model, test, exclude, opt.eval_batch);
+  {
+    std::ostringstream os;
+    os.setf(std::ios::fixed);
+    os.precision(4);
+    os << "best epoch " << st.report.best_epoch << "  valid hit@50 " << st.report.valid["hit@50"]
+       << " ndcg@50 " << st.report.valid["ndcg@50"] << "  |  test hit@50 " << st.report.test["hit@50"]
+       << " ndcg@50 " << st.report.test["ndcg@50"] << " hit@100 " << st.report.test["hit@100"]
+       << " ndcg@100 " << st.report.test["ndcg@100"];
+    log(os.str());
+  }
+  return st.report;
+}
+
+}  // namespace ada
