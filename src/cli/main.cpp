@@ -258,6 +258,9 @@ int cmd_demo(int threads, int epochs, const std::string& out) {
   TrainOptions to;
   to.epochs = epochs;
   to.patience = 3;
+  // The synthetic set is small (about 34k samples): batches of 128 give enough optimizer steps per
+  // epoch for the model to get past the popularity stage within a couple of minutes.
+  to.batch_size = 128;
   to.out_dir = out;
   if (!out.empty()) make_dirs(out);
   model.init(to.seed);
@@ -331,7 +334,7 @@ int main(int argc, char** argv) {
   e->add_option("--batch", eval_batch, "users per batch")->check(CLI::PositiveNumber);
   e->add_flag("--json", eval_json, "print JSON");
 
-  int demo_threads = 0, demo_epochs = 30;
+  int demo_threads = 0, demo_epochs = 8;
   std::string demo_out;
   auto* d = app.add_subcommand("demo", "train and evaluate briefly on synthetic data, show retrievals");
   d->add_option("--threads", demo_threads, "CPU threads");

@@ -6,12 +6,13 @@
 // round differently and flip near-ties). sgemm runs outside OpenMP regions because OpenBLAS brings
 // its own threads.
 //
-// The row scans run in an OpenMP loop only when OpenBLAS is not keeping threads of its own busy
-// (sequential or single-threaded OpenBLAS, or the OpenMP build that shares our pool). Measured on a
-// 2-core machine (B = 22,363, N = 12,102, D = 64): with pthread OpenBLAS, alternating its sgemm with
-// OpenMP scans made libgomp's spinning workers fight OpenBLAS's spinning workers for the cores and a
-// pass took 0.9-2.8 s, against 0.36 s with serial scans (the scans are a small, cache-bound part;
-// sgemm dominates).
+// The row scans run in an OpenMP loop only with the OpenMP build of OpenBLAS, whose sgemm uses the
+// same thread pool. With the pthread build (Debian's default, and this project's), the two pools
+// alternate once per block and each one's idle workers spin while the other works. Measured on the
+// 2-core development machine (B = 22,363, N = 12,102, D = 64, -O3): serial scans after a 2-thread
+// sgemm take 0.36 s (the scans are a small, cache-bound part; sgemm dominates), OpenMP scans
+// 0.9-2.8 s; with OPENBLAS_NUM_THREADS=1 and another process busy, OpenMP scans take 1.3-2.1 s
+// against 0.44 s serial. OMP_WAIT_POLICY=passive removes the penalty but cannot be set from here.
 #include "ada/eval.hpp"
 
 #include <cblas.h>
@@ -84,10 +85,7 @@ void check_ragged(const char* fn, const char* what, const Ragged& r, int64_t B, 
 }
 
 // Whether the per-row scans may use OpenMP without fighting OpenBLAS's own threads (see the top).
-bool parallel_scans() {
-  if (max_threads() <= 1) return false;
-  return openblas_get_parallel() != OPENBLAS_THREAD || openblas_get_num_threads() <= 1;
-}
+bool parallel_scans() { return max_threads() > 1 && openblas_get_parallel() == OPENBLAS_OPENMP; }
 
 // scores[r, j] = <U[r], E[j]> for the rows of one block; bias is added by the scans.
 void score_block(const float* U_block, int64_t rows, const float* E, int64_t N, int64_t D, float* scores) {
