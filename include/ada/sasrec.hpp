@@ -16,6 +16,7 @@
 #include "ada/backend.hpp"
 #include "ada/data.hpp"
 #include "ada/params.hpp"
+#include "ada/tensor.hpp"
 
 namespace ada {
 
@@ -65,8 +66,8 @@ class SasRec {
   };
   struct LayerActs {
     int64_t nq = 0;
-    std::vector<T> in_q;  // last layer: layer input at the last tokens [S, D]; else unused
-    std::vector<T> q, k, v, probs, att, r1, mean1, rstd1, h, f1, g, r2, mean2, rstd2, out;
+    Buffer<T> in_q;  // last layer: layer input at the last tokens [S, D]; else unused
+    Buffer<T> q, k, v, probs, att, r1, mean1, rstd1, h, f1, g, r2, mean2, rstd2, out;
   };
   uint64_t stream(uint32_t site) const;
   void build_layout(const Ragged& histories);
@@ -83,10 +84,10 @@ class SasRec {
   std::vector<int64_t> tok_offsets_;
   std::vector<uint8_t> all_masked_;
   std::vector<int32_t> ids_, pos_;
-  std::vector<T> x0_, mean0_, rstd0_, x1_, h0_;
+  Buffer<T> x0_, mean0_, rstd0_, x1_, h0_;
   std::vector<LayerActs> acts_;
   struct Grads {
-    std::vector<T> d_out, d_r2, d_h, d_g, d_f1, d_r1, d_att, d_q, d_k, d_v, d_in, d_in_q, d_x0;
+    Buffer<T> d_out, d_r2, d_h, d_g, d_f1, d_r1, d_att, d_q, d_k, d_v, d_in, d_in_q, d_x0;
   } grads_;
   JaggedLayout layout() const;
 };

@@ -8,6 +8,14 @@
 
 namespace ada {
 
+namespace {
+template <class T>
+void copy_into(Buffer<T>& dst, const Buffer<T>& src) {
+  dst.ensure(src.size());
+  std::copy(src.data(), src.data() + src.size(), dst.data());
+}
+}  // namespace
+
 template <class T>
 SasRec<T>::SasRec(const SasRecConfig& cfg, Backend<T>& be) : cfg_(cfg), be_(be) {
   ADA_CHECK(cfg.n_items >= 2, "SASRec: n_items must be >= 2 (padding + one item), got " << cfg.n_items);
@@ -121,11 +129,11 @@ void SasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uint64
   const int64_t S = L.num_seqs, Ntok = L.num_tokens, D = cfg_.hidden, I = cfg_.inner;
   const float p = training ? cfg_.dropout : 0.0f;
 
-  x0_.resize(size_t(Ntok * D));
-  mean0_.resize(size_t(Ntok));
-  rstd0_.resize(size_t(Ntok));
-  x1_.resize(size_t(Ntok * D));
-  h0_.resize(size_t(Ntok * D));
+  x0_.ensure(size_t(Ntok * D));
+  mean0_.ensure(size_t(Ntok));
+  rstd0_.ensure(size_t(Ntok));
+  x1_.ensure(size_t(Ntok * D));
+  h0_.ensure(size_t(Ntok * D));
   be_.embedding_forward(x0_.data(), ids_.data(), params_.value(p_item_emb_), pos_.data(),
                         params_.value(p_pos_emb_), Ntok, D);
   be_.layernorm_forward(x1_.data(), mean0_.data(), rstd0_.data(), x0_.data(), params_.value(p_ln_w_),
@@ -141,13 +149,13 @@ void SasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uint64
     a.nq = nq;
     const T* in_q = in;
     if (last) {
-      a.in_q.resize(size_t(S * D));
+      a.in_q.ensure(size_t(S * D));
       be_.gather_last(a.in_q.data(), in, L, D);
       in_q = a.in_q.data();
     }
-    a.q.resize(size_t(nq * D));
-    a.k.resize(size_t(Ntok * D));
-    a.v.resize(size_t(Ntok * D));
+    a.q.ensure(size_t(nq * D));
+    a.k.ensure(size_t(Ntok * D));
+    a.v.ensure(size_t(Ntok * D));
     be_.linear_forward(a.q.data(), in_q, params_.value(w.q_w), params_.value(w.q_b), nq, D, D);
     be_.linear_forward(a.k.data(), in, params_.value(w.k_w), params_.value(w.k_b), Ntok, D, D);
     be_.linear_forward(a.v.data(), in, params_.value(w.v_w), params_.value(w.v_b), Ntok, D, D);
@@ -159,31 +167,31 @@ void SasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uint64
     sh.dropout = p;
     sh.seed = seed;
     sh.stream = stream(uint32_t(1 + 4 * l));
-    a.probs.resize(size_t(sh.prob_size()));
-    a.att.resize(size_t(nq * D));
+    a.probs.ensure(size_t(sh.prob_size()));
+    a.att.ensure(size_t(nq * D));
     be_.attention_forward(a.att.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), sh);
     // r1 = dropout(att W_o^T + b_o) + in_q ; h = LN(r1)
-    a.r1.resize(size_t(nq * D));
+    a.r1.ensure(size_t(nq * D));
     be_.linear_forward(a.r1.data(), a.att.data(), params_.value(w.o_w), params_.value(w.o_b), nq, D, D);
     be_.dropout_forward(a.r1.data(), a.r1.data(), nq * D, p, seed, stream(uint32_t(2 + 4 * l)));
     be_.add_inplace(a.r1.data(), in_q, nq * D);
-    a.mean1.resize(size_t(nq));
-    a.rstd1.resize(size_t(nq));
-    a.h.resize(size_t(nq * D));
+    a.mean1.ensure(size_t(nq));
+    a.rstd1.ensure(size_t(nq));
+    a.h.ensure(size_t(nq * D));
     be_.layernorm_forward(a.h.data(), a.mean1.data(), a.rstd1.data(), a.r1.data(),
                           params_.value(w.ln1_w), params_.value(w.ln1_b), nq, D, T(cfg_.ln_eps));
     // r2 = dropout(act(h W1^T + b1) W2^T + b2) + h ; out = LN(r2)
-    a.f1.resize(size_t(nq * I));
-    a.g.resize(size_t(nq * I));
+    a.f1.ensure(size_t(nq * I));
+    a.g.ensure(size_t(nq * I));
     be_.linear_forward(a.f1.data(), a.h.data(), params_.value(w.f1_w), params_.value(w.f1_b), nq, D, I);
     be_.activation_forward(a.g.data(), a.f1.data(), nq * I, cfg_.activation);
-    a.r2.resize(size_t(nq * D));
+    a.r2.ensure(size_t(nq * D));
     be_.linear_forward(a.r2.data(), a.g.data(), params_.value(w.f2_w), params_.value(w.f2_b), nq, I, D);
     be_.dropout_forward(a.r2.data(), a.r2.data(), nq * D, p, seed, stream(uint32_t(3 + 4 * l)));
     be_.add_inplace(a.r2.data(), a.h.data(), nq * D);
-    a.mean2.resize(size_t(nq));
-    a.rstd2.resize(size_t(nq));
-    a.out.resize(size_t(nq * D));
+    a.mean2.ensure(size_t(nq));
+    a.rstd2.ensure(size_t(nq));
+    a.out.ensure(size_t(nq * D));
     be_.layernorm_forward(a.out.data(), a.mean2.data(), a.rstd2.data(), a.r2.data(),
                           params_.value(w.ln2_w), params_.value(w.ln2_b), nq, D, T(cfg_.ln_eps));
     in = a.out.data();
@@ -202,10 +210,11 @@ void SasRec<T>::backward(const T* d_user) {
 
   // Scratch buffers live in the model so that steady-state steps allocate nothing.
   Grads& gr = grads_;
-  std::vector<T>&d_out = gr.d_out, &d_r2 = gr.d_r2, &d_h = gr.d_h, &d_g = gr.d_g, &d_f1 = gr.d_f1,
+  Buffer<T>&d_out = gr.d_out, &d_r2 = gr.d_r2, &d_h = gr.d_h, &d_g = gr.d_g, &d_f1 = gr.d_f1,
   &d_r1 = gr.d_r1, &d_att = gr.d_att, &d_q = gr.d_q, &d_k = gr.d_k, &d_v = gr.d_v, &d_in = gr.d_in,
   &d_in_q = gr.d_in_q, &d_x0 = gr.d_x0;
-  d_out.assign(d_user, d_user + S * D);  // gradient w.r.t. the current layer's output
+  d_out.ensure(size_t(S * D));  // gradient w.r.t. the current layer's output
+  std::copy(d_user, d_user + S * D, d_out.data());
   for (int l = cfg_.layers - 1; l >= 0; --l) {
     const LayerParams& w = lp_[size_t(l)];
     LayerActs& a = acts_[size_t(l)];
@@ -214,25 +223,25 @@ void SasRec<T>::backward(const T* d_user) {
     const T* in = l == 0 ? h0_.data() : acts_[size_t(l - 1)].out.data();
     const T* in_q = last ? a.in_q.data() : in;
 
-    d_r2.resize(size_t(nq * D));
+    d_r2.ensure(size_t(nq * D));
     be_.layernorm_backward(d_r2.data(), params_.grad(w.ln2_w), params_.grad(w.ln2_b), d_out.data(),
                            a.r2.data(), params_.value(w.ln2_w), a.mean2.data(), a.rstd2.data(), nq, D);
-    d_h = d_r2;  // residual branch
+    copy_into(d_h, d_r2);  // residual branch
     // FFN branch: d_r2 -> dropout -> W2 -> act -> W1 -> h
     be_.dropout_backward(d_r2.data(), d_r2.data(), nq * D, p, seed, stream(uint32_t(3 + 4 * l)));
-    d_g.resize(size_t(nq * I));
+    d_g.ensure(size_t(nq * I));
     be_.linear_backward(d_g.data(), params_.grad(w.f2_w), params_.grad(w.f2_b), d_r2.data(),
                         a.g.data(), params_.value(w.f2_w), nq, I, D, false);
-    d_f1.resize(size_t(nq * I));
+    d_f1.ensure(size_t(nq * I));
     be_.activation_backward(d_f1.data(), d_g.data(), a.f1.data(), nq * I, cfg_.activation);
     be_.linear_backward(d_h.data(), params_.grad(w.f1_w), params_.grad(w.f1_b), d_f1.data(),
                         a.h.data(), params_.value(w.f1_w), nq, D, I, true);
-    d_r1.resize(size_t(nq * D));
+    d_r1.ensure(size_t(nq * D));
     be_.layernorm_backward(d_r1.data(), params_.grad(w.ln1_w), params_.grad(w.ln1_b), d_h.data(),
                            a.r1.data(), params_.value(w.ln1_w), a.mean1.data(), a.rstd1.data(), nq, D);
-    d_in_q = d_r1;  // residual branch to the layer input (at the query rows)
+    copy_into(d_in_q, d_r1);  // residual branch to the layer input (at the query rows)
     be_.dropout_backward(d_r1.data(), d_r1.data(), nq * D, p, seed, stream(uint32_t(2 + 4 * l)));
-    d_att.resize(size_t(nq * D));
+    d_att.ensure(size_t(nq * D));
     be_.linear_backward(d_att.data(), params_.grad(w.o_w), params_.grad(w.o_b), d_r1.data(),
                         a.att.data(), params_.value(w.o_w), nq, D, D, false);
     AttentionShape sh;
@@ -243,14 +252,16 @@ void SasRec<T>::backward(const T* d_user) {
     sh.dropout = p;
     sh.seed = seed;
     sh.stream = stream(uint32_t(1 + 4 * l));
-    d_q.assign(size_t(nq * D), T(0));
-    d_k.assign(size_t(Ntok * D), T(0));
-    d_v.assign(size_t(Ntok * D), T(0));
+    d_q.ensure(size_t(nq * D));
+    d_k.ensure(size_t(Ntok * D));
+    d_k.fill(T(0));
+    d_v.ensure(size_t(Ntok * D));
+    d_v.fill(T(0));
     be_.attention_backward(d_q.data(), d_k.data(), d_v.data(), d_att.data(), a.probs.data(),
                            a.q.data(), a.k.data(), a.v.data(), sh);
     be_.linear_backward(d_in_q.data(), params_.grad(w.q_w), params_.grad(w.q_b), d_q.data(), in_q,
                         params_.value(w.q_w), nq, D, D, true);
-    d_in.resize(size_t(Ntok * D));
+    d_in.ensure(size_t(Ntok * D));
     be_.linear_backward(d_in.data(), params_.grad(w.k_w), params_.grad(w.k_b), d_k.data(), in,
                         params_.value(w.k_w), Ntok, D, D, false);
     be_.linear_backward(d_in.data(), params_.grad(w.v_w), params_.grad(w.v_b), d_v.data(), in,
@@ -259,11 +270,11 @@ void SasRec<T>::backward(const T* d_user) {
       be_.scatter_last_add(d_in.data(), d_in_q.data(), L, D);
     else
       be_.add_inplace(d_in.data(), d_in_q.data(), Ntok * D);
-    d_out.swap(d_in);
+    std::swap(d_out, d_in);
   }
   // Embedding stage: d_out is d h0.
   be_.dropout_backward(d_out.data(), d_out.data(), Ntok * D, p, seed, stream(0));
-  d_x0.resize(size_t(Ntok * D));
+  d_x0.ensure(size_t(Ntok * D));
   be_.layernorm_backward(d_x0.data(), params_.grad(p_ln_w_), params_.grad(p_ln_b_), d_out.data(),
                          x0_.data(), params_.value(p_ln_w_), mean0_.data(), rstd0_.data(), Ntok, D);
   be_.embedding_backward(params_.grad(p_item_emb_), params_.grad(p_pos_emb_), d_x0.data(),
