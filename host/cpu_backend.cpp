@@ -60,6 +60,82 @@ std::vector<int64_t> prob_offsets(const AttentionShape& sh) {
   return off;
 }
 
+// Direct real DFT tables for the learnable filter: cos/sin of 2*pi*k*n/K for k in [0, K/2],
+// n in [0, K), with k*n reduced mod K first (angles stay in [0, 2 pi), computed in double). `coef[k]` is
+// the irfft weight of bin k: 1 for DC and (even K) Nyquist, 2 for the others (Hermitian pair).
+template <class T>
+struct DftTables {
+  int64_t K = 0, Kf = 0;
+  std::vector<T> cos_t, sin_t, coef;  // [Kf, K], [Kf, K], [Kf]
+  explicit DftTables(int64_t k) : K(k), Kf(k / 2 + 1) {
+    cos_t.resize(size_t(Kf * K));
+    sin_t.resize(size_t(Kf * K));
+    coef.resize(size_t(Kf));
+    const double two_pi = 6.283185307179586476925286766559;
+    for (int64_t f = 0; f < Kf; ++f) {
+      coef[f] = (f == 0 || 2 * f == K) ? T(1) : T(2);
+      for (int64_t n = 0; n < K; ++n) {
+        const double ang = two_pi * double((f * n) % K) / double(K);
+        cos_t[f * K + n] = T(std::cos(ang));
+        sin_t[f * K + n] = T(std::sin(ang));
+      }
+      // DC and Nyquist are exactly real
+      if (f == 0 || 2 * f == K)
+        for (int64_t n = 0; n < K; ++n) sin_t[f * K + n] = T(0);
+    }
+  }
+};
+
+// Forward rfft (ortho) of one [K, D] block: Fr/Fi [Kf, D].
+//   Fr[f] = s * sum_n x[n] cos(2 pi f n / K),  Fi[f] = -s * sum_n x[n] sin(2 pi f n / K),  s = 1/sqrt(K)
+template <class T>
+void rfft_block(T* Fr, T* Fi, const T* x, const DftTables<T>& tb, int64_t D) {
+  const int64_t K = tb.K, Kf = tb.Kf;
+  const T s = T(1) / std::sqrt(T(K));
+  for (int64_t f = 0; f < Kf; ++f) {
+    T* fr = Fr + f * D;
+    T* fi = Fi + f * D;
+    for (int64_t d = 0; d < D; ++d) fr[d] = fi[d] = T(0);
+    for (int64_t n = 0; n < K; ++n) {
+      const T c = tb.cos_t[f * K + n], sn = tb.sin_t[f * K + n];
+      const T* xn = x + n * D;
+      for (int64_t d = 0; d < D; ++d) {
+        fr[d] += c * xn[d];
+        fi[d] -= sn * xn[d];
+      }
+    }
+    for (int64_t d = 0; d < D; ++d) {
+      fr[d] *= s;
+      fi[d] *= s;
+    }
+  }
+}
+
+// Inverse real DFT (ortho, n = K) of one half spectrum Gr/Gi [Kf, D] into y [K, D]:
+//   y[n] = s * sum_f coef[f] * (Gr[f] cos(2 pi f n / K) - Gi[f] sin(2 pi f n / K))
+// (sin is 0 at DC/Nyquist, so their imaginary parts drop out, as in torch.fft.irfft). The same
+// sum is the adjoint of rfft_block up to the coef weights, which the backward uses.
+template <class T>
+void irfft_block(T* y, const T* Gr, const T* Gi, const DftTables<T>& tb, int64_t D) {
+  const int64_t K = tb.K, Kf = tb.Kf;
+  const T s = T(1) / std::sqrt(T(K));
+  for (int64_t n = 0; n < K; ++n) {
+    T* yn = y + n * D;
+    for (int64_t d = 0; d < D; ++d) yn[d] = T(0);
+    for (int64_t f = 0; f < Kf; ++f) {
+      const T c = tb.coef[f] * tb.cos_t[f * K + n] * s, sn = tb.coef[f] * tb.sin_t[f * K + n] * s;
+      const T* gr = Gr + f * D;
+      const T* gi = Gi + f * D;
+      for (int64_t d = 0; d < D; ++d) yn[d] += c * gr[d] - sn * gi[d];
+    }
+  }
+}
+
+// Blocks per chunk in the filter backward's dW reduction: each chunk sums its blocks serially
+// into a private partial, the partials are then added in chunk order. Fixed (not per thread), so
+// dW does not depend on the thread count.
+constexpr int64_t kFilterChunk = 32;
+
 template <class T>
 class CpuBackend final : public Backend<T> {
  public:
@@ -175,10 +251,12 @@ class CpuBackend final : public Backend<T> {
   }
 
   static T act(T x, Activation a) {
+    if (a == Activation::kRelu) return x > T(0) ? x : T(0);
     if (a == Activation::kSilu) return x / (T(1) + std::exp(-x));
     return T(0.5) * x * (T(1) + std::erf(x * T(0.70710678118654752440)));
   }
   static T act_grad(T x, Activation a) {
+    if (a == Activation::kRelu) return x > T(0) ? T(1) : T(0);  // 0 at x <= 0, as PyTorch
     if (a == Activation::kSilu) {
       const T s = T(1) / (T(1) + std::exp(-x));
       return s * (T(1) + x * (T(1) - s));
@@ -402,6 +480,244 @@ class CpuBackend final : public Backend<T> {
       }
     }
     return loss;
+  }
+
+  // ---- Ada-Retrieval adapter ops ----
+
+  // Learnable filter: per block r, F = rfft(in[r]) (ortho), G = F * W (complex), out[r] =
+  // irfft(G, n=K) (ortho), all by direct DFT with exact tables: O(R K (K/2+1) D), fine for the
+  // reference's K = 20. Thread mapping: one block per iteration (blocks are independent).
+  void filter_forward(T* out, const T* in, const T* W, int64_t R, int64_t K, int64_t D) override {
+    ADA_CHECK(K >= 1 && D >= 0 && R >= 0, "filter_forward: bad sizes R=" << R << " K=" << K << " D=" << D);
+    if (R == 0 || D == 0) return;
+    const DftTables<T> tb(K);
+    const int64_t Kf = tb.Kf;
+#pragma omp parallel
+    {
+      std::vector<T> Fr(size_t(Kf * D)), Fi(size_t(Kf * D));
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < R; ++r) {
+        rfft_block(Fr.data(), Fi.data(), in + r * K * D, tb, D);
+        for (int64_t i = 0; i < Kf * D; ++i) {  // G = F * W, in place
+          const T wr = W[2 * i], wi = W[2 * i + 1];
+          const T fr = Fr[size_t(i)], fi = Fi[size_t(i)];
+          Fr[size_t(i)] = fr * wr - fi * wi;
+          Fi[size_t(i)] = fr * wi + fi * wr;
+        }
+        irfft_block(out + r * K * D, Fr.data(), Fi.data(), tb, D);
+      }
+    }
+  }
+
+  // Backward, per block: dG = adjoint of irfft applied to dout, i.e.
+  //   dGr[f] = s coef[f] sum_n dout[n] cos,  dGi[f] = -s coef[f] sum_n dout[n] sin
+  // (= coef * rfft_block(dout)); dW += (dGr Fr + dGi Fi, dGi Fr - dGr Fi);
+  // dF = dG * conj(W); din = adjoint of rfft = irfft_block with coef 1 applied to dF.
+  // Thread mapping: fixed chunks of kFilterChunk blocks per iteration; each chunk's dW partial is
+  // private, and partials are summed in chunk order afterwards (deterministic for any thread count).
+  void filter_backward(T* din, T* dW, const T* dout, const T* in, const T* W, int64_t R, int64_t K,
+                       int64_t D) override {
+    ADA_CHECK(K >= 1 && D >= 0 && R >= 0, "filter_backward: bad sizes R=" << R << " K=" << K << " D=" << D);
+    if (R == 0 || D == 0) return;
+    const DftTables<T> tb(K);
+    DftTables<T> tb_adj(K);  // rfft's adjoint: irfft_block with every coef 1
+    std::fill(tb_adj.coef.begin(), tb_adj.coef.end(), T(1));
+    const int64_t Kf = tb.Kf, WN = Kf * D * 2;
+    const int64_t chunks = (R + kFilterChunk - 1) / kFilterChunk;
+    std::vector<T> partial(size_t(chunks * WN), T(0));
+#pragma omp parallel
+    {
+      std::vector<T> Fr(size_t(Kf * D)), Fi(size_t(Kf * D)), Gr(size_t(Kf * D)), Gi(size_t(Kf * D));
+#pragma omp for schedule(static)
+      for (int64_t ch = 0; ch < chunks; ++ch) {
+        T* dWp = partial.data() + ch * WN;
+        const int64_t r_end = std::min(R, (ch + 1) * kFilterChunk);
+        for (int64_t r = ch * kFilterChunk; r < r_end; ++r) {
+          rfft_block(Fr.data(), Fi.data(), in + r * K * D, tb, D);
+          rfft_block(Gr.data(), Gi.data(), dout + r * K * D, tb, D);
+          for (int64_t f = 0; f < Kf; ++f) {
+            for (int64_t d = 0; d < D; ++d) {
+              const int64_t i = f * D + d;
+              const T dgr = Gr[size_t(i)] * tb.coef[f], dgi = Gi[size_t(i)] * tb.coef[f];
+              const T fr = Fr[size_t(i)], fi = Fi[size_t(i)];
+              const T wr = W[2 * i], wi = W[2 * i + 1];
+              dWp[2 * i] += dgr * fr + dgi * fi;
+              dWp[2 * i + 1] += dgi * fr - dgr * fi;
+              Gr[size_t(i)] = dgr * wr + dgi * wi;  // dF = dG * conj(W)
+              Gi[size_t(i)] = dgi * wr - dgr * wi;
+            }
+          }
+          irfft_block(din + r * K * D, Gr.data(), Gi.data(), tb_adj, D);
+        }
+      }
+    }
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const T* p = partial.data() + ch * WN;
+      for (int64_t i = 0; i < WN; ++i) dW[i] += p[i];
+    }
+  }
+
+  // Context attention: per row b, for each query x of the row, p = softmax(C[b] x / sqrt(D)) over
+  // the Nc context rows and out = sum_j p_j C[b, j]. Thread mapping: one row b per iteration (its
+  // queries and its context block are private to it). Nc >= 1.
+  void context_attention_forward(T* out, T* probs, const T* X, const T* C, const int64_t* q_offsets,
+                                 int64_t B, int64_t Nc, int64_t D) override {
+    ADA_CHECK(Nc >= 1, "context_attention_forward: needs at least one context row, Nc=" << Nc);
+    const T scale = T(1) / std::sqrt(T(D));
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int64_t b = 0; b < B; ++b) {
+      const T* Cb = C + b * Nc * D;
+      for (int64_t q = q_offsets[b]; q < q_offsets[b + 1]; ++q) {
+        const T* x = X + q * D;
+        T* p = probs + q * Nc;
+        T mx = -std::numeric_limits<T>::infinity();
+        for (int64_t j = 0; j < Nc; ++j) {
+          const T* c = Cb + j * D;
+          T dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += x[d] * c[d];
+          p[j] = dot * scale;
+          mx = std::max(mx, p[j]);
+        }
+        T sum = 0;
+        for (int64_t j = 0; j < Nc; ++j) {
+          p[j] = std::exp(p[j] - mx);
+          sum += p[j];
+        }
+        const T inv = T(1) / sum;
+        for (int64_t j = 0; j < Nc; ++j) p[j] *= inv;
+        T* o = out + q * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = 0;
+        for (int64_t j = 0; j < Nc; ++j) {
+          const T* c = Cb + j * D;
+          for (int64_t d = 0; d < D; ++d) o[d] += p[j] * c[d];
+        }
+      }
+    }
+  }
+
+  // Backward: dp_j = <dout, C_j>, dC_j += p_j dout, ds_j = p_j (dp_j - sum_k p_k dp_k) / sqrt(D),
+  // dX = sum_j ds_j C_j, dC_j += ds_j x. Same thread mapping as forward; dC[b] is accumulated by
+  // row b's queries in order, so the result is deterministic.
+  void context_attention_backward(T* dX, T* dC, const T* dout, const T* probs, const T* X,
+                                  const T* C, const int64_t* q_offsets, int64_t B, int64_t Nc,
+                                  int64_t D) override {
+    ADA_CHECK(Nc >= 1, "context_attention_backward: needs at least one context row, Nc=" << Nc);
+    const T scale = T(1) / std::sqrt(T(D));
+#pragma omp parallel
+    {
+      std::vector<T> dp(static_cast<size_t>(Nc));
+#pragma omp for schedule(dynamic, 4)
+      for (int64_t b = 0; b < B; ++b) {
+        const T* Cb = C + b * Nc * D;
+        T* dCb = dC + b * Nc * D;
+        for (int64_t q = q_offsets[b]; q < q_offsets[b + 1]; ++q) {
+          const T* x = X + q * D;
+          const T* g = dout + q * D;
+          const T* p = probs + q * Nc;
+          T dot_sum = 0;
+          for (int64_t j = 0; j < Nc; ++j) {
+            const T* c = Cb + j * D;
+            T* dc = dCb + j * D;
+            T acc = 0;
+            for (int64_t d = 0; d < D; ++d) {
+              acc += g[d] * c[d];
+              dc[d] += p[j] * g[d];
+            }
+            dp[size_t(j)] = acc;
+            dot_sum += p[j] * acc;
+          }
+          T* dx = dX + q * D;
+          for (int64_t d = 0; d < D; ++d) dx[d] = 0;
+          for (int64_t j = 0; j < Nc; ++j) {
+            const T ds = p[j] * (dp[size_t(j)] - dot_sum) * scale;
+            const T* c = Cb + j * D;
+            T* dc = dCb + j * D;
+            for (int64_t d = 0; d < D; ++d) {
+              dx[d] += ds * c[d];
+              dc[d] += ds * x[d];
+            }
+          }
+        }
+      }
+    }
+  }
+
+  static T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+  // GRU cell (nn.GRU, gates r, z, n): elementwise per (b, d). Thread mapping: one batch row per
+  // iteration.
+  void gru_cell_forward(T* h_new, T* gates, const T* gi, const T* gh, const T* h_prev, int64_t B,
+                        int64_t D) override {
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      const T* a = gi + b * 3 * D;
+      const T* h3 = gh + b * 3 * D;
+      const T* hp = h_prev + b * D;
+      T* g = gates + b * 3 * D;
+      T* hn = h_new + b * D;
+      for (int64_t d = 0; d < D; ++d) {
+        const T r = sigmoid(a[d] + h3[d]);
+        const T z = sigmoid(a[D + d] + h3[D + d]);
+        const T n = std::tanh(a[2 * D + d] + r * h3[2 * D + d]);
+        g[d] = r;
+        g[D + d] = z;
+        g[2 * D + d] = n;
+        hn[d] = (T(1) - z) * n + z * hp[d];
+      }
+    }
+  }
+
+  // Backward: dn = dh (1 - z), dz = dh (h_prev - n), dh_prev = dh z; da_n = dn (1 - n^2):
+  // d_gi_n = da_n, d_gh_n = da_n r, dr = da_n gh_n; da_z = dz z (1 - z) and da_r = dr r (1 - r)
+  // go to both d_gi and d_gh. Same thread mapping.
+  void gru_cell_backward(T* d_gi, T* d_gh, T* d_hprev, const T* d_hnew, const T* gates,
+                         const T* gh, const T* h_prev, int64_t B, int64_t D) override {
+#pragma omp parallel for schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      const T* g = gates + b * 3 * D;
+      const T* h3 = gh + b * 3 * D;
+      const T* hp = h_prev + b * D;
+      const T* dh = d_hnew + b * D;
+      T* dgi = d_gi + b * 3 * D;
+      T* dgh = d_gh + b * 3 * D;
+      T* dhp = d_hprev + b * D;
+      for (int64_t d = 0; d < D; ++d) {
+        const T r = g[d], z = g[D + d], n = g[2 * D + d];
+        const T dn = dh[d] * (T(1) - z);
+        const T dz = dh[d] * (hp[d] - n);
+        dhp[d] = dh[d] * z;
+        const T dan = dn * (T(1) - n * n);
+        const T dr = dan * h3[2 * D + d];
+        const T daz = dz * z * (T(1) - z);
+        const T dar = dr * r * (T(1) - r);
+        dgi[d] = dar;
+        dgh[d] = dar;
+        dgi[D + d] = daz;
+        dgh[D + d] = daz;
+        dgi[2 * D + d] = dan;
+        dgh[2 * D + d] = dan * r;
+      }
+    }
+  }
+
+  // Column concatenation and its backward; one row per iteration.
+  void concat_cols(T* out, const T* a, const T* b, int64_t M, int64_t Da, int64_t Db) override {
+#pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+      T* o = out + m * (Da + Db);
+      std::memcpy(o, a + m * Da, sizeof(T) * size_t(Da));
+      std::memcpy(o + Da, b + m * Db, sizeof(T) * size_t(Db));
+    }
+  }
+  void split_cols_add(T* da, T* db, const T* dout, int64_t M, int64_t Da, int64_t Db) override {
+#pragma omp parallel for schedule(static)
+    for (int64_t m = 0; m < M; ++m) {
+      const T* g = dout + m * (Da + Db);
+      if (da)
+        for (int64_t d = 0; d < Da; ++d) da[m * Da + d] += g[d];
+      if (db)
+        for (int64_t d = 0; d < Db; ++d) db[m * Db + d] += g[Da + d];
+    }
   }
 
   double sum_squares(const T* x, int64_t n) override {

@@ -46,7 +46,8 @@ struct AttentionShape {
   }
 };
 
-enum class Activation { kSilu, kGelu };
+// kRelu: max(x, 0), derivative 0 at x <= 0 (PyTorch's threshold backward).
+enum class Activation { kSilu, kGelu, kRelu };
 
 template <class T>
 class Backend {
@@ -110,6 +111,47 @@ class Backend {
   virtual double sampled_bce(T* logits, T* du, T* dtable, T* dbias, const T* u, const T* table,
                              const T* bias, const int32_t* items, int64_t B, int64_t C, int64_t D,
                              double weight) = 0;
+
+  // ---- Ada-Retrieval adapter ops (reference-spec 3.1 IRA, 3.2 URA) ----
+
+  // Learnable frequency filter (LowFilterLayer core, 3.1 steps 2-4) on R independent blocks of
+  // K items x D channels (in/out [R, K, D] row-major):
+  //   out[r] = irfft( rfft(in[r], dim=items, norm='ortho') * W, n=K, norm='ortho' )
+  // W is complex [K/2+1, D] stored as real [K/2+1, D, 2] (real, imag). torch.fft semantics: irfft
+  // ignores the imaginary part of the DC bin and, for even K, of the Nyquist bin (their gradients
+  // are 0). Any K >= 1. Each block is read whole before it is written, so out may equal in.
+  virtual void filter_forward(T* out, const T* in, const T* W, int64_t R, int64_t K, int64_t D) = 0;
+  // din (overwrite) and dW (+=); din may equal dout.
+  virtual void filter_backward(T* din, T* dW, const T* dout, const T* in, const T* W, int64_t R,
+                               int64_t K, int64_t D) = 0;
+
+  // Context-aware attention (3.1): single head, no projections, no mask, no dropout. Row b has the
+  // queries X[q_offsets[b] .. q_offsets[b+1]) (rows of D; a row may have none) and the context
+  // C[b] = Nc rows of D (C is [B, Nc, D], Nc >= 1):
+  //   P = softmax_j( X C^T / sqrt(D) ),  out = P C      probs: [total_q, Nc] kept for backward.
+  virtual void context_attention_forward(T* out, T* probs, const T* X, const T* C,
+                                         const int64_t* q_offsets, int64_t B, int64_t Nc,
+                                         int64_t D) = 0;
+  // dX (overwrite), dC (+=).
+  virtual void context_attention_backward(T* dX, T* dC, const T* dout, const T* probs, const T* X,
+                                          const T* C, const int64_t* q_offsets, int64_t B,
+                                          int64_t Nc, int64_t D) = 0;
+
+  // GRU cell, PyTorch nn.GRU (gate order r, z, n), given gi = x W_ih^T + b_ih and
+  // gh = h W_hh^T + b_hh (both [B, 3D], from linear_forward):
+  //   r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z), n = tanh(gi_n + r * gh_n),
+  //   h_new = (1 - z) * n + z * h_prev.
+  // gates [B, 3D] stores (r, z, n) for backward.
+  virtual void gru_cell_forward(T* h_new, T* gates, const T* gi, const T* gh, const T* h_prev,
+                                int64_t B, int64_t D) = 0;
+  // d_gi, d_gh [B, 3D] and d_hprev [B, D], all overwritten.
+  virtual void gru_cell_backward(T* d_gi, T* d_gh, T* d_hprev, const T* d_hnew, const T* gates,
+                                 const T* gh, const T* h_prev, int64_t B, int64_t D) = 0;
+
+  // out[M, Da+Db] = [a | b] row by row; split_cols_add is its backward: da += dout[:, :Da],
+  // db += dout[:, Da:] (either may be null: skipped).
+  virtual void concat_cols(T* out, const T* a, const T* b, int64_t M, int64_t Da, int64_t Db) = 0;
+  virtual void split_cols_add(T* da, T* db, const T* dout, int64_t M, int64_t Da, int64_t Db) = 0;
 
   // Global gradient norm over n values.
   virtual double sum_squares(const T* x, int64_t n) = 0;

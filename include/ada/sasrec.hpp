@@ -38,6 +38,27 @@ struct SasRecConfig {
 template <class T>
 class SasRec {
  public:
+  struct LayerActs {
+    int64_t nq = 0;
+    Buffer<T> in_q;  // last layer: layer input at the last tokens [S, D]; else unused
+    Buffer<T> q, k, v, probs, att, r1, mean1, rstd1, h, f1, g, r2, mean2, rstd2, out;
+  };
+  // What one forward pass keeps for its backward (tiny-cuda-nn style): the jagged layout of the
+  // batch and every activation. Ada-Retrieval runs T forwards per step, each with its own Context.
+  struct Context {
+    bool training = false;
+    uint64_t seed = 0, step = 0;
+    uint32_t site_base = 0;  // dropout sites of this pass: site_base + 0 .. 4 * layers
+    bool external_input = false;
+    std::vector<int64_t> tok_offsets;  // (S+1)
+    std::vector<uint8_t> all_masked;   // (S)
+    std::vector<int32_t> ids, pos;     // (Ntok): item id (0 = padding) and absolute position
+    Buffer<T> x0, mean0, rstd0, x1, h0;
+    std::vector<LayerActs> layers;
+    JaggedLayout layout() const;
+    int64_t num_tokens() const { return tok_offsets.empty() ? 0 : tok_offsets.back(); }
+  };
+
   SasRec(const SasRecConfig& cfg, Backend<T>& be);
   const SasRecConfig& config() const { return cfg_; }
   ParamStore<T>& params() { return params_; }
@@ -50,46 +71,48 @@ class SasRec {
 
   // User vectors [B, D] for B histories (any length: the last max_len items are used; item ids must
   // be in 1..n_items-1). training = dropout on (masks from (seed, step)) and activations kept for
-  // backward; otherwise nothing is kept.
-  void forward(const Ragged& histories, bool training, uint64_t seed, uint64_t step, T* user_out);
-  // Accumulates parameter gradients from d loss / d user vectors [B, D] of the last training forward.
-  void backward(const T* d_user);
+  // backward in the model's own context.
+  void forward(const Ragged& histories, bool training, uint64_t seed, uint64_t step, T* user_out) {
+    prepare(ctx_, histories, training, seed, step, 0);
+    forward(ctx_, nullptr, user_out);
+  }
+  // Accumulates parameter gradients from d loss / d user vectors [B, D] of the last forward(above).
+  void backward(const T* d_user) { backward(ctx_, d_user, nullptr); }
+
+  // The two steps of a forward with an explicit context. prepare() lays out the batch (ctx.ids and
+  // ctx.pos name each token). forward() then takes the token embeddings from `token_input`
+  // [Ntok, D] when it is non-null (an adapter's output; positions are still added here), else from
+  // the item table.
+  void prepare(Context& ctx, const Ragged& histories, bool training, uint64_t seed, uint64_t step,
+               uint32_t site_base) const;
+  void forward(Context& ctx, const T* token_input, T* user_out);
+  // Parameter gradients accumulate; with an external token input its gradient is written (=) to
+  // d_token_input [Ntok, D], otherwise it goes to the item table.
+  void backward(Context& ctx, const T* d_user, T* d_token_input);
 
   const T* item_table() const { return params_.value(p_item_emb_); }
   const T* item_bias() const { return cfg_.item_bias ? params_.value(p_item_bias_) : nullptr; }
   T* item_table_grad() { return params_.grad(p_item_emb_); }
   T* item_bias_grad() { return cfg_.item_bias ? params_.grad(p_item_bias_) : nullptr; }
+  // Dropout sites one forward uses (so callers running several forwards per step keep them apart).
+  uint32_t sites_per_pass() const { return uint32_t(1 + 4 * cfg_.layers); }
 
  private:
   struct LayerParams {
     int q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b, ln1_w, ln1_b, f1_w, f1_b, f2_w, f2_b, ln2_w, ln2_b;
   };
-  struct LayerActs {
-    int64_t nq = 0;
-    Buffer<T> in_q;  // last layer: layer input at the last tokens [S, D]; else unused
-    Buffer<T> q, k, v, probs, att, r1, mean1, rstd1, h, f1, g, r2, mean2, rstd2, out;
+  struct Grads {
+    Buffer<T> d_out, d_r2, d_h, d_g, d_f1, d_r1, d_att, d_q, d_k, d_v, d_in, d_in_q, d_x0;
   };
-  uint64_t stream(uint32_t site) const;
-  void build_layout(const Ragged& histories);
+  uint64_t stream(const Context& ctx, uint32_t site) const;
 
   SasRecConfig cfg_;
   Backend<T>& be_;
   ParamStore<T> params_;
   int p_item_emb_ = -1, p_item_bias_ = -1, p_pos_emb_ = -1, p_ln_w_ = -1, p_ln_b_ = -1;
   std::vector<LayerParams> lp_;
-
-  // Activations of the last forward.
-  bool training_ = false;
-  uint64_t seed_ = 0, step_ = 0;
-  std::vector<int64_t> tok_offsets_;
-  std::vector<uint8_t> all_masked_;
-  std::vector<int32_t> ids_, pos_;
-  Buffer<T> x0_, mean0_, rstd0_, x1_, h0_;
-  std::vector<LayerActs> acts_;
-  struct Grads {
-    Buffer<T> d_out, d_r2, d_h, d_g, d_f1, d_r1, d_att, d_q, d_k, d_v, d_in, d_in_q, d_x0;
-  } grads_;
-  JaggedLayout layout() const;
+  Context ctx_;  // the context of the single-pass forward()/backward() above
+  Grads grads_;  // backward scratch, reused by every call so steady-state steps allocate nothing
 };
 
 // Builds the layer names and shapes of the reference ("trm_encoder.layer.0...").

@@ -51,7 +51,6 @@ SasRec<T>::SasRec(const SasRecConfig& cfg, Backend<T>& be) : cfg_(cfg), be_(be) 
     lp_.push_back(p);
   }
   params_.finalize();
-  acts_.resize(size_t(cfg.layers));
 }
 
 template <class T>
@@ -77,73 +76,83 @@ void SasRec<T>::init(uint64_t seed) {
 }
 
 template <class T>
-uint64_t SasRec<T>::stream(uint32_t site) const {
-  return rng_stream(RngPurpose::kDropout, uint32_t(step_), site);
+uint64_t SasRec<T>::stream(const Context& ctx, uint32_t site) const {
+  return rng_stream(RngPurpose::kDropout, uint32_t(ctx.step), ctx.site_base + site);
 }
 
 template <class T>
-JaggedLayout SasRec<T>::layout() const {
+JaggedLayout SasRec<T>::Context::layout() const {
   JaggedLayout L;
-  L.num_seqs = int64_t(all_masked_.size());
-  L.num_tokens = tok_offsets_.back();
-  L.tok_offsets = tok_offsets_.data();
-  L.all_masked = all_masked_.data();
+  L.num_seqs = int64_t(all_masked.size());
+  L.num_tokens = num_tokens();
+  L.tok_offsets = tok_offsets.data();
+  L.all_masked = all_masked.data();
   return L;
 }
 
 template <class T>
-void SasRec<T>::build_layout(const Ragged& hist) {
+void SasRec<T>::prepare(Context& ctx, const Ragged& hist, bool training, uint64_t seed, uint64_t step,
+                        uint32_t site_base) const {
+  ctx.training = training;
+  ctx.seed = seed;
+  ctx.step = step;
+  ctx.site_base = site_base;
   const int64_t S = int64_t(hist.rows());
   const int ml = cfg_.max_len;
-  tok_offsets_.assign(size_t(S) + 1, 0);
-  all_masked_.assign(size_t(S), 0);
+  ctx.tok_offsets.assign(size_t(S) + 1, 0);
+  ctx.all_masked.assign(size_t(S), 0);
   for (int64_t s = 0; s < S; ++s) {
     const int64_t n = std::min<int64_t>(hist.row_size(size_t(s)), ml);
-    all_masked_[size_t(s)] = n == 0;
-    tok_offsets_[size_t(s) + 1] = tok_offsets_[size_t(s)] + (n == 0 ? ml : n);
+    ctx.all_masked[size_t(s)] = n == 0;
+    ctx.tok_offsets[size_t(s) + 1] = ctx.tok_offsets[size_t(s)] + (n == 0 ? ml : n);
   }
-  const int64_t ntok = tok_offsets_.back();
-  ids_.resize(size_t(ntok));
-  pos_.resize(size_t(ntok));
+  const int64_t ntok = ctx.tok_offsets.back();
+  ctx.ids.resize(size_t(ntok));
+  ctx.pos.resize(size_t(ntok));
   for (int64_t s = 0; s < S; ++s) {
-    const int64_t t0 = tok_offsets_[size_t(s)], n = tok_offsets_[size_t(s) + 1] - t0;
+    const int64_t t0 = ctx.tok_offsets[size_t(s)], n = ctx.tok_offsets[size_t(s) + 1] - t0;
+    const bool masked = ctx.all_masked[size_t(s)];
     const ItemId* end = hist.row_end(size_t(s));
     for (int64_t i = 0; i < n; ++i) {
-      const int32_t id = all_masked_[size_t(s)] ? 0 : end[i - n];
-      ADA_CHECK(id >= 0 && id < cfg_.n_items && (id != 0 || all_masked_[size_t(s)]),
-                "SASRec: item id " << id << " in history " << s << " is outside 1.."
-                                   << cfg_.n_items - 1);
-      ids_[size_t(t0 + i)] = id;
-      pos_[size_t(t0 + i)] = int32_t(ml - n + i);
+      const int32_t id = masked ? 0 : end[i - n];
+      ADA_CHECK(masked || (id > 0 && id < cfg_.n_items),
+                "SASRec: item id " << id << " in history " << s << " is outside 1.." << cfg_.n_items - 1);
+      ctx.ids[size_t(t0 + i)] = id;
+      ctx.pos[size_t(t0 + i)] = int32_t(ml - n + i);
     }
   }
+  ctx.layers.resize(size_t(cfg_.layers));
 }
 
 template <class T>
-void SasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uint64_t step, T* user_out) {
-  training_ = training;
-  seed_ = seed;
-  step_ = step;
-  build_layout(hist);
-  const JaggedLayout L = layout();
+void SasRec<T>::forward(Context& ctx, const T* token_input, T* user_out) {
+  const JaggedLayout L = ctx.layout();
   const int64_t S = L.num_seqs, Ntok = L.num_tokens, D = cfg_.hidden, I = cfg_.inner;
-  const float p = training ? cfg_.dropout : 0.0f;
+  const float p = ctx.training ? cfg_.dropout : 0.0f;
+  const uint64_t seed = ctx.seed;
+  ctx.external_input = token_input != nullptr;
 
-  x0_.ensure(size_t(Ntok * D));
-  mean0_.ensure(size_t(Ntok));
-  rstd0_.ensure(size_t(Ntok));
-  x1_.ensure(size_t(Ntok * D));
-  h0_.ensure(size_t(Ntok * D));
-  be_.embedding_forward(x0_.data(), ids_.data(), params_.value(p_item_emb_), pos_.data(),
-                        params_.value(p_pos_emb_), Ntok, D);
-  be_.layernorm_forward(x1_.data(), mean0_.data(), rstd0_.data(), x0_.data(), params_.value(p_ln_w_),
-                        params_.value(p_ln_b_), Ntok, D, T(cfg_.ln_eps));
-  be_.dropout_forward(h0_.data(), x1_.data(), Ntok * D, p, seed, stream(0));
+  ctx.x0.ensure(size_t(Ntok * D));
+  ctx.mean0.ensure(size_t(Ntok));
+  ctx.rstd0.ensure(size_t(Ntok));
+  ctx.x1.ensure(size_t(Ntok * D));
+  ctx.h0.ensure(size_t(Ntok * D));
+  if (token_input) {
+    // x0 = pos_table[pos] + token_input
+    be_.embedding_forward(ctx.x0.data(), ctx.pos.data(), params_.value(p_pos_emb_), nullptr, nullptr, Ntok, D);
+    be_.add_inplace(ctx.x0.data(), token_input, Ntok * D);
+  } else {
+    be_.embedding_forward(ctx.x0.data(), ctx.ids.data(), params_.value(p_item_emb_), ctx.pos.data(),
+                          params_.value(p_pos_emb_), Ntok, D);
+  }
+  be_.layernorm_forward(ctx.x1.data(), ctx.mean0.data(), ctx.rstd0.data(), ctx.x0.data(),
+                        params_.value(p_ln_w_), params_.value(p_ln_b_), Ntok, D, T(cfg_.ln_eps));
+  be_.dropout_forward(ctx.h0.data(), ctx.x1.data(), Ntok * D, p, seed, stream(ctx, 0));
 
-  const T* in = h0_.data();
+  const T* in = ctx.h0.data();
   for (int l = 0; l < cfg_.layers; ++l) {
     const LayerParams& w = lp_[size_t(l)];
-    LayerActs& a = acts_[size_t(l)];
+    LayerActs& a = ctx.layers[size_t(l)];
     const bool last = l == cfg_.layers - 1;
     const int64_t nq = last ? S : Ntok;
     a.nq = nq;
@@ -166,14 +175,14 @@ void SasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uint64
     sh.last_only = last;
     sh.dropout = p;
     sh.seed = seed;
-    sh.stream = stream(uint32_t(1 + 4 * l));
+    sh.stream = stream(ctx, uint32_t(1 + 4 * l));
     a.probs.ensure(size_t(sh.prob_size()));
     a.att.ensure(size_t(nq * D));
     be_.attention_forward(a.att.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), sh);
     // r1 = dropout(att W_o^T + b_o) + in_q ; h = LN(r1)
     a.r1.ensure(size_t(nq * D));
     be_.linear_forward(a.r1.data(), a.att.data(), params_.value(w.o_w), params_.value(w.o_b), nq, D, D);
-    be_.dropout_forward(a.r1.data(), a.r1.data(), nq * D, p, seed, stream(uint32_t(2 + 4 * l)));
+    be_.dropout_forward(a.r1.data(), a.r1.data(), nq * D, p, seed, stream(ctx, uint32_t(2 + 4 * l)));
     be_.add_inplace(a.r1.data(), in_q, nq * D);
     a.mean1.ensure(size_t(nq));
     a.rstd1.ensure(size_t(nq));
@@ -187,7 +196,7 @@ void SasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uint64
     be_.activation_forward(a.g.data(), a.f1.data(), nq * I, cfg_.activation);
     a.r2.ensure(size_t(nq * D));
     be_.linear_forward(a.r2.data(), a.g.data(), params_.value(w.f2_w), params_.value(w.f2_b), nq, I, D);
-    be_.dropout_forward(a.r2.data(), a.r2.data(), nq * D, p, seed, stream(uint32_t(3 + 4 * l)));
+    be_.dropout_forward(a.r2.data(), a.r2.data(), nq * D, p, seed, stream(ctx, uint32_t(3 + 4 * l)));
     be_.add_inplace(a.r2.data(), a.h.data(), nq * D);
     a.mean2.ensure(size_t(nq));
     a.rstd2.ensure(size_t(nq));
@@ -201,14 +210,15 @@ void SasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uint64
 }
 
 template <class T>
-void SasRec<T>::backward(const T* d_user) {
-  ADA_CHECK(training_, "SASRec::backward without a training forward");
-  const JaggedLayout L = layout();
+void SasRec<T>::backward(Context& ctx, const T* d_user, T* d_token_input) {
+  ADA_CHECK(ctx.training, "SASRec::backward without a training forward");
+  ADA_CHECK(ctx.external_input == (d_token_input != nullptr),
+            "SASRec::backward: d_token_input must be given exactly when forward took a token input");
+  const JaggedLayout L = ctx.layout();
   const int64_t S = L.num_seqs, Ntok = L.num_tokens, D = cfg_.hidden, I = cfg_.inner;
   const float p = cfg_.dropout;
-  const uint64_t seed = seed_;
+  const uint64_t seed = ctx.seed;
 
-  // Scratch buffers live in the model so that steady-state steps allocate nothing.
   Grads& gr = grads_;
   Buffer<T>&d_out = gr.d_out, &d_r2 = gr.d_r2, &d_h = gr.d_h, &d_g = gr.d_g, &d_f1 = gr.d_f1,
   &d_r1 = gr.d_r1, &d_att = gr.d_att, &d_q = gr.d_q, &d_k = gr.d_k, &d_v = gr.d_v, &d_in = gr.d_in,
@@ -217,10 +227,10 @@ void SasRec<T>::backward(const T* d_user) {
   std::copy(d_user, d_user + S * D, d_out.data());
   for (int l = cfg_.layers - 1; l >= 0; --l) {
     const LayerParams& w = lp_[size_t(l)];
-    LayerActs& a = acts_[size_t(l)];
+    LayerActs& a = ctx.layers[size_t(l)];
     const bool last = l == cfg_.layers - 1;
     const int64_t nq = a.nq;
-    const T* in = l == 0 ? h0_.data() : acts_[size_t(l - 1)].out.data();
+    const T* in = l == 0 ? ctx.h0.data() : ctx.layers[size_t(l - 1)].out.data();
     const T* in_q = last ? a.in_q.data() : in;
 
     d_r2.ensure(size_t(nq * D));
@@ -228,7 +238,7 @@ void SasRec<T>::backward(const T* d_user) {
                            a.r2.data(), params_.value(w.ln2_w), a.mean2.data(), a.rstd2.data(), nq, D);
     copy_into(d_h, d_r2);  // residual branch
     // FFN branch: d_r2 -> dropout -> W2 -> act -> W1 -> h
-    be_.dropout_backward(d_r2.data(), d_r2.data(), nq * D, p, seed, stream(uint32_t(3 + 4 * l)));
+    be_.dropout_backward(d_r2.data(), d_r2.data(), nq * D, p, seed, stream(ctx, uint32_t(3 + 4 * l)));
     d_g.ensure(size_t(nq * I));
     be_.linear_backward(d_g.data(), params_.grad(w.f2_w), params_.grad(w.f2_b), d_r2.data(),
                         a.g.data(), params_.value(w.f2_w), nq, I, D, false);
@@ -240,7 +250,7 @@ void SasRec<T>::backward(const T* d_user) {
     be_.layernorm_backward(d_r1.data(), params_.grad(w.ln1_w), params_.grad(w.ln1_b), d_h.data(),
                            a.r1.data(), params_.value(w.ln1_w), a.mean1.data(), a.rstd1.data(), nq, D);
     copy_into(d_in_q, d_r1);  // residual branch to the layer input (at the query rows)
-    be_.dropout_backward(d_r1.data(), d_r1.data(), nq * D, p, seed, stream(uint32_t(2 + 4 * l)));
+    be_.dropout_backward(d_r1.data(), d_r1.data(), nq * D, p, seed, stream(ctx, uint32_t(2 + 4 * l)));
     d_att.ensure(size_t(nq * D));
     be_.linear_backward(d_att.data(), params_.grad(w.o_w), params_.grad(w.o_b), d_r1.data(),
                         a.att.data(), params_.value(w.o_w), nq, D, D, false);
@@ -251,7 +261,7 @@ void SasRec<T>::backward(const T* d_user) {
     sh.last_only = last;
     sh.dropout = p;
     sh.seed = seed;
-    sh.stream = stream(uint32_t(1 + 4 * l));
+    sh.stream = stream(ctx, uint32_t(1 + 4 * l));
     d_q.ensure(size_t(nq * D));
     d_k.ensure(size_t(Ntok * D));
     d_k.fill(T(0));
@@ -273,12 +283,16 @@ void SasRec<T>::backward(const T* d_user) {
     std::swap(d_out, d_in);
   }
   // Embedding stage: d_out is d h0.
-  be_.dropout_backward(d_out.data(), d_out.data(), Ntok * D, p, seed, stream(0));
-  d_x0.ensure(size_t(Ntok * D));
-  be_.layernorm_backward(d_x0.data(), params_.grad(p_ln_w_), params_.grad(p_ln_b_), d_out.data(),
-                         x0_.data(), params_.value(p_ln_w_), mean0_.data(), rstd0_.data(), Ntok, D);
-  be_.embedding_backward(params_.grad(p_item_emb_), params_.grad(p_pos_emb_), d_x0.data(),
-                         ids_.data(), pos_.data(), Ntok, D);
+  be_.dropout_backward(d_out.data(), d_out.data(), Ntok * D, p, seed, stream(ctx, 0));
+  T* dx0 = d_token_input;
+  if (!dx0) {
+    d_x0.ensure(size_t(Ntok * D));
+    dx0 = d_x0.data();
+  }
+  be_.layernorm_backward(dx0, params_.grad(p_ln_w_), params_.grad(p_ln_b_), d_out.data(),
+                         ctx.x0.data(), params_.value(p_ln_w_), ctx.mean0.data(), ctx.rstd0.data(), Ntok, D);
+  be_.embedding_backward(d_token_input ? nullptr : params_.grad(p_item_emb_), params_.grad(p_pos_emb_), dx0,
+                         ctx.ids.data(), ctx.pos.data(), Ntok, D);
 }
 
 template class SasRec<float>;
