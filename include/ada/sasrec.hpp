@@ -10,6 +10,7 @@
 // computes queries, FFN and LayerNorms only at the final position, the one that becomes the user vector.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -59,7 +60,10 @@ class SasRec {
     int64_t num_tokens() const { return tok_offsets.empty() ? 0 : tok_offsets.back(); }
   };
 
-  SasRec(const SasRecConfig& cfg, Backend<T>& be);
+  // `add_params` registers further tensors (e.g. Ada's adapters) in the same flat parameter store,
+  // so the optimizer and checkpoints see one buffer.
+  SasRec(const SasRecConfig& cfg, Backend<T>& be,
+         const std::function<void(ParamStore<T>&)>& add_params = {});
   const SasRecConfig& config() const { return cfg_; }
   ParamStore<T>& params() { return params_; }
   const ParamStore<T>& params() const { return params_; }

@@ -17,7 +17,9 @@ void copy_into(Buffer<T>& dst, const Buffer<T>& src) {
 }  // namespace
 
 template <class T>
-SasRec<T>::SasRec(const SasRecConfig& cfg, Backend<T>& be) : cfg_(cfg), be_(be) {
+SasRec<T>::SasRec(const SasRecConfig& cfg, Backend<T>& be,
+                  const std::function<void(ParamStore<T>&)>& add_params)
+    : cfg_(cfg), be_(be) {
   ADA_CHECK(cfg.n_items >= 2, "SASRec: n_items must be >= 2 (padding + one item), got " << cfg.n_items);
   ADA_CHECK(cfg.hidden % cfg.heads == 0,
             "SASRec: hidden " << cfg.hidden << " is not a multiple of heads " << cfg.heads);
@@ -50,6 +52,7 @@ SasRec<T>::SasRec(const SasRecConfig& cfg, Backend<T>& be) : cfg_(cfg), be_(be) 
     p.ln2_b = params_.add(f + "LayerNorm.bias", {D});
     lp_.push_back(p);
   }
+  if (add_params) add_params(params_);
   params_.finalize();
 }
 

@@ -1,0 +1,101 @@
+// Ada-Retrieval on a SASRec backbone (reference-spec.md section 3): T rounds per user; round t adapts
+// the history's item embeddings to the context items retrieved in rounds < t (item representation
+// adapter, IRA: learnable DFT filter per round block + context-aware attention) and fuses the earlier
+// rounds' adapted user vectors into the new one (user representation adapter, URA: GRU + MLP).
+// Round 0 is exactly the base model. Context = the model's own top-k (k = ceil(K/T)) over the whole
+// catalog minus padding and earlier context; it has no gradient, the context embeddings do.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "ada/backend.hpp"
+#include "ada/data.hpp"
+#include "ada/sasrec.hpp"
+#include "ada/tensor.hpp"
+
+namespace ada {
+
+struct AdaConfig {
+  int rounds = 5;        // T
+  int total_k = 100;     // K
+  double lambda = 0.3;   // round t's loss is weighted lambda^t (t = 0 .. T-1)
+  double ln_eps = 1e-12; // the adapters' LayerNorms
+  // Ablations (targets.md section 3): off = the component is left out.
+  bool filter = true;     // the learnable filter block on each context round (off: raw embeddings)
+  bool attention = true;  // context-aware attention (off: the mean of the context)
+  bool ira = true;        // the whole item adapter (off: history embeddings unchanged)
+  bool gru = true;        // GRU over earlier user vectors (off: their mean)
+  bool mlp = true;        // the MLP fusing [v; h] (off: LN(v + dropout(h)))
+  bool ura = true;        // the whole user adapter (off: v' = v)
+  int k_per_round() const { return (total_k + rounds - 1) / rounds; }  // the reference's ceil(K/T)
+};
+
+template <class T>
+class AdaSasRec {
+ public:
+  AdaSasRec(const SasRecConfig& base, const AdaConfig& ada, Backend<T>& be);
+  SasRec<T>& base() { return base_; }
+  const AdaConfig& ada_config() const { return ada_; }
+  ParamStore<T>& params() { return base_.params(); }
+  Backend<T>& backend() { return be_; }
+  int k_ctx() const { return kc_; }
+
+  // Base init (reference-spec 2.2) plus the adapters': Linear N(0, 0.02), LayerNorms 1/0, filter
+  // weight N(0, 0.02), GRU U(-1/sqrt(D), 1/sqrt(D)) as PyTorch's default.
+  void init(uint64_t seed);
+
+  // T rounds for B histories. users: [T, B, D] adapted user vectors (round-major); ctx_ids: [T-1, B, kc]
+  // the model's own context of rounds 0..T-2 (may be null). rounds <= 0 means the configured T.
+  // training keeps activations for backward.
+  void forward(const Ragged& histories, bool training, uint64_t seed, uint64_t step, T* users,
+               ItemId* ctx_ids = nullptr, int rounds = 0);
+  // d_users: [T, B, D] gradients of the loss w.r.t. each round's adapted user vector (consumed).
+  void backward(T* d_users);
+
+ private:
+  struct Block {  // one earlier round's context through the filter block
+    Buffer<T> E, F, G, R, mean, rstd, Et;  // [B, kc, D] each (mean/rstd [B*kc])
+  };
+  struct Round {
+    typename SasRec<T>::Context sctx;
+    // IRA (rounds > 0)
+    bool ira = false;
+    std::vector<Block> blocks;
+    Buffer<T> X, C, probs, att, r, mean, rstd, Xp;
+    // URA (rounds > 0)
+    bool ura = false;
+    Buffer<T> v;                         // backbone user vector [B, D]
+    Buffer<T> hs, gi, gh, gates;         // GRU: h_0..h_t [t+1, B, D], per step [t, B, 3D]
+    Buffer<T> z, a1, a1r, a2, r2, mean2, rstd2;  // MLP
+  };
+  uint64_t stream(int round, uint32_t site) const;
+  void ira_forward(Round& rd, int t, int64_t B);
+  void ira_backward(Round& rd, int t, int64_t B, const T* d_xp);
+  void ura_forward(Round& rd, int t, int64_t B, const T* users, T* out);
+  void ura_backward(Round& rd, int t, int64_t B, const T* d_out, T* d_users);
+  void context_topk(const T* u, int64_t B, const ItemId* prev, int n_prev, ItemId* out);
+
+  AdaConfig ada_;
+  Backend<T>& be_;
+  int kc_ = 0;
+  // adapter parameter indices (reference names)
+  int p_cw_ = -1, p_fd_w_ = -1, p_fd_b_ = -1, p_fln_w_ = -1, p_fln_b_ = -1, p_aln_w_ = -1, p_aln_b_ = -1;
+  int p_wih_ = -1, p_whh_ = -1, p_bih_ = -1, p_bhh_ = -1, p_m1_w_ = -1, p_m1_b_ = -1, p_m2_w_ = -1,
+      p_m2_b_ = -1, p_mln_w_ = -1, p_mln_b_ = -1;
+  SasRec<T> base_;
+
+  // state of the last training forward
+  bool training_ = false;
+  uint64_t seed_ = 0, step_ = 0;
+  int rounds_run_ = 0;
+  int64_t batch_ = 0;
+  std::vector<ItemId> ctx_;  // [T-1, B, kc]
+  std::vector<Round> rounds_;
+  Buffer<T> users_;          // [T, B, D] forward outputs (URA inputs of later rounds)
+  Buffer<T> scratch_, scratch2_, zeros_;
+};
+
+extern template class AdaSasRec<float>;
+extern template class AdaSasRec<double>;
+
+}  // namespace ada

@@ -1,0 +1,359 @@
+#include "ada/ada_model.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+
+#include "ada/check.hpp"
+#include "ada/eval.hpp"
+#include "ada/rng.hpp"
+
+namespace ada {
+
+namespace {
+
+// Dropout sites per round: the backbone uses 0 .. 1+4L; the adapters use these (and kBlockSite + r).
+constexpr uint32_t kSitesPerRound = 128;
+constexpr uint32_t kIraSite = 40, kUraSite = 41, kBlockSite = 64;
+
+// Rows [b*rows_per + off, +n) of a [B, rows_per, D] tensor <-> a [B, n, D] tensor (layout moves only).
+template <class T>
+void copy_rows_out(T* dst, const T* src, int64_t B, int64_t rows_per, int64_t off, int64_t n, int64_t D) {
+  for (int64_t b = 0; b < B; ++b)
+    std::memcpy(dst + b * n * D, src + (b * rows_per + off) * D, sizeof(T) * size_t(n * D));
+}
+template <class T>
+void copy_rows_in(T* dst, const T* src, int64_t B, int64_t rows_per, int64_t off, int64_t n, int64_t D) {
+  for (int64_t b = 0; b < B; ++b)
+    std::memcpy(dst + (b * rows_per + off) * D, src + b * n * D, sizeof(T) * size_t(n * D));
+}
+
+}  // namespace
+
+template <class T>
+AdaSasRec<T>::AdaSasRec(const SasRecConfig& base, const AdaConfig& ada, Backend<T>& be)
+    : ada_(ada), be_(be), kc_(ada.k_per_round()),
+      base_(base, be, [this, &base](ParamStore<T>& ps) {
+        const int64_t D = base.hidden;
+        p_cw_ = ps.add("low_filter.complex_weight", {1, kc_ / 2 + 1, D, 2});
+        p_fd_w_ = ps.add("low_filter.dense.weight", {D, D});
+        p_fd_b_ = ps.add("low_filter.dense.bias", {D});
+        p_fln_w_ = ps.add("low_filter.LayerNorm.weight", {D});
+        p_fln_b_ = ps.add("low_filter.LayerNorm.bias", {D});
+        p_aln_w_ = ps.add("att_LayerNorm.weight", {D});
+        p_aln_b_ = ps.add("att_LayerNorm.bias", {D});
+        p_wih_ = ps.add("post_trans_gru_layer.weight_ih_l0", {3 * D, D});
+        p_whh_ = ps.add("post_trans_gru_layer.weight_hh_l0", {3 * D, D});
+        p_bih_ = ps.add("post_trans_gru_layer.bias_ih_l0", {3 * D});
+        p_bhh_ = ps.add("post_trans_gru_layer.bias_hh_l0", {3 * D});
+        p_m1_w_ = ps.add("ffn_dense_1.weight", {2 * D, 2 * D});
+        p_m1_b_ = ps.add("ffn_dense_1.bias", {2 * D});
+        p_m2_w_ = ps.add("ffn_dense_2.weight", {D, 2 * D});
+        p_m2_b_ = ps.add("ffn_dense_2.bias", {D});
+        p_mln_w_ = ps.add("ffn_LayerNorm.weight", {D});
+        p_mln_b_ = ps.add("ffn_LayerNorm.bias", {D});
+      }) {
+  ADA_CHECK(ada.rounds >= 1, "Ada: rounds must be >= 1, got " << ada.rounds);
+  ADA_CHECK(ada.rounds <= int(kBlockSite - 1) && ada.rounds * kc_ < base.n_items,
+            "Ada: " << ada.rounds << " rounds of " << kc_ << " context items do not fit a catalog of "
+                    << base.n_items - 1 << " items");
+  ADA_CHECK(ada.total_k >= ada.rounds, "Ada: total_k " << ada.total_k << " < rounds " << ada.rounds);
+}
+
+template <class T>
+void AdaSasRec<T>::init(uint64_t seed) {
+  base_.init(seed);  // every tensor by name: N(0, 0.02) weights, zero ".bias", LayerNorm 1/0
+  ParamStore<T>& ps = params();
+  // PyTorch's nn.GRU default: U(-1/sqrt(hidden), 1/sqrt(hidden)) for weights and biases.
+  const double bound = 1.0 / std::sqrt(double(base_.config().hidden));
+  for (int idx : {p_wih_, p_whh_, p_bih_, p_bhh_}) {
+    const uint64_t st = rng_stream(RngPurpose::kInit, uint32_t(1000 + idx));
+    T* v = ps.value(idx);
+    for (int64_t j = 0; j < ps.entry(idx).numel; ++j)
+      v[j] = T(bound * (2.0 * double(u32_to_unit_float(random_u32(seed, st, uint64_t(j)))) - 1.0));
+  }
+}
+
+template <class T>
+uint64_t AdaSasRec<T>::stream(int round, uint32_t site) const {
+  return rng_stream(RngPurpose::kDropout, uint32_t(step_), uint32_t(round) * kSitesPerRound + site);
+}
+
+// The model's own context: top-kc of <u, e_j> + b_j over 1..N-1 minus earlier context (no history).
+template <class T>
+void AdaSasRec<T>::context_topk(const T* u, int64_t B, const ItemId* prev, int n_prev, ItemId* out) {
+  const auto& c = base_.config();
+  const int64_t D = c.hidden, N = c.n_items;
+  Ragged ex;
+  ex.offsets.reserve(size_t(B) + 1);
+  ex.ids.reserve(size_t(B * n_prev * kc_));
+  for (int64_t b = 0; b < B; ++b) {
+    for (int r = 0; r < n_prev; ++r) {
+      const ItemId* row = prev + (int64_t(r) * B + b) * kc_;
+      ex.ids.insert(ex.ids.end(), row, row + kc_);
+    }
+    ex.offsets.push_back(int64_t(ex.ids.size()));
+  }
+  std::vector<float> scores(size_t(B * kc_));
+  if constexpr (std::is_same_v<T, float>) {
+    topk_excluding(u, B, base_.item_table(), base_.item_bias(), N, D, kc_, ex, nullptr, out, scores.data());
+  } else {
+    std::vector<float> uf(u, u + B * D), ef(base_.item_table(), base_.item_table() + N * D), bf;
+    if (base_.item_bias()) bf.assign(base_.item_bias(), base_.item_bias() + N);
+    topk_excluding(uf.data(), B, ef.data(), bf.empty() ? nullptr : bf.data(), N, D, kc_, ex, nullptr, out,
+                   scores.data());
+  }
+}
+
+template <class T>
+void AdaSasRec<T>::ira_forward(Round& rd, int t, int64_t B) {
+  const int64_t D = base_.config().hidden, K = kc_, Ntok = rd.sctx.num_tokens(), Nc = int64_t(t) * K;
+  const ParamStore<T>& ps = params();
+  const float p = training_ ? base_.config().dropout : 0.0f;
+  rd.X.ensure(size_t(Ntok * D));
+  be_.embedding_forward(rd.X.data(), rd.sctx.ids.data(), base_.item_table(), nullptr, nullptr, Ntok, D);
+  rd.C.ensure(size_t(B * Nc * D));
+  rd.blocks.resize(size_t(t));
+  for (int r = 0; r < t; ++r) {
+    Block& bl = rd.blocks[size_t(r)];
+    const int64_t n = B * K;
+    const ItemId* ids = ctx_.data() + int64_t(r) * B * K;
+    bl.E.ensure(size_t(n * D));
+    be_.embedding_forward(bl.E.data(), ids, base_.item_table(), nullptr, nullptr, n, D);
+    const T* ctx_rows = bl.E.data();
+    if (ada_.filter) {
+      // Et = LN_tf(E + dropout(dense(irfft(rfft(E) * W))))
+      bl.F.ensure(size_t(n * D));
+      bl.G.ensure(size_t(n * D));
+      bl.R.ensure(size_t(n * D));
+      bl.mean.ensure(size_t(n));
+      bl.rstd.ensure(size_t(n));
+      bl.Et.ensure(size_t(n * D));
+      be_.filter_forward(bl.F.data(), bl.E.data(), ps.value(p_cw_), B, K, D);
+      be_.linear_forward(bl.G.data(), bl.F.data(), ps.value(p_fd_w_), ps.value(p_fd_b_), n, D, D);
+      be_.dropout_forward(bl.R.data(), bl.G.data(), n * D, p, seed_, stream(t, kBlockSite + uint32_t(r)));
+      be_.add_inplace(bl.R.data(), bl.E.data(), n * D);
+      be_.layernorm_forward(bl.Et.data(), bl.mean.data(), bl.rstd.data(), bl.R.data(), ps.value(p_fln_w_),
+                            ps.value(p_fln_b_), n, D, T(ada_.ln_eps));
+      ctx_rows = bl.Et.data();
+    }
+    copy_rows_in(rd.C.data(), ctx_rows, B, Nc, int64_t(r) * K, K, D);
+  }
+  // Xp = LN(X + dropout(softmax(X C^T / sqrt(D)) C)); without attention the queries are zero, which
+  // makes the softmax uniform: the mean of the context.
+  const T* queries = rd.X.data();
+  if (!ada_.attention) {
+    zeros_.ensure(size_t(Ntok * D));
+    zeros_.fill(T(0));
+    queries = zeros_.data();
+  }
+  rd.probs.ensure(size_t(Ntok * Nc));
+  rd.att.ensure(size_t(Ntok * D));
+  rd.r.ensure(size_t(Ntok * D));
+  rd.mean.ensure(size_t(Ntok));
+  rd.rstd.ensure(size_t(Ntok));
+  rd.Xp.ensure(size_t(Ntok * D));
+  be_.context_attention_forward(rd.att.data(), rd.probs.data(), queries, rd.C.data(), rd.sctx.tok_offsets.data(),
+                                B, Nc, D);
+  be_.dropout_forward(rd.r.data(), rd.att.data(), Ntok * D, p, seed_, stream(t, kIraSite));
+  be_.add_inplace(rd.r.data(), rd.X.data(), Ntok * D);
+  be_.layernorm_forward(rd.Xp.data(), rd.mean.data(), rd.rstd.data(), rd.r.data(), ps.value(p_aln_w_),
+                        ps.value(p_aln_b_), Ntok, D, T(ada_.ln_eps));
+}
+
+template <class T>
+void AdaSasRec<T>::ira_backward(Round& rd, int t, int64_t B, const T* d_xp) {
+  const int64_t D = base_.config().hidden, K = kc_, Ntok = rd.sctx.num_tokens(), Nc = int64_t(t) * K;
+  ParamStore<T>& ps = params();
+  const float p = base_.config().dropout;
+  Buffer<T>& d_r = scratch_;
+  d_r.ensure(size_t(Ntok * D));
+  be_.layernorm_backward(d_r.data(), ps.grad(p_aln_w_), ps.grad(p_aln_b_), d_xp, rd.r.data(), ps.value(p_aln_w_),
+                         rd.mean.data(), rd.rstd.data(), Ntok, D);
+  // d X = d_r (residual) + attention's d queries; d att = dropout^T d_r
+  Buffer<T> d_x = d_r.clone();
+  be_.dropout_backward(d_r.data(), d_r.data(), Ntok * D, p, seed_, stream(t, kIraSite));
+  Buffer<T> d_c(size_t(B * Nc * D));
+  d_c.fill(T(0));
+  Buffer<T> d_q(size_t(Ntok * D));
+  if (!ada_.attention) {
+    zeros_.ensure(size_t(Ntok * D));
+    zeros_.fill(T(0));
+  }
+  const T* queries = ada_.attention ? rd.X.data() : zeros_.data();
+  be_.context_attention_backward(d_q.data(), d_c.data(), d_r.data(), rd.probs.data(), queries, rd.C.data(),
+                                 rd.sctx.tok_offsets.data(), B, Nc, D);
+  if (ada_.attention) be_.add_inplace(d_x.data(), d_q.data(), Ntok * D);
+  // history tokens: gradient into the item table (padding tokens skipped by the op)
+  be_.embedding_backward(base_.item_table_grad(), nullptr, d_x.data(), rd.sctx.ids.data(), nullptr, Ntok, D);
+  // each earlier round's block
+  for (int r = 0; r < t; ++r) {
+    Block& bl = rd.blocks[size_t(r)];
+    const int64_t n = B * K;
+    const ItemId* ids = ctx_.data() + int64_t(r) * B * K;
+    Buffer<T> d_et(size_t(n * D));
+    copy_rows_out(d_et.data(), d_c.data(), B, Nc, int64_t(r) * K, K, D);
+    if (ada_.filter) {
+      Buffer<T> d_e(size_t(n * D)), d_f(size_t(n * D));
+      be_.layernorm_backward(d_e.data(), ps.grad(p_fln_w_), ps.grad(p_fln_b_), d_et.data(), bl.R.data(),
+                             ps.value(p_fln_w_), bl.mean.data(), bl.rstd.data(), n, D);
+      // d_e is d R: the residual goes to E as it is, the branch through dropout, dense and the filter
+      be_.dropout_backward(d_et.data(), d_e.data(), n * D, p, seed_, stream(t, kBlockSite + uint32_t(r)));
+      be_.linear_backward(d_f.data(), ps.grad(p_fd_w_), ps.grad(p_fd_b_), d_et.data(), bl.F.data(),
+                          ps.value(p_fd_w_), n, D, D, false);
+      be_.filter_backward(d_et.data(), ps.grad(p_cw_), d_f.data(), bl.E.data(), ps.value(p_cw_), B, K, D);
+      be_.add_inplace(d_et.data(), d_e.data(), n * D);
+    }
+    be_.embedding_backward(base_.item_table_grad(), nullptr, d_et.data(), ids, nullptr, n, D);
+  }
+}
+
+template <class T>
+void AdaSasRec<T>::ura_forward(Round& rd, int t, int64_t B, const T* users, T* out) {
+  const int64_t D = base_.config().hidden;
+  const ParamStore<T>& ps = params();
+  const float p = training_ ? base_.config().dropout : 0.0f;
+  // h: GRU over the earlier adapted vectors users[0..t-1] from h_0 = 0 (or their mean without GRU)
+  rd.hs.ensure(size_t((t + 1) * B * D));
+  std::fill(rd.hs.data(), rd.hs.data() + B * D, T(0));
+  if (ada_.gru) {
+    rd.gi.ensure(size_t(t * B * 3 * D));
+    rd.gh.ensure(size_t(t * B * 3 * D));
+    rd.gates.ensure(size_t(t * B * 3 * D));
+    for (int s = 0; s < t; ++s) {
+      T* gi = rd.gi.data() + int64_t(s) * B * 3 * D;
+      T* gh = rd.gh.data() + int64_t(s) * B * 3 * D;
+      be_.linear_forward(gi, users + int64_t(s) * B * D, ps.value(p_wih_), ps.value(p_bih_), B, D, 3 * D);
+      be_.linear_forward(gh, rd.hs.data() + int64_t(s) * B * D, ps.value(p_whh_), ps.value(p_bhh_), B, D, 3 * D);
+      be_.gru_cell_forward(rd.hs.data() + int64_t(s + 1) * B * D, rd.gates.data() + int64_t(s) * B * 3 * D, gi,
+                           gh, rd.hs.data() + int64_t(s) * B * D, B, D);
+    }
+  } else {
+    T* h = rd.hs.data() + int64_t(t) * B * D;
+    std::fill(h, h + B * D, T(0));
+    for (int s = 0; s < t; ++s) be_.add_inplace(h, users + int64_t(s) * B * D, B * D);
+    be_.scale(h, B * D, T(1) / T(t));
+  }
+  const T* h = rd.hs.data() + int64_t(t) * B * D;
+  const T* v = rd.v.data();
+  rd.r2.ensure(size_t(B * D));
+  rd.a2.ensure(size_t(B * D));
+  if (ada_.mlp) {
+    // v' = LN(v + dropout(W2 relu(W1 [v; h] + b1) + b2))
+    rd.z.ensure(size_t(B * 2 * D));
+    rd.a1.ensure(size_t(B * 2 * D));
+    rd.a1r.ensure(size_t(B * 2 * D));
+    be_.concat_cols(rd.z.data(), v, h, B, D, D);
+    be_.linear_forward(rd.a1.data(), rd.z.data(), ps.value(p_m1_w_), ps.value(p_m1_b_), B, 2 * D, 2 * D);
+    be_.activation_forward(rd.a1r.data(), rd.a1.data(), B * 2 * D, Activation::kRelu);
+    be_.linear_forward(rd.a2.data(), rd.a1r.data(), ps.value(p_m2_w_), ps.value(p_m2_b_), B, 2 * D, D);
+  } else {
+    std::copy(h, h + B * D, rd.a2.data());  // v' = LN(v + dropout(h))
+  }
+  be_.dropout_forward(rd.r2.data(), rd.a2.data(), B * D, p, seed_, stream(t, kUraSite));
+  be_.add_inplace(rd.r2.data(), v, B * D);
+  rd.mean2.ensure(size_t(B));
+  rd.rstd2.ensure(size_t(B));
+  be_.layernorm_forward(out, rd.mean2.data(), rd.rstd2.data(), rd.r2.data(), ps.value(p_mln_w_), ps.value(p_mln_b_),
+                        B, D, T(ada_.ln_eps));
+}
+
+template <class T>
+void AdaSasRec<T>::ura_backward(Round& rd, int t, int64_t B, const T* d_out, T* d_users) {
+  const int64_t D = base_.config().hidden;
+  ParamStore<T>& ps = params();
+  const float p = base_.config().dropout;
+  Buffer<T> d_r2(size_t(B * D)), d_a2(size_t(B * D)), d_h(size_t(B * D));
+  be_.layernorm_backward(d_r2.data(), ps.grad(p_mln_w_), ps.grad(p_mln_b_), d_out, rd.r2.data(), ps.value(p_mln_w_),
+                         rd.mean2.data(), rd.rstd2.data(), B, D);
+  // d v (residual) goes to rd.v's gradient, kept in rd.v's place: the caller reads scratch2_
+  scratch2_.ensure(size_t(B * D));
+  std::copy(d_r2.data(), d_r2.data() + B * D, scratch2_.data());
+  be_.dropout_backward(d_a2.data(), d_r2.data(), B * D, p, seed_, stream(t, kUraSite));
+  if (ada_.mlp) {
+    Buffer<T> d_a1r(size_t(B * 2 * D)), d_a1(size_t(B * 2 * D)), d_z(size_t(B * 2 * D));
+    be_.linear_backward(d_a1r.data(), ps.grad(p_m2_w_), ps.grad(p_m2_b_), d_a2.data(), rd.a1r.data(),
+                        ps.value(p_m2_w_), B, 2 * D, D, false);
+    be_.activation_backward(d_a1.data(), d_a1r.data(), rd.a1.data(), B * 2 * D, Activation::kRelu);
+    be_.linear_backward(d_z.data(), ps.grad(p_m1_w_), ps.grad(p_m1_b_), d_a1.data(), rd.z.data(), ps.value(p_m1_w_),
+                        B, 2 * D, 2 * D, false);
+    d_h.fill(T(0));
+    be_.split_cols_add(scratch2_.data(), d_h.data(), d_z.data(), B, D, D);
+  } else {
+    std::copy(d_a2.data(), d_a2.data() + B * D, d_h.data());
+  }
+  if (ada_.gru) {
+    Buffer<T> d_gi(size_t(B * 3 * D)), d_gh(size_t(B * 3 * D)), d_hprev(size_t(B * D));
+    for (int s = t - 1; s >= 0; --s) {
+      be_.gru_cell_backward(d_gi.data(), d_gh.data(), d_hprev.data(), d_h.data(),
+                            rd.gates.data() + int64_t(s) * B * 3 * D, rd.gh.data() + int64_t(s) * B * 3 * D,
+                            rd.hs.data() + int64_t(s) * B * D, B, D);
+      be_.linear_backward(d_hprev.data(), ps.grad(p_whh_), ps.grad(p_bhh_), d_gh.data(),
+                          rd.hs.data() + int64_t(s) * B * D, ps.value(p_whh_), B, D, 3 * D, true);
+      be_.linear_backward(d_users + int64_t(s) * B * D, ps.grad(p_wih_), ps.grad(p_bih_), d_gi.data(),
+                          users_.data() + int64_t(s) * B * D, ps.value(p_wih_), B, D, 3 * D, true);
+      std::swap(d_h, d_hprev);
+    }
+  } else {
+    be_.scale(d_h.data(), B * D, T(1) / T(t));
+    for (int s = 0; s < t; ++s) be_.add_inplace(d_users + int64_t(s) * B * D, d_h.data(), B * D);
+  }
+}
+
+template <class T>
+void AdaSasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uint64_t step, T* users,
+                           ItemId* ctx_out, int rounds) {
+  const int R = rounds > 0 ? rounds : ada_.rounds;
+  const int64_t B = int64_t(hist.rows()), D = base_.config().hidden;
+  training_ = training;
+  seed_ = seed;
+  step_ = step;
+  rounds_run_ = R;
+  batch_ = B;
+  rounds_.resize(size_t(R));
+  ctx_.resize(size_t(std::max(0, R - 1)) * size_t(B * kc_));
+  users_.ensure(size_t(R * B * D));
+  for (int t = 0; t < R; ++t) {
+    Round& rd = rounds_[size_t(t)];
+    base_.prepare(rd.sctx, hist, training, seed, step, uint32_t(t) * kSitesPerRound);
+    rd.ira = t > 0 && ada_.ira;
+    rd.ura = t > 0 && ada_.ura;
+    if (rd.ira) ira_forward(rd, t, B);
+    T* u = users_.data() + int64_t(t) * B * D;
+    if (rd.ura) {
+      rd.v.ensure(size_t(B * D));
+      base_.forward(rd.sctx, rd.ira ? rd.Xp.data() : nullptr, rd.v.data());
+      ura_forward(rd, t, B, users_.data(), u);
+    } else {
+      base_.forward(rd.sctx, rd.ira ? rd.Xp.data() : nullptr, u);
+    }
+    if (t + 1 < R) context_topk(u, B, ctx_.data(), t, ctx_.data() + int64_t(t) * B * kc_);
+  }
+  std::copy(users_.data(), users_.data() + R * B * D, users);
+  if (ctx_out) std::copy(ctx_.begin(), ctx_.end(), ctx_out);
+}
+
+template <class T>
+void AdaSasRec<T>::backward(T* d_users) {
+  ADA_CHECK(training_, "AdaSasRec::backward without a training forward");
+  const int64_t B = batch_, D = base_.config().hidden;
+  for (int t = rounds_run_ - 1; t >= 0; --t) {
+    Round& rd = rounds_[size_t(t)];
+    T* du = d_users + int64_t(t) * B * D;  // complete: later rounds have added their URA terms
+    const T* d_v = du;
+    if (rd.ura) {
+      ura_backward(rd, t, B, du, d_users);
+      d_v = scratch2_.data();
+    }
+    Buffer<T> d_tokens;
+    if (rd.ira) d_tokens.ensure(size_t(rd.sctx.num_tokens() * D));
+    base_.backward(rd.sctx, d_v, rd.ira ? d_tokens.data() : nullptr);
+    if (rd.ira) ira_backward(rd, t, B, d_tokens.data());
+  }
+}
+
+template class AdaSasRec<float>;
+template class AdaSasRec<double>;
+
+}  // namespace ada

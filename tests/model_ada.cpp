@@ -1,0 +1,200 @@
+// Ada-Retrieval on SASRec: a whole multi-round training step checked by finite differences in double,
+// round 0 equal to the base model, and the golden fixture (every round's user vector, the context ids,
+// the training step's loss and gradients).
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "ada/ada_model.hpp"
+#include "ada/checkpoint.hpp"
+#include "ada/fileio.hpp"
+#include "tests/grad_check.hpp"
+#include "tests/test_util.hpp"
+
+using namespace ada;
+
+namespace {
+
+SasRecConfig tiny_base() {
+  SasRecConfig c;
+  c.n_items = 40;
+  c.hidden = 8;
+  c.heads = 2;
+  c.inner = 12;
+  c.layers = 2;
+  c.max_len = 6;
+  c.dropout = 0.2f;
+  return c;
+}
+
+Ragged tiny_histories() {
+  Ragged h;
+  const std::vector<std::vector<ItemId>> rows = {{}, {3}, {1, 2, 3, 4}, {5, 6, 7, 8, 9, 10, 11, 12}, {12, 12}};
+  for (const auto& r : rows) h.push_row(r.data(), r.data() + r.size());
+  return h;
+}
+
+// Loss of a T-round step: sum_t lambda^t BCE(users[t], items) and its gradients.
+template <class T>
+double ada_loss(AdaSasRec<T>& m, const Ragged& hist, const std::vector<int32_t>& items, int64_t C, bool grad,
+                uint64_t step = 3) {
+  const int R = m.ada_config().rounds;
+  const int64_t B = int64_t(hist.rows()), D = m.base().config().hidden;
+  std::vector<T> U(size_t(R * B * D)), dU(size_t(R * B * D)), logits(size_t(B * C));
+  m.forward(hist, true, 99, step, U.data());
+  double loss = 0;
+  for (int t = 0; t < R; ++t) {
+    const double w = std::pow(m.ada_config().lambda, t);
+    loss += m.backend().sampled_bce(logits.data(), grad ? dU.data() + t * B * D : nullptr,
+                                    grad ? m.base().item_table_grad() : nullptr, grad ? m.base().item_bias_grad() : nullptr,
+                                    U.data() + t * B * D, m.base().item_table(), m.base().item_bias(), items.data(),
+                                    B, C, D, w);
+  }
+  if (grad) m.backward(dU.data());
+  return loss;
+}
+
+}  // namespace
+
+TEST_CASE("a 3-round Ada-SASRec training step (dropout on) matches finite differences", "[model]") {
+  auto be = make_cpu_backend<double>();
+  AdaConfig ac;
+  ac.rounds = 3;
+  ac.total_k = 9;  // 3 context items per round
+  AdaSasRec<double> m(tiny_base(), ac, *be);
+  m.init(5);
+  // larger adapter weights than the defaults so the adapters matter in the check
+  auto& P = m.params();
+  for (const char* n : {"low_filter.complex_weight", "low_filter.dense.weight", "ffn_dense_1.weight", "ffn_dense_2.weight"}) {
+    auto* v = P.value(P.find(n));
+    for (int64_t i = 0; i < P.entry(P.find(n)).numel; ++i) v[i] *= 10;
+  }
+  const Ragged hist = tiny_histories();
+  const int64_t C = 3;
+  const std::vector<int32_t> items = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 2, 4, 6};
+  P.zero_grad();
+  ada_loss(m, hist, items, C, true);
+  const std::vector<double> analytic = P.grads();
+  std::vector<size_t> coords;
+  for (const auto& e : P.entries()) {
+    const int64_t step = std::max<int64_t>(1, e.numel / 5);
+    for (int64_t i = (e.name == "item_embedding.weight" ? 8 : 0); i < e.numel; i += step) coords.push_back(size_t(e.offset + i));
+  }
+  // the context top-k is piecewise constant: h small enough not to reorder it
+  ada_test::check_gradient("ada params", P.values(), analytic, [&] { return ada_loss(m, hist, items, C, false); },
+                           coords, 1e-6, 5e-6);
+}
+
+TEST_CASE("Ada round 0 is exactly the base model and every ablation still runs", "[model]") {
+  auto be = make_cpu_backend<float>();
+  SasRecConfig bc = tiny_base();
+  bc.dropout = 0.0f;
+  SasRec<float> base(bc, *be);
+  base.init(8);
+  const Ragged hist = tiny_histories();
+  const int64_t B = 5, D = 8;
+  std::vector<float> ub(size_t(B * D));
+  base.forward(hist, false, 0, 0, ub.data());
+  for (int variant = 0; variant < 7; ++variant) {
+    AdaConfig ac;
+    ac.rounds = 4;
+    ac.total_k = 10;  // ceil(10/4) = 3 context items per round
+    if (variant == 1) ac.filter = false;
+    if (variant == 2) ac.attention = false;
+    if (variant == 3) ac.ira = false;
+    if (variant == 4) ac.gru = false;
+    if (variant == 5) ac.mlp = false;
+    if (variant == 6) ac.ura = false;
+    AdaSasRec<float> m(bc, ac, *be);
+    m.init(3);
+    std::copy(base.params().values().begin(), base.params().values().end(), m.params().values().begin());
+    std::vector<float> U(size_t(4 * B * D));
+    std::vector<ItemId> ctx(size_t(3 * B * 3));
+    m.forward(hist, false, 0, 0, U.data(), ctx.data());
+    for (int64_t i = 0; i < B * D; ++i) REQUIRE(U[size_t(i)] == ub[size_t(i)]);
+    // context rounds are disjoint and never padding
+    for (int64_t b = 0; b < B; ++b) {
+      std::vector<ItemId> seen;
+      for (int r = 0; r < 3; ++r)
+        for (int j = 0; j < 3; ++j) seen.push_back(ctx[size_t((r * B + b) * 3 + j)]);
+      std::sort(seen.begin(), seen.end());
+      REQUIRE(std::adjacent_find(seen.begin(), seen.end()) == seen.end());
+      REQUIRE(seen.front() > 0);
+    }
+    // later rounds differ from round 0 unless both adapters are off
+    double diff = 0;
+    for (int64_t i = 0; i < B * D; ++i) diff += std::abs(U[size_t(B * D + i)] - U[size_t(i)]);
+    INFO("variant " << variant);
+    REQUIRE(diff > 1e-3);
+  }
+}
+
+TEST_CASE("fixture: Ada-SASRec user vectors, context ids and the training step match the reference", "[model]") {
+  const std::string wpath = ada_test::shared_file_or_skip("fixtures/ada_sasrec_tiny.safetensors");
+  const std::string jpath = ada_test::shared_file_or_skip("fixtures/ada_sasrec_tiny.json");
+  const std::string gpath = ada_test::shared_file_or_skip("fixtures/ada_sasrec_tiny_grads.safetensors");
+  const nlohmann::json fx = nlohmann::json::parse(read_file(jpath));
+  const SafeTensors st = read_safetensors(wpath);
+  SasRecConfig bc = checkpoint_info(st, wpath).sasrec;
+  bc.dropout = 0.0f;  // the fixture ran with dropout 0
+  AdaConfig ac;
+  ac.rounds = fx["config"]["rounds"];
+  ac.total_k = fx["config"]["total_k"];
+  ac.lambda = fx["config"]["lambda"];
+  REQUIRE(ac.k_per_round() == 20);
+  auto be = make_cpu_backend<float>();
+  AdaSasRec<float> m(bc, ac, *be);
+  load_params(m.params(), st, wpath);  // every tensor, adapters included
+
+  Ragged hist;
+  for (const auto& s : fx["sequences"]) {
+    const auto v = s.get<std::vector<ItemId>>();
+    hist.push_row(v.data(), v.data() + v.size());
+  }
+  const int64_t B = 8, D = 64, R = 5, K = 20;
+  std::vector<float> U(size_t(R * B * D));
+  std::vector<ItemId> ctx(size_t((R - 1) * B * K));
+  m.forward(hist, false, 0, 0, U.data(), ctx.data());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < R; ++t) {
+      const auto ref = fx["eval"]["user_vectors"][size_t(b)][size_t(t)].get<std::vector<double>>();
+      double err = 0;
+      for (int64_t d = 0; d < D; ++d) err = std::max(err, std::abs(U[size_t((t * B + b) * D + d)] - ref[size_t(d)]));
+      INFO("sequence " << b << " round " << t);
+      REQUIRE(err < 1e-4);
+    }
+  // context sets per round (orders may differ only within near-ties)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t + 1 < R; ++t) {
+      auto ref = fx["eval"]["context_ids"][size_t(b)][size_t(t)].get<std::vector<ItemId>>();
+      std::vector<ItemId> ours(ctx.begin() + (t * B + b) * K, ctx.begin() + (t * B + b + 1) * K);
+      std::sort(ref.begin(), ref.end());
+      std::sort(ours.begin(), ours.end());
+      INFO("sequence " << b << " round " << t);
+      REQUIRE(ours == ref);
+    }
+
+  // One training step, dropout 0: loss and the stored gradients.
+  const auto items2d = fx["train_step"]["items"].get<std::vector<std::vector<int32_t>>>();
+  std::vector<int32_t> items;
+  for (const auto& row : items2d) items.insert(items.end(), row.begin(), row.end());
+  const int64_t C = int64_t(items2d[0].size());
+  m.params().zero_grad();
+  const double loss = ada_loss(m, hist, items, C, true);
+  REQUIRE(loss == Approx(fx["train_step"]["loss"].get<double>()).epsilon(1e-5));
+  const SafeTensors grads = read_safetensors(gpath);
+  for (const auto& name : fx["train_step"]["grads"]) {
+    const std::string n = name.get<std::string>();
+    const std::vector<float> ref = grads.at(n).to_f32();
+    const int idx = m.params().find(n);
+    REQUIRE(idx >= 0);
+    const float* g = m.params().grad(idx);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      num += (double(g[i]) - ref[i]) * (double(g[i]) - ref[i]);
+      den += double(ref[i]) * ref[i];
+    }
+    INFO(n << ": relative error " << std::sqrt(num / std::max(den, 1e-30)));
+    REQUIRE(std::sqrt(num) <= 1e-3 * std::sqrt(den) + 1e-9);
+  }
+}
