@@ -7,6 +7,7 @@
 
 #include "ada/ada_model.hpp"
 #include "ada/checkpoint.hpp"
+#include "ada/eval.hpp"
 #include "ada/fileio.hpp"
 #include "tests/grad_check.hpp"
 #include "tests/test_util.hpp"
@@ -173,6 +174,26 @@ TEST_CASE("fixture: Ada-SASRec user vectors, context ids and the training step m
       INFO("sequence " << b << " round " << t);
       REQUIRE(ours == ref);
     }
+
+  // The evaluator's 100-item lists: 20 per round, history and earlier rounds excluded, round order.
+  std::vector<ItemId> ids(size_t(B * 100));
+  std::vector<float> scores(size_t(B * 100));
+  multi_round_topk(U.data(), B, m.base().item_table(), m.base().item_bias(), bc.n_items, D, std::vector<int>(5, 20), hist,
+                   ids.data(), scores.data());
+  for (int64_t b = 0; b < B; ++b) {
+    const auto ref_ids = fx["eval"]["retrieved"][size_t(b)].get<std::vector<int>>();
+    const auto ref_sc = fx["eval"]["retrieved_scores"][size_t(b)].get<std::vector<double>>();
+    for (int64_t j = 0; j < 100; ++j) {
+      INFO("sequence " << b << " position " << j << ": ours " << ids[size_t(b * 100 + j)] << " reference "
+                       << ref_ids[size_t(j)]);
+      REQUIRE(std::abs(scores[size_t(b * 100 + j)] - ref_sc[size_t(j)]) < 1e-4);
+      if (ids[size_t(b * 100 + j)] != ref_ids[size_t(j)]) {
+        const bool near_tie = (j % 20 > 0 && std::abs(ref_sc[size_t(j)] - ref_sc[size_t(j - 1)]) < 1e-4) ||
+                              (j % 20 < 19 && std::abs(ref_sc[size_t(j)] - ref_sc[size_t(j + 1)]) < 1e-4);
+        REQUIRE(near_tie);
+      }
+    }
+  }
 
   // One training step, dropout 0: loss and the stored gradients.
   const auto items2d = fx["train_step"]["items"].get<std::vector<std::vector<int32_t>>>();

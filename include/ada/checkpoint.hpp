@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "ada/ada_model.hpp"
 #include "ada/safetensors.hpp"
 #include "ada/sasrec.hpp"
 
@@ -15,6 +16,8 @@ namespace ada {
 struct ModelInfo {
   std::string model = "sasrec";
   SasRecConfig sasrec;
+  bool ada = false;  // Ada-Retrieval adapters present (ada_cfg describes them)
+  AdaConfig ada_cfg;
   std::string dataset;
 };
 

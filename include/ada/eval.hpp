@@ -32,3 +32,18 @@ std::map<std::string, double> ranking_metrics(const std::vector<int32_t>& ranks,
                                               const std::vector<int>& ks = {50, 100});
 
 }  // namespace ada
+
+namespace ada {
+
+// Multi-round lists (reference-spec 4.2): round t scores items with users[t] (users is [T, B, D],
+// round-major) and takes its top ks[t] over items 1..N-1 minus exclude[b] and minus the items of
+// rounds < t. Lists are concatenated in round order into ids/scores [B, sum(ks)]; within a round by
+// descending score. Throws when a row has too few candidates (names the row and the counts).
+void multi_round_topk(const float* users, int64_t B, const float* E, const float* bias, int64_t N, int64_t D,
+                      const std::vector<int>& ks, const Ragged& exclude, ItemId* ids, float* scores);
+
+// The fraction of rows whose rank falls in each round's slice [t*k, (t+1)*k) (the paper's Fig. 5).
+// Works for multi-round ranks (list positions) and for a base model's full ranking alike.
+std::vector<double> round_hits(const std::vector<int32_t>& ranks, int rounds, int k_per_round);
+
+}  // namespace ada

@@ -10,6 +10,8 @@
 #include <string>
 #include <vector>
 
+#include "ada/ada_model.hpp"
+#include "ada/checkpoint.hpp"
 #include "ada/data.hpp"
 #include "ada/sasrec.hpp"
 
@@ -34,6 +36,62 @@ struct TrainOptions {
 
 using MetricMap = std::map<std::string, double>;
 
+// What the trainer needs of a model: its parameters, one training step, and evaluation ranks.
+class TrainableModel {
+ public:
+  virtual ~TrainableModel() = default;
+  virtual ParamStore<float>& params() = 0;
+  virtual Backend<float>& backend() = 0;
+  virtual ModelInfo info() const = 0;
+  // Forward, loss and (when the loss is finite) backward into params().grads(), which the caller
+  // has zeroed. Returns the loss.
+  virtual double train_step(const Batch& batch, uint64_t seed, uint64_t step) = 0;
+  // 0-based ranks of each row's target (reference-spec 4.1 for a base model; 4.2 for Ada: the
+  // position in the concatenated round lists, or total_k when absent). exclude: full sequences.
+  virtual std::vector<int32_t> ranks(const EvalSet& set, const Ragged& exclude, int batch) = 0;
+  // Rounds and items per round of the per-round analysis (the base model's are slices of its ranking).
+  virtual int analysis_rounds() const = 0;
+  virtual int analysis_k() const = 0;
+};
+
+// The base SASRec as a TrainableModel (does not own the model).
+class SasRecTrainable final : public TrainableModel {
+ public:
+  SasRecTrainable(SasRec<float>& m, std::string dataset, const AdaConfig& slices = {})
+      : m_(m), dataset_(std::move(dataset)), slices_(slices) {}
+  ParamStore<float>& params() override { return m_.params(); }
+  Backend<float>& backend() override { return m_.backend(); }
+  ModelInfo info() const override;
+  double train_step(const Batch& batch, uint64_t seed, uint64_t step) override;
+  std::vector<int32_t> ranks(const EvalSet& set, const Ragged& exclude, int batch) override;
+  int analysis_rounds() const override { return slices_.rounds; }
+  int analysis_k() const override { return slices_.k_per_round(); }
+
+ private:
+  SasRec<float>& m_;
+  std::string dataset_;
+  AdaConfig slices_;
+  std::vector<float> u_, du_, logits_;
+};
+
+// Ada-Retrieval on SASRec as a TrainableModel: lambda-weighted per-round BCE (reference-spec 3.4).
+class AdaTrainable final : public TrainableModel {
+ public:
+  AdaTrainable(AdaSasRec<float>& m, std::string dataset) : m_(m), dataset_(std::move(dataset)) {}
+  ParamStore<float>& params() override { return m_.params(); }
+  Backend<float>& backend() override { return m_.backend(); }
+  ModelInfo info() const override;
+  double train_step(const Batch& batch, uint64_t seed, uint64_t step) override;
+  std::vector<int32_t> ranks(const EvalSet& set, const Ragged& exclude, int batch) override;
+  int analysis_rounds() const override { return m_.ada_config().rounds; }
+  int analysis_k() const override { return m_.k_ctx(); }
+
+ private:
+  AdaSasRec<float>& m_;
+  std::string dataset_;
+  std::vector<float> u_, du_, logits_;
+};
+
 struct TrainReport {
   std::string dataset;
   uint64_t seed = 0;
@@ -44,12 +102,17 @@ struct TrainReport {
   std::vector<MetricMap> valid_history;
   double train_seconds = 0;
   int64_t parameters = 0;
+  bool ada = false;
+  std::vector<double> test_round_hits;  // fraction of test users hit in each round's slice
 };
 
 // User vectors for every row of `histories` in batches (no dropout).
 std::vector<float> user_vectors(SasRec<float>& model, const Ragged& histories, int batch);
 
-// Full-ranking metrics (reference-spec 4.1, 4.3) of `model` on an evaluation set.
+// Metrics (reference-spec 4.3) of a model's ranks on an evaluation set; Ada models report @k only
+// for k <= total_k, as the reference does.
+MetricMap evaluate(TrainableModel& model, const EvalSet& set, const Ragged& exclude, int batch,
+                   std::vector<int32_t>* ranks = nullptr);
 MetricMap evaluate(SasRec<float>& model, const EvalSet& set, const Ragged& exclude, int batch,
                    std::vector<int32_t>* ranks = nullptr);
 
@@ -59,9 +122,10 @@ MetricMap evaluate_popularity(const Dataset& ds, const EvalSet& set, const Ragge
 // Trains `model` (already initialised or loaded) on `ds`. Log lines go to `log` (and to
 // out_dir/train.log); outputs (model.safetensors, last_state.safetensors, result.json, metrics.tsv)
 // to out_dir when it is set. Returns the report (also in result.json).
+TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& opt, std::ostream& log);
 TrainReport train(SasRec<float>& model, const Dataset& ds, const TrainOptions& opt, std::ostream& log);
 
 // result.json text for a report (format in docs/design.md).
-std::string report_json(const TrainReport& r, const std::string& device, bool ada);
+std::string report_json(const TrainReport& r, const std::string& device);
 
 }  // namespace ada

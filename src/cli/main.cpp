@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <memory>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -175,6 +176,66 @@ void apply_config_file(CLI::App* app, const std::string& path) {
   }
 }
 
+// A model built from a configuration: the backend, the network and its trainer view.
+struct Model {
+  std::unique_ptr<Backend<float>> be;
+  std::unique_ptr<SasRec<float>> base;
+  std::unique_ptr<AdaSasRec<float>> ada;
+  std::unique_ptr<TrainableModel> trainable;
+  ParamStore<float>& params() { return trainable->params(); }
+};
+
+Model build_model(const ModelInfo& info, const AdaConfig& base_slices = {}) {
+  Model m;
+  m.be = make_cpu_backend<float>();
+  if (info.ada) {
+    m.ada = std::make_unique<AdaSasRec<float>>(info.sasrec, info.ada_cfg, *m.be);
+    m.trainable = std::make_unique<AdaTrainable>(*m.ada, info.dataset);
+  } else {
+    m.base = std::make_unique<SasRec<float>>(info.sasrec, *m.be);
+    m.trainable = std::make_unique<SasRecTrainable>(*m.base, info.dataset, base_slices);
+  }
+  return m;
+}
+
+struct AdaArgs {
+  bool enabled = false;
+  std::string init_from;
+  AdaConfig cfg;
+  bool no_filter = false, no_attention = false, no_ira = false, no_gru = false, no_mlp = false, no_ura = false;
+  AdaConfig resolved() const {
+    AdaConfig c = cfg;
+    c.filter = !no_filter;
+    c.attention = !no_attention;
+    c.ira = !no_ira;
+    c.gru = !no_gru;
+    c.mlp = !no_mlp;
+    c.ura = !no_ura;
+    return c;
+  }
+};
+
+void add_ada_options(CLI::App* app, AdaArgs& a) {
+  app->add_flag("--ada", a.enabled, "train Ada-Retrieval (adapters + T-round loss) on the SASRec backbone");
+  app->add_option("--init-from", a.init_from,
+                  "start from these weights (a run folder or a .safetensors): with --ada, phase 2 fine-tuning of "
+                  "a pre-trained base; the architecture comes from the file");
+  app->add_option("--rounds", a.cfg.rounds, "T: retrieval rounds")->check(CLI::PositiveNumber);
+  app->add_option("--total-k", a.cfg.total_k, "K: items retrieved over all rounds (K/T per round, rounded up)")
+      ->check(CLI::PositiveNumber);
+  app->add_option("--lambda", a.cfg.lambda, "round t's loss weight is lambda^t")->check(CLI::Range(0.0, 1.0));
+  app->add_flag("--no-filter", a.no_filter, "ablation: no learnable filter on the context");
+  app->add_flag("--no-attention", a.no_attention, "ablation: mean of the context instead of attention");
+  app->add_flag("--no-ira", a.no_ira, "ablation: no item representation adapter");
+  app->add_flag("--no-gru", a.no_gru, "ablation: mean of earlier user vectors instead of the GRU");
+  app->add_flag("--no-mlp", a.no_mlp, "ablation: LN(v + h) instead of the MLP");
+  app->add_flag("--no-ura", a.no_ura, "ablation: no user representation adapter");
+}
+
+std::string checkpoint_path(const std::string& p) {
+  return file_exists(p + "/model.safetensors") ? p + "/model.safetensors" : p;
+}
+
 SasRecConfig make_config(const ModelArgs& m, int32_t n_items) {
   SasRecConfig c;
   c.n_items = n_items;
@@ -189,58 +250,89 @@ SasRecConfig make_config(const ModelArgs& m, int32_t n_items) {
 }
 
 void write_outputs(const std::string& out, const TrainReport& r, const std::string& device) {
-  write_file_atomic(out + "/result.json", report_json(r, device, false));
+  write_file_atomic(out + "/result.json", report_json(r, device));
   std::ostringstream tsv;
   tsv.precision(10);
   for (const auto& [k, v] : r.test) tsv << k << "\t" << v << "\n";
   write_file_atomic(out + "/metrics.tsv", tsv.str());
 }
 
-int cmd_train(const DataArgs& da, const ModelArgs& ma, TrainOptions to, const std::string& out,
+int cmd_train(const DataArgs& da, const ModelArgs& ma, const AdaArgs& aa, TrainOptions to, const std::string& out,
               int threads, const std::string& device_arg) {
   set_threads(threads);
   const std::string device = resolve_device(device_arg);
   const Dataset ds = load_data(da);
+  ModelInfo info;
+  info.sasrec = make_config(ma, ds.n_items);
+  info.dataset = ds.name;
+  std::unique_ptr<SafeTensors> init;
+  std::string init_path;
+  if (!aa.init_from.empty()) {
+    init_path = checkpoint_path(aa.init_from);
+    init = std::make_unique<SafeTensors>(read_safetensors(init_path));
+    const ModelInfo from = checkpoint_info(*init, init_path);
+    ADA_CHECK(from.sasrec.n_items == ds.n_items, init_path << " has " << from.sasrec.n_items - 1
+                                                          << " items, the data " << ds.n_items - 1);
+    const float dropout = info.sasrec.dropout;
+    info.sasrec = from.sasrec;  // the architecture comes from the file
+    info.sasrec.dropout = dropout;
+  }
+  info.ada = aa.enabled;
+  info.ada_cfg = aa.resolved();
   to.out_dir = out;
   make_dirs(out);
   if (!ds.item_names.empty()) save_item_map(out + "/item_map.tsv", ds);
-  auto be = make_cpu_backend<float>();
-  SasRec<float> model(make_config(ma, ds.n_items), *be);
-  model.init(to.seed);
-  const TrainReport r = train(model, ds, to, std::cout);
+  Model m = build_model(info);
+  if (m.ada) m.ada->init(to.seed);
+  else m.base->init(to.seed);
+  if (init) {
+    std::vector<std::string> ignored, missing;
+    load_params(m.params(), *init, init_path, /*allow_missing=*/true, &ignored, &missing);
+    std::cout << "initialised from " << init_path << " (" << m.params().entries().size() - missing.size()
+              << " tensors; " << missing.size() << " new, " << ignored.size() << " in the file not used)\n";
+  }
+  const TrainReport r = train(*m.trainable, ds, to, std::cout);
   write_outputs(out, r, device);
   std::cout << "wrote " << out << "/{model.safetensors,result.json,metrics.tsv,train.log}\n";
   return 0;
 }
 
-int cmd_eval(DataArgs da, const std::string& ckpt, int threads, int batch, bool as_json) {
+int cmd_eval(DataArgs da, const std::string& ckpt_arg, const AdaConfig& slices, int threads, int batch,
+             bool as_json) {
   set_threads(threads);
+  const std::string ckpt = checkpoint_path(ckpt_arg);
   const SafeTensors st = read_safetensors(ckpt);
   const ModelInfo info = checkpoint_info(st, ckpt);
   Dataset ds = load_data(da);
   if (!ds.item_names.empty()) {
-    const std::string dir = ckpt.substr(0, ckpt.find_last_of('/') == std::string::npos ? 0 : ckpt.find_last_of('/') + 1);
-    const std::string map_path = (dir.empty() ? std::string("./") : dir) + "item_map.tsv";
+    const auto slash = ckpt.find_last_of('/');
+    const std::string map_path = (slash == std::string::npos ? std::string(".") : ckpt.substr(0, slash)) + "/item_map.tsv";
     remap_onto(ds, load_item_map(map_path), map_path);
   }
   ADA_CHECK(ds.n_items <= info.sasrec.n_items,
             da.path << ": item id " << ds.n_items - 1 << " is beyond the model's catalog (ids 1.."
                     << info.sasrec.n_items - 1 << " in " << ckpt << ")");
   ds.n_items = info.sasrec.n_items;
-  auto be = make_cpu_backend<float>();
-  SasRec<float> model(info.sasrec, *be);
-  load_params(model.params(), st, ckpt);
+  Model m = build_model(info, slices);
+  load_params(m.params(), st, ckpt, false);
   const Ragged ex = full_histories(ds);
-  const MetricMap v = evaluate(model, make_eval_set(ds, false), ex, batch);
-  const MetricMap t = evaluate(model, make_eval_set(ds, true), ex, batch);
+  const MetricMap v = evaluate(*m.trainable, make_eval_set(ds, false), ex, batch);
+  std::vector<int32_t> ranks;
+  const MetricMap t = evaluate(*m.trainable, make_eval_set(ds, true), ex, batch, &ranks);
+  const std::vector<double> rh = round_hits(ranks, m.trainable->analysis_rounds(), m.trainable->analysis_k());
   if (as_json) {
     json j;
     j["valid"] = v;
     j["test"] = t;
+    j["ada"] = info.ada;
+    json rounds = json::array();
+    for (size_t i = 0; i < rh.size(); ++i) rounds.push_back({{"round", i}, {"hit", rh[i]}});
+    j["rounds"] = rounds;
     std::cout << j.dump(2) << "\n";
   } else {
     for (const auto& [k, x] : v) std::printf("valid\t%s\t%.6f\n", k.c_str(), x);
     for (const auto& [k, x] : t) std::printf("test\t%s\t%.6f\n", k.c_str(), x);
+    for (size_t i = 0; i < rh.size(); ++i) std::printf("test\tround%zu_hit\t%.6f\n", i, rh[i]);
   }
   return 0;
 }
@@ -255,6 +347,7 @@ int cmd_demo(int threads, int epochs, const std::string& out) {
   auto be = make_cpu_backend<float>();
   ModelArgs ma;
   SasRec<float> model(make_config(ma, ds.n_items), *be);
+  SasRecTrainable trainable(model, ds.name);
   TrainOptions to;
   to.epochs = epochs;
   to.patience = 3;
@@ -264,7 +357,7 @@ int cmd_demo(int threads, int epochs, const std::string& out) {
   to.out_dir = out;
   if (!out.empty()) make_dirs(out);
   model.init(to.seed);
-  const TrainReport r = train(model, ds, to, std::cout);
+  const TrainReport r = train(trainable, ds, to, std::cout);
   if (!out.empty()) write_outputs(out, r, "cpu");
 
   const Ragged ex = full_histories(ds);
@@ -322,17 +415,25 @@ int main(int argc, char** argv) {
   t->add_option("--max-batches", train_opt.max_batches_per_epoch, "train on at most N batches per epoch (0 = all)");
   add_model_options(t, train_model);
   add_train_options(t, train_opt, train_threads, train_device);
+  AdaArgs train_ada;
+  add_ada_options(t, train_ada);
 
   DataArgs eval_data;
   std::string eval_ckpt;
   int eval_threads = 0, eval_batch = 1024;
   bool eval_json = false;
   auto* e = app.add_subcommand("eval", "full-ranking HR/NDCG@50,100 of a checkpoint on valid and test");
-  e->add_option("--checkpoint", eval_ckpt, "model.safetensors (ours, or a reference state dict)")->required();
+  e->add_option("--checkpoint", eval_ckpt, "model.safetensors or its run folder (ours, or a reference state dict)")
+      ->required();
   add_data_options(e, eval_data, true);
   e->add_option("--threads", eval_threads, "CPU threads");
   e->add_option("--batch", eval_batch, "users per batch")->check(CLI::PositiveNumber);
   e->add_flag("--json", eval_json, "print JSON");
+  AdaConfig eval_slices;
+  e->add_option("--rounds", eval_slices.rounds, "per-round analysis of a base model: T slices of its ranking")
+      ->check(CLI::PositiveNumber);
+  e->add_option("--total-k", eval_slices.total_k, "per-round analysis of a base model: K items in all")
+      ->check(CLI::PositiveNumber);
 
   int demo_threads = 0, demo_epochs = 8;
   std::string demo_out;
@@ -351,8 +452,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   try {
-    if (t->parsed()) return cmd_train(train_data, train_model, train_opt, train_out, train_threads, train_device);
-    if (e->parsed()) return cmd_eval(eval_data, eval_ckpt, eval_threads, eval_batch, eval_json);
+    if (t->parsed())
+      return cmd_train(train_data, train_model, train_ada, train_opt, train_out, train_threads, train_device);
+    if (e->parsed()) return cmd_eval(eval_data, eval_ckpt, eval_slices, eval_threads, eval_batch, eval_json);
     if (d->parsed()) return cmd_demo(demo_threads, demo_epochs, demo_out);
   } catch (const std::exception& ex) {
     std::cerr << "ada: error: " << ex.what() << "\n";

@@ -23,6 +23,16 @@ std::string model_info_to_json(const ModelInfo& info) {
   j["ln_eps"] = c.ln_eps;
   j["dropout"] = c.dropout;
   j["item_bias"] = c.item_bias;
+  j["ada"] = info.ada;
+  if (info.ada) {
+    const AdaConfig& a = info.ada_cfg;
+    j["rounds"] = a.rounds;
+    j["total_k"] = a.total_k;
+    j["lambda"] = a.lambda;
+    j["ada_ln_eps"] = a.ln_eps;
+    j["ablation"] = {{"filter", a.filter}, {"attention", a.attention}, {"ira", a.ira},
+                     {"gru", a.gru},       {"mlp", a.mlp},             {"ura", a.ura}};
+  }
   return j.dump();
 }
 
@@ -50,6 +60,21 @@ ModelInfo model_info_from_json(const std::string& text, const std::string& where
     c.ln_eps = j.value("ln_eps", c.ln_eps);
     c.dropout = j.value("dropout", c.dropout);
     c.item_bias = j.value("item_bias", c.item_bias);
+    info.ada = j.value("ada", false);
+    if (info.ada) {
+      AdaConfig& a = info.ada_cfg;
+      a.rounds = j.at("rounds");
+      a.total_k = j.at("total_k");
+      a.lambda = j.at("lambda");
+      a.ln_eps = j.value("ada_ln_eps", a.ln_eps);
+      const json ab = j.value("ablation", json::object());
+      a.filter = ab.value("filter", true);
+      a.attention = ab.value("attention", true);
+      a.ira = ab.value("ira", true);
+      a.gru = ab.value("gru", true);
+      a.mlp = ab.value("mlp", true);
+      a.ura = ab.value("ura", true);
+    }
   } catch (const json::exception& e) {
     ADA_FAIL(where << ": bad model configuration: " << e.what());
   }
@@ -95,6 +120,15 @@ ModelInfo checkpoint_info(const SafeTensors& st, const std::string& path) {
   const std::string f1 = "trm_encoder.layer.0.feed_forward.dense_1.weight";
   if (st.has(f1)) c.inner = int(st.at(f1).shape[0]);
   c.item_bias = st.has("item_bias");
+  // Reference Ada weights: the filter's frequency count gives k = 2 * (bins - 1) (even k assumed) and
+  // T comes from the reference defaults (5 rounds, K = 100); metadata-less files cannot say more.
+  if (st.has("low_filter.complex_weight") && st.has("post_trans_gru_layer.weight_ih_l0")) {
+    info.ada = true;
+    const auto& cw = st.at("low_filter.complex_weight").shape;
+    ADA_CHECK(cw.size() == 4, path << ": low_filter.complex_weight must be 4-D");
+    const int k = int(2 * (cw[1] - 1));
+    info.ada_cfg.total_k = k * info.ada_cfg.rounds;
+  }
   return info;
 }
 

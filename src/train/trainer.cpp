@@ -117,20 +117,127 @@ std::vector<float> user_vectors(SasRec<float>& model, const Ragged& histories, i
   return U;
 }
 
-MetricMap evaluate(SasRec<float>& model, const EvalSet& set, const Ragged& exclude, int batch,
-                   std::vector<int32_t>* ranks_out) {
-  const std::vector<float> U = user_vectors(model, set.histories, batch);
-  // The exclusion lists are indexed by user; the evaluation rows follow set.users.
+namespace {
+
+// Per-row exclusion lists of an evaluation set (rows follow set.users).
+Ragged rows_of(const EvalSet& set, const Ragged& exclude) {
   Ragged ex;
   ex.offsets.reserve(set.users.size() + 1);
   for (int32_t u : set.users) ex.push_row(exclude.row_begin(size_t(u)), exclude.row_end(size_t(u)));
-  const auto& c = model.config();
-  std::vector<int32_t> ranks =
-      full_ranking_ranks(U.data(), int64_t(set.users.size()), model.item_table(), model.item_bias(),
-                         c.n_items, c.hidden, set.targets.data(), ex);
-  MetricMap m = ranking_metrics(ranks);
+  return ex;
+}
+
+}  // namespace
+
+MetricMap evaluate(TrainableModel& model, const EvalSet& set, const Ragged& exclude, int batch,
+                   std::vector<int32_t>* ranks_out) {
+  std::vector<int32_t> ranks = model.ranks(set, exclude, batch);
+  std::vector<int> ks = {50, 100};
+  if (model.info().ada) {  // the reference skips k > K for an Ada model's lists
+    const int K = model.analysis_rounds() * model.analysis_k();
+    ks.erase(std::remove_if(ks.begin(), ks.end(), [&](int k) { return k > K; }), ks.end());
+  }
+  MetricMap m = ranking_metrics(ranks, ks);
   if (ranks_out) *ranks_out = std::move(ranks);
   return m;
+}
+
+MetricMap evaluate(SasRec<float>& model, const EvalSet& set, const Ragged& exclude, int batch,
+                   std::vector<int32_t>* ranks_out) {
+  SasRecTrainable t(model, "");
+  return evaluate(t, set, exclude, batch, ranks_out);
+}
+
+ModelInfo SasRecTrainable::info() const {
+  ModelInfo i;
+  i.sasrec = m_.config();
+  i.dataset = dataset_;
+  return i;
+}
+
+double SasRecTrainable::train_step(const Batch& batch, uint64_t seed, uint64_t step) {
+  const int64_t B = int64_t(batch.size()), C = 1 + batch.n_neg, D = m_.config().hidden;
+  u_.resize(size_t(B * D));
+  du_.resize(size_t(B * D));
+  logits_.resize(size_t(B * C));
+  m_.forward(batch.histories, true, seed, step, u_.data());
+  const double loss = m_.backend().sampled_bce(logits_.data(), du_.data(), m_.item_table_grad(), m_.item_bias_grad(),
+                                               u_.data(), m_.item_table(), m_.item_bias(), batch.items.data(), B, C, D,
+                                               1.0);
+  if (std::isfinite(loss)) m_.backward(du_.data());
+  return loss;
+}
+
+std::vector<int32_t> SasRecTrainable::ranks(const EvalSet& set, const Ragged& exclude, int batch) {
+  const std::vector<float> U = user_vectors(m_, set.histories, batch);
+  const Ragged ex = rows_of(set, exclude);
+  const auto& c = m_.config();
+  return full_ranking_ranks(U.data(), int64_t(set.users.size()), m_.item_table(), m_.item_bias(), c.n_items, c.hidden,
+                            set.targets.data(), ex);
+}
+
+ModelInfo AdaTrainable::info() const {
+  ModelInfo i;
+  i.sasrec = m_.base().config();
+  i.ada = true;
+  i.ada_cfg = m_.ada_config();
+  i.dataset = dataset_;
+  return i;
+}
+
+double AdaTrainable::train_step(const Batch& batch, uint64_t seed, uint64_t step) {
+  const AdaConfig& a = m_.ada_config();
+  const int64_t B = int64_t(batch.size()), C = 1 + batch.n_neg, D = m_.base().config().hidden, R = a.rounds;
+  u_.resize(size_t(R * B * D));
+  du_.resize(size_t(R * B * D));
+  logits_.resize(size_t(B * C));
+  m_.forward(batch.histories, true, seed, step, u_.data());
+  double loss = 0;
+  auto& be = m_.backend();
+  // The sampled scorer's table and bias gradients accumulate round by round (each weighted lambda^t).
+  for (int64_t t = 0; t < R; ++t)
+    loss += be.sampled_bce(logits_.data(), du_.data() + t * B * D, m_.base().item_table_grad(),
+                           m_.base().item_bias_grad(), u_.data() + t * B * D, m_.base().item_table(),
+                           m_.base().item_bias(), batch.items.data(), B, C, D, std::pow(a.lambda, double(t)));
+  if (std::isfinite(loss)) m_.backward(du_.data());
+  return loss;
+}
+
+std::vector<int32_t> AdaTrainable::ranks(const EvalSet& set, const Ragged& exclude, int batch) {
+  const AdaConfig& a = m_.ada_config();
+  const auto& c = m_.base().config();
+  const int64_t D = c.hidden, R = a.rounds, kc = m_.k_ctx(), total = R * kc;
+  const std::vector<int> ks(static_cast<size_t>(R), static_cast<int>(kc));
+  std::vector<int32_t> ranks(set.users.size(), int32_t(total));
+  std::vector<float> U, scores;
+  std::vector<ItemId> ids;
+  for (size_t b0 = 0; b0 < set.users.size(); b0 += size_t(batch)) {
+    const size_t b1 = std::min(set.users.size(), b0 + size_t(batch));
+    const int64_t B = int64_t(b1 - b0);
+    Ragged hist, ex;
+    for (size_t i = b0; i < b1; ++i) {
+      hist.push_row(set.histories.row_begin(i), set.histories.row_end(i));
+      // the evaluator masks the full sequence but restores the target (reference-spec 4.2)
+      const int32_t u = set.users[i];
+      std::vector<ItemId> row;
+      for (const ItemId* it = exclude.row_begin(size_t(u)); it != exclude.row_end(size_t(u)); ++it)
+        if (*it != set.targets[i]) row.push_back(*it);
+      ex.push_row(row.data(), row.data() + row.size());
+    }
+    U.resize(size_t(R * B * D));
+    m_.forward(hist, false, 0, 0, U.data());
+    ids.resize(size_t(B * total));
+    scores.resize(size_t(B * total));
+    multi_round_topk(U.data(), B, m_.base().item_table(), m_.base().item_bias(), c.n_items, D, ks, ex, ids.data(),
+                     scores.data());
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < total; ++j)
+        if (ids[size_t(b * total + j)] == set.targets[b0 + size_t(b)]) {
+          ranks[b0 + size_t(b)] = int32_t(j);
+          break;
+        }
+  }
+  return ranks;
 }
 
 MetricMap evaluate_popularity(const Dataset& ds, const EvalSet& set, const Ragged& exclude) {
@@ -138,17 +245,16 @@ MetricMap evaluate_popularity(const Dataset& ds, const EvalSet& set, const Ragge
   for (const auto& seq : ds.sequences)
     for (size_t i = 0; i + 2 < seq.size(); ++i) count[size_t(seq[i])] += 1.0f;
   const std::vector<float> U(set.users.size(), 1.0f);
-  Ragged ex;
-  for (int32_t u : set.users) ex.push_row(exclude.row_begin(size_t(u)), exclude.row_end(size_t(u)));
+  const Ragged ex = rows_of(set, exclude);
   return ranking_metrics(full_ranking_ranks(U.data(), int64_t(set.users.size()), count.data(), nullptr,
                                             ds.n_items, 1, set.targets.data(), ex));
 }
 
-std::string report_json(const TrainReport& r, const std::string& device, bool ada) {
+std::string report_json(const TrainReport& r, const std::string& device) {
   json j;
   j["dataset"] = r.dataset;
   j["model"] = "sasrec";
-  j["ada"] = ada;
+  j["ada"] = r.ada;
   j["device"] = device;
   j["seed"] = r.seed;
   j["epochs_trained"] = r.epochs_trained;
@@ -160,25 +266,30 @@ std::string report_json(const TrainReport& r, const std::string& device, bool ad
   j["epoch_loss"] = r.epoch_loss;
   j["train_seconds"] = r.train_seconds;
   j["parameters"] = r.parameters;
+  json rounds = json::array();
+  for (size_t t = 0; t < r.test_round_hits.size(); ++t) rounds.push_back({{"round", t}, {"hit", r.test_round_hits[t]}});
+  j["rounds"] = rounds;
   return j.dump(2) + "\n";
 }
 
-TrainReport train(SasRec<float>& model, const Dataset& ds, const TrainOptions& opt, std::ostream& log_os) {
+TrainReport train(SasRec<float>& model, const Dataset& ds, const TrainOptions& opt, std::ostream& log) {
+  SasRecTrainable t(model, ds.name);
+  return train(t, ds, opt, log);
+}
+
+TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& opt, std::ostream& log_os) {
   ADA_CHECK(opt.batch_size > 0, "train: batch size must be positive, got " << opt.batch_size);
   ADA_CHECK(opt.epochs >= 0, "train: epochs must be >= 0, got " << opt.epochs);
   ADA_CHECK(opt.n_neg >= 1, "train: n_neg must be >= 1, got " << opt.n_neg);
-  ADA_CHECK(ds.n_items == model.config().n_items,
-            "train: the model has " << model.config().n_items << " item ids, the data " << ds.n_items);
+  const ModelInfo info = model.info();
+  const SasRecConfig& cfg = info.sasrec;
+  ADA_CHECK(ds.n_items == cfg.n_items,
+            "train: the model has " << cfg.n_items << " item ids, the data " << ds.n_items);
   Backend<float>& be = model.backend();
   ParamStore<float>& P = model.params();
-  const auto& cfg = model.config();
-  const int64_t D = cfg.hidden;
   const bool write = !opt.out_dir.empty();
   const std::string model_path = opt.out_dir + "/model.safetensors";
   const std::string state_path = opt.out_dir + "/last_state.safetensors";
-  ModelInfo info;
-  info.sasrec = cfg;
-  info.dataset = ds.name;
 
   std::ostringstream log_text;
   auto log = [&](const std::string& line) {
@@ -221,7 +332,7 @@ TrainReport train(SasRec<float>& model, const Dataset& ds, const TrainOptions& o
     log("resuming at epoch " + std::to_string(st.next_epoch) + " (step " + std::to_string(st.step) + ")");
   } else {
     std::ostringstream os;
-    os << "training sasrec on " << ds.name << ": " << ds.sequences.size() << " users, "
+    os << "training " << (info.ada ? "ada-sasrec" : "sasrec") << " on " << ds.name << ": " << ds.sequences.size() << " users, "
        << ds.n_items - 1 << " items, " << sampler.num_samples() << " samples, " << n_batches
        << " batches of " << opt.batch_size << ", " << P.count() << " parameters, seed " << opt.seed;
     log(os.str());
@@ -229,7 +340,6 @@ TrainReport train(SasRec<float>& model, const Dataset& ds, const TrainOptions& o
 
   const bool bar = opt.progress && isatty(2);
   Batch batch;
-  std::vector<float> U, dU, logits;
   const auto train_t0 = std::chrono::steady_clock::now();
   const double train_seconds_before = st.report.train_seconds;
   for (int epoch = st.next_epoch; epoch < opt.epochs; ++epoch) {
@@ -267,21 +377,13 @@ TrainReport train(SasRec<float>& model, const Dataset& ds, const TrainOptions& o
     size_t skipped = 0;
     for (size_t b = 0; b < n_batches; ++b) {
       sampler.fill_batch(b, size_t(opt.batch_size), batch);
-      const int64_t B = int64_t(batch.size()), C = 1 + batch.n_neg;
-      U.resize(size_t(B * D));
-      dU.resize(size_t(B * D));
-      logits.resize(size_t(B * C));
       P.zero_grad();
-      model.forward(batch.histories, true, opt.seed, uint64_t(st.step), U.data());
-      const double loss = be.sampled_bce(logits.data(), dU.data(), model.item_table_grad(),
-                                         model.item_bias_grad(), U.data(), model.item_table(),
-                                         model.item_bias(), batch.items.data(), B, C, D, 1.0);
+      const double loss = model.train_step(batch, opt.seed, uint64_t(st.step));
       ++st.step;
       if (!std::isfinite(loss)) {  // the reference skips a step whose loss is NaN
         ++skipped;
         continue;
       }
-      model.backward(dU.data());
       if (opt.clip_norm > 0) {
         const double norm = std::sqrt(be.sum_squares(P.grads().data(), P.flat_size()));
         const double coef = opt.clip_norm / (norm + 1e-6);
@@ -315,15 +417,17 @@ TrainReport train(SasRec<float>& model, const Dataset& ds, const TrainOptions& o
 
   // Test the best checkpoint.
   P.values() = best_params;
-  st.report.test = evaluate(model, test, exclude, opt.eval_batch);
+  std::vector<int32_t> test_ranks;
+  st.report.test = evaluate(model, test, exclude, opt.eval_batch, &test_ranks);
+  st.report.ada = info.ada;
+  st.report.test_round_hits = round_hits(test_ranks, model.analysis_rounds(), model.analysis_k());
   {
     std::ostringstream os;
     os.setf(std::ios::fixed);
     os.precision(4);
     os << "best epoch " << st.report.best_epoch << "  valid hit@50 " << st.report.valid["hit@50"]
-       << " ndcg@50 " << st.report.valid["ndcg@50"] << "  |  test hit@50 " << st.report.test["hit@50"]
-       << " ndcg@50 " << st.report.test["ndcg@50"] << " hit@100 " << st.report.test["hit@100"]
-       << " ndcg@100 " << st.report.test["ndcg@100"];
+       << " ndcg@50 " << st.report.valid["ndcg@50"] << "  |  test";
+    for (const auto& [k, v] : st.report.test) os << " " << k << " " << v;
     log(os.str());
   }
   return st.report;
