@@ -5,6 +5,9 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <map>
 #include <memory>
 #include <cstdio>
 #include <iostream>
@@ -17,6 +20,7 @@
 #include "ada/device.hpp"
 #include "ada/eval.hpp"
 #include "ada/fileio.hpp"
+#include "ada/retriever.hpp"
 #include "ada/train.hpp"
 
 extern "C" void openblas_set_num_threads(int);
@@ -337,6 +341,76 @@ int cmd_eval(DataArgs da, const std::string& ckpt_arg, const AdaConfig& slices, 
   return 0;
 }
 
+// Input sequences for `ada retrieve`: --seq "3 17 42" or --input FILE with `user item item ...` lines.
+// Ids are the user's own when the model came with an item map.
+int cmd_retrieve(const std::string& ckpt, const std::string& seq_text, const std::string& input, int k, int T,
+                 bool as_json, int threads) {
+  set_threads(threads);
+  ADA_CHECK(seq_text.empty() != input.empty(), "retrieve: give exactly one of --seq and --input");
+  AdaRetriever r = AdaRetriever::load(ckpt);
+  const std::vector<std::string>& names = r.item_names();
+  std::map<std::string, ItemId> id_of;
+  for (size_t i = 1; i < names.size(); ++i) id_of[names[i]] = ItemId(i);
+  auto parse_item = [&](const std::string& tok, const std::string& where) -> ItemId {
+    if (!names.empty()) {
+      auto f = id_of.find(tok);
+      ADA_CHECK(f != id_of.end(), where << ": item \"" << tok << "\" is not in the model's item map");
+      return f->second;
+    }
+    char* end = nullptr;
+    errno = 0;
+    const long v = std::strtol(tok.c_str(), &end, 10);
+    ADA_CHECK(end && *end == 0 && errno == 0 && v >= 1 && v < r.num_items(),
+              where << ": item id \"" << tok << "\" is not an item of the model (1.." << r.num_items() - 1 << ")");
+    return ItemId(v);
+  };
+  std::vector<std::string> users;
+  std::vector<std::vector<ItemId>> seqs;
+  if (!seq_text.empty()) {
+    std::istringstream is(seq_text);
+    std::vector<ItemId> seq;
+    for (std::string tok; is >> tok;) seq.push_back(parse_item(tok, "--seq"));
+    users.push_back("");
+    seqs.push_back(seq);
+  } else {
+    std::istringstream is(read_file(input));
+    std::string line;
+    for (int ln = 1; std::getline(is, line); ++ln) {
+      std::istringstream ls(line);
+      std::string user;
+      if (!(ls >> user)) continue;
+      std::vector<ItemId> seq;
+      for (std::string tok; ls >> tok;) seq.push_back(parse_item(tok, input + ":" + std::to_string(ln)));
+      users.push_back(user);
+      seqs.push_back(seq);
+    }
+    ADA_CHECK(!seqs.empty(), input << ": no sequences");
+  }
+  const auto results = r.retrieve_batch(seqs, k, T);
+  auto name = [&](ItemId id) { return names.empty() ? std::to_string(id) : names[size_t(id)]; };
+  if (as_json) {
+    json all = json::array();
+    for (size_t i = 0; i < results.size(); ++i) {
+      json items = json::array();
+      for (const Retrieved& x : results[i]) {
+        const json item = names.empty() ? json(x.item) : json(name(x.item));
+        items.push_back({{"item", item}, {"score", x.score}, {"round", x.round}});
+      }
+      json o = {{"items", items}};
+      if (!users[i].empty()) o["user"] = users[i];
+      all.push_back(o);
+    }
+    std::cout << (seq_text.empty() ? all : all[0]).dump(2) << "\n";
+  } else {
+    for (size_t i = 0; i < results.size(); ++i) {
+      if (!users[i].empty()) std::cout << users[i] << ":";
+      for (const Retrieved& x : results[i]) std::cout << " " << name(x.item);
+      std::cout << "\n";
+    }
+  }
+  return 0;
+}
+
 int cmd_demo(int threads, int epochs, const std::string& out) {
   set_threads(threads);
   std::cout << "ada demo: SASRec on built-in synthetic data (users with several interests)\n";
@@ -435,6 +509,19 @@ int main(int argc, char** argv) {
   e->add_option("--total-k", eval_slices.total_k, "per-round analysis of a base model: K items in all")
       ->check(CLI::PositiveNumber);
 
+  std::string ret_ckpt, ret_seq, ret_input;
+  int ret_k = 100, ret_T = 5, ret_threads = 0;
+  bool ret_json = false;
+  auto* rt = app.add_subcommand("retrieve", "the next k items for histories, over T rounds (round order)");
+  rt->add_option("--checkpoint", ret_ckpt, "model.safetensors or its run folder (base or Ada)")->required();
+  rt->add_option("--seq", ret_seq, "one history: item ids separated by spaces, oldest first");
+  rt->add_option("--input", ret_input, "a file of histories, `user item item ...` per line");
+  rt->add_option("-k", ret_k, "items to return")->check(CLI::PositiveNumber);
+  rt->add_option("-T", ret_T, "rounds (k is split over them: the first k % T rounds get one more)")
+      ->check(CLI::PositiveNumber);
+  rt->add_flag("--json", ret_json, "JSON with each item's score and round");
+  rt->add_option("--threads", ret_threads, "CPU threads");
+
   int demo_threads = 0, demo_epochs = 8;
   std::string demo_out;
   auto* d = app.add_subcommand("demo", "train and evaluate briefly on synthetic data, show retrievals");
@@ -456,6 +543,7 @@ int main(int argc, char** argv) {
       return cmd_train(train_data, train_model, train_ada, train_opt, train_out, train_threads, train_device);
     if (e->parsed()) return cmd_eval(eval_data, eval_ckpt, eval_slices, eval_threads, eval_batch, eval_json);
     if (d->parsed()) return cmd_demo(demo_threads, demo_epochs, demo_out);
+    if (rt->parsed()) return cmd_retrieve(ret_ckpt, ret_seq, ret_input, ret_k, ret_T, ret_json, ret_threads);
   } catch (const std::exception& ex) {
     std::cerr << "ada: error: " << ex.what() << "\n";
     return 1;

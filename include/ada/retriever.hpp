@@ -1,0 +1,85 @@
+// The serving API: load a checkpoint (base SASRec or Ada-Retrieval) and retrieve the next items for
+// user histories from the whole catalog.
+//
+//   ada::AdaRetriever r = ada::AdaRetriever::load("runs/beauty-ada/model.safetensors");
+//   std::vector<ada::ItemId> items = r.retrieve({3, 17, 42}, 100, 5);
+//
+// Rules of retrieve(seq, k, T):
+// - k distinct items, none of them padding (0) and none in `seq`; returned in round order, and by
+//   descending score within a round.
+// - k is split over T rounds: the first k % T rounds take ceil(k/T) items, the others floor(k/T)
+//   (k = 100, T = 5: 20 each; k = 10, T = 3: 4, 3, 3). Each round excludes the items of earlier rounds.
+// - An Ada model runs T adapted rounds (its internal context is the training's ceil(K/T) items per
+//   round, whatever k is); a base model has one user vector, so its rounds are consecutive slices of
+//   one ranking.
+// - Errors (ada::Error, naming the value): k < 1, T < 1, T > k, an item id outside 1..N-1, k larger
+//   than the catalog minus the history. An empty history is allowed (a new user).
+// Thread-safety: one AdaRetriever serves one thread at a time (it keeps scratch buffers).
+#pragma once
+#include <cstddef>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "ada/data.hpp"
+
+namespace ada {
+
+// A read-only view of contiguous values (std::span is C++20).
+template <class T>
+class Span {
+ public:
+  Span() = default;
+  Span(const T* data, size_t size) : data_(data), size_(size) {}
+  Span(const std::vector<std::remove_const_t<T>>& v) : data_(v.data()), size_(v.size()) {}  // NOLINT
+  // For a braced list in a call, retrieve({3, 17, 42}, ...): the list lives until the call returns.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Winit-list-lifetime"
+  Span(std::initializer_list<std::remove_const_t<T>> l) : data_(l.begin()), size_(l.size()) {}  // NOLINT
+#pragma GCC diagnostic pop
+  const T* begin() const { return data_; }
+  const T* end() const { return data_ + size_; }
+  const T* data() const { return data_; }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+
+ private:
+  const T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+struct Retrieved {
+  ItemId item;
+  float score;  // <u_round, e_item> + b_item
+  int round;    // 0-based
+};
+
+class AdaRetriever {
+ public:
+  // Loads model.safetensors (or a run folder holding one). Throws ada::Error naming the file.
+  static AdaRetriever load(const std::string& checkpoint);
+  AdaRetriever(AdaRetriever&&) noexcept;
+  AdaRetriever& operator=(AdaRetriever&&) noexcept;
+  ~AdaRetriever();
+
+  std::vector<ItemId> retrieve(Span<const ItemId> user_seq, int k, int T);
+  std::vector<Retrieved> retrieve_scored(Span<const ItemId> user_seq, int k, int T);
+  // Many users at once (faster: one batched pass per round).
+  std::vector<std::vector<Retrieved>> retrieve_batch(const std::vector<std::vector<ItemId>>& user_seqs, int k, int T);
+
+  bool is_ada() const;
+  int32_t num_items() const;                     // ids 1..num_items()-1 are items
+  const std::vector<std::string>& item_names() const;  // the user's own ids when the data was remapped (else empty)
+
+  // How k splits over T rounds (see above).
+  static std::vector<int> round_sizes(int k, int T);
+
+ private:
+  struct Impl;
+  explicit AdaRetriever(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ada

@@ -1,0 +1,116 @@
+#include "ada/retriever.hpp"
+
+#include <algorithm>
+#include <unordered_set>
+
+#include "ada/ada_model.hpp"
+#include "ada/check.hpp"
+#include "ada/checkpoint.hpp"
+#include "ada/eval.hpp"
+#include "ada/fileio.hpp"
+
+namespace ada {
+
+struct AdaRetriever::Impl {
+  ModelInfo info;
+  std::unique_ptr<Backend<float>> be;
+  std::unique_ptr<SasRec<float>> base;
+  std::unique_ptr<AdaSasRec<float>> ada;
+  std::vector<std::string> names;
+  SasRec<float>& backbone() { return ada ? ada->base() : *base; }
+};
+
+AdaRetriever::AdaRetriever(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+AdaRetriever::AdaRetriever(AdaRetriever&&) noexcept = default;
+AdaRetriever& AdaRetriever::operator=(AdaRetriever&&) noexcept = default;
+AdaRetriever::~AdaRetriever() = default;
+
+AdaRetriever AdaRetriever::load(const std::string& checkpoint) {
+  const std::string path =
+      file_exists(checkpoint + "/model.safetensors") ? checkpoint + "/model.safetensors" : checkpoint;
+  const SafeTensors st = read_safetensors(path);
+  auto impl = std::make_unique<Impl>();
+  impl->info = checkpoint_info(st, path);
+  impl->info.sasrec.dropout = 0.0f;  // serving never drops out
+  impl->be = make_cpu_backend<float>();
+  if (impl->info.ada) {
+    impl->ada = std::make_unique<AdaSasRec<float>>(impl->info.sasrec, impl->info.ada_cfg, *impl->be);
+    load_params(impl->ada->params(), st, path);
+  } else {
+    impl->base = std::make_unique<SasRec<float>>(impl->info.sasrec, *impl->be);
+    load_params(impl->base->params(), st, path, false);
+  }
+  const auto slash = path.find_last_of('/');
+  const std::string map_path = (slash == std::string::npos ? std::string(".") : path.substr(0, slash)) + "/item_map.tsv";
+  if (file_exists(map_path)) impl->names = load_item_map(map_path);
+  return AdaRetriever(std::move(impl));
+}
+
+bool AdaRetriever::is_ada() const { return impl_->ada != nullptr; }
+int32_t AdaRetriever::num_items() const { return impl_->info.sasrec.n_items; }
+const std::vector<std::string>& AdaRetriever::item_names() const { return impl_->names; }
+
+std::vector<int> AdaRetriever::round_sizes(int k, int T) {
+  ADA_CHECK(T >= 1, "retrieve: T must be >= 1, got " << T);
+  ADA_CHECK(k >= 1, "retrieve: k must be >= 1, got " << k);
+  ADA_CHECK(T <= k, "retrieve: T = " << T << " rounds cannot each return an item when k = " << k);
+  std::vector<int> ks(size_t(T), k / T);
+  for (int t = 0; t < k % T; ++t) ++ks[size_t(t)];
+  return ks;
+}
+
+std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vector<std::vector<ItemId>>& seqs, int k,
+                                                                 int T) {
+  const std::vector<int> ks = round_sizes(k, T);
+  const int32_t N = num_items();
+  const int64_t B = int64_t(seqs.size()), D = impl_->info.sasrec.hidden;
+  Ragged hist;
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    std::unordered_set<ItemId> distinct;
+    for (ItemId it : seqs[b]) {
+      ADA_CHECK(it >= 1 && it < N, "retrieve: item id " << it << " (sequence " << b << ") is not in the catalog 1.."
+                                                          << N - 1);
+      distinct.insert(it);
+    }
+    const int64_t candidates = int64_t(N) - 1 - int64_t(distinct.size());
+    ADA_CHECK(k <= candidates, "retrieve: k = " << k << " but sequence " << b << " leaves only " << candidates
+                                               << " candidate items (" << N - 1 << " in the catalog, "
+                                               << distinct.size() << " in the history)");
+    hist.push_row(seqs[b].data(), seqs[b].data() + seqs[b].size());
+  }
+  std::vector<std::vector<Retrieved>> out(seqs.size());
+  if (B == 0) return out;
+  std::vector<float> users(size_t(T) * size_t(B * D));
+  SasRec<float>& bb = impl_->backbone();
+  if (impl_->ada) {
+    impl_->ada->forward(hist, false, 0, 0, users.data(), nullptr, T);
+  } else {
+    bb.forward(hist, false, 0, 0, users.data());
+    for (int t = 1; t < T; ++t) std::copy(users.begin(), users.begin() + B * D, users.begin() + t * B * D);
+  }
+  std::vector<ItemId> ids(size_t(B * k));
+  std::vector<float> scores(size_t(B * k));
+  multi_round_topk(users.data(), B, bb.item_table(), bb.item_bias(), N, D, ks, hist, ids.data(), scores.data());
+  for (int64_t b = 0; b < B; ++b) {
+    out[size_t(b)].reserve(size_t(k));
+    int round = 0, left = ks[0];
+    for (int j = 0; j < k; ++j) {
+      while (left == 0) left = ks[size_t(++round)];
+      out[size_t(b)].push_back({ids[size_t(b * k + j)], scores[size_t(b * k + j)], round});
+      --left;
+    }
+  }
+  return out;
+}
+
+std::vector<Retrieved> AdaRetriever::retrieve_scored(Span<const ItemId> seq, int k, int T) {
+  return retrieve_batch({std::vector<ItemId>(seq.begin(), seq.end())}, k, T)[0];
+}
+
+std::vector<ItemId> AdaRetriever::retrieve(Span<const ItemId> seq, int k, int T) {
+  std::vector<ItemId> ids;
+  for (const Retrieved& r : retrieve_scored(seq, k, T)) ids.push_back(r.item);
+  return ids;
+}
+
+}  // namespace ada

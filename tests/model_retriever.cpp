@@ -1,0 +1,170 @@
+// AdaRetriever: the documented retrieval rules, errors, checkpoints of Ada models, and loading a base
+// checkpoint into an Ada model.
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <filesystem>
+#include <set>
+
+#include "ada/checkpoint.hpp"
+#include "ada/eval.hpp"
+#include "ada/retriever.hpp"
+
+using namespace ada;
+namespace fs = std::filesystem;
+
+namespace {
+
+SasRecConfig small_base() {
+  SasRecConfig c;
+  c.n_items = 61;  // 60 items
+  c.hidden = 16;
+  c.heads = 2;
+  c.inner = 24;
+  c.max_len = 10;
+  c.dropout = 0.0f;
+  return c;
+}
+
+AdaConfig small_ada() {
+  AdaConfig a;
+  a.rounds = 3;
+  a.total_k = 12;  // 4 context items per round
+  return a;
+}
+
+struct Checkpoints {
+  std::string dir, base, ada;
+  Checkpoints() {
+    dir = (fs::temp_directory_path() / ("ada_retr_" + std::to_string(::getpid()))).string();
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    auto be = make_cpu_backend<float>();
+    SasRec<float> b(small_base(), *be);
+    b.init(1);
+    ModelInfo bi;
+    bi.sasrec = small_base();
+    base = dir + "/base.safetensors";
+    save_checkpoint(base, b.params(), bi);
+    AdaSasRec<float> a(small_base(), small_ada(), *be);
+    a.init(2);
+    ModelInfo ai = bi;
+    ai.ada = true;
+    ai.ada_cfg = small_ada();
+    ada = dir + "/ada.safetensors";
+    save_checkpoint(ada, a.params(), ai);
+  }
+  ~Checkpoints() { fs::remove_all(dir); }
+};
+
+void check_rules(const std::vector<Retrieved>& got, const std::vector<ItemId>& hist, int k, int T) {
+  REQUIRE(int(got.size()) == k);
+  const std::vector<int> sizes = AdaRetriever::round_sizes(k, T);
+  std::set<ItemId> seen;
+  size_t j = 0;
+  for (int t = 0; t < T; ++t)
+    for (int i = 0; i < sizes[size_t(t)]; ++i, ++j) {
+      const Retrieved& r = got[j];
+      REQUIRE(r.round == t);
+      REQUIRE(r.item > 0);
+      REQUIRE(std::find(hist.begin(), hist.end(), r.item) == hist.end());
+      REQUIRE(seen.insert(r.item).second);  // distinct, so rounds are disjoint
+      if (i > 0) REQUIRE(got[j - 1].score >= r.score);
+    }
+}
+
+}  // namespace
+
+TEST_CASE("round sizes split k over T rounds, the first k % T rounds taking one more", "[model]") {
+  REQUIRE(AdaRetriever::round_sizes(100, 5) == std::vector<int>{20, 20, 20, 20, 20});
+  REQUIRE(AdaRetriever::round_sizes(10, 3) == std::vector<int>{4, 3, 3});
+  REQUIRE(AdaRetriever::round_sizes(7, 7) == std::vector<int>(7, 1));
+  REQUIRE_THROWS_WITH(AdaRetriever::round_sizes(10, 0), Catch::Contains("T must be >= 1"));
+  REQUIRE_THROWS_WITH(AdaRetriever::round_sizes(0, 3), Catch::Contains("k must be >= 1"));
+  REQUIRE_THROWS_WITH(AdaRetriever::round_sizes(2, 3), Catch::Contains("T = 3"));
+}
+
+TEST_CASE("retrieve follows the documented rules for base and Ada checkpoints", "[model]") {
+  Checkpoints ck;
+  for (const std::string& path : {ck.base, ck.ada}) {
+    AdaRetriever r = AdaRetriever::load(path);
+    REQUIRE(r.is_ada() == (path == ck.ada));
+    const std::vector<ItemId> hist = {5, 9, 9, 60, 1};
+    for (auto [k, T] : {std::pair{10, 3}, std::pair{12, 3}, std::pair{7, 1}, std::pair{5, 5}}) {
+      INFO(path << " k " << k << " T " << T);
+      check_rules(r.retrieve_scored(hist, k, T), hist, k, T);
+      const auto ids = r.retrieve(hist, k, T);
+      REQUIRE(ids.size() == size_t(k));
+    }
+    // an empty history (a new user) works
+    check_rules(r.retrieve_scored({}, 8, 2), {}, 8, 2);
+    // k equal to the candidates left: all of them
+    const auto all = r.retrieve(hist, 60 - 4, 1);
+    REQUIRE(std::set<ItemId>(all.begin(), all.end()).size() == 56);
+    REQUIRE_THROWS_WITH(r.retrieve(hist, 57, 1), Catch::Contains("57") && Catch::Contains("56 candidate"));
+    REQUIRE_THROWS_WITH(r.retrieve(hist, 10, 0), Catch::Contains("T must be >= 1"));
+    REQUIRE_THROWS_WITH(r.retrieve({3, 61}, 10, 2), Catch::Contains("item id 61"));
+    REQUIRE_THROWS_WITH(r.retrieve({0, 3}, 10, 2), Catch::Contains("item id 0"));
+    // a batch gives what single calls give
+    const std::vector<std::vector<ItemId>> seqs = {{1, 2, 3}, {}, {40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51}};
+    const auto batch = r.retrieve_batch(seqs, 9, 3);
+    for (size_t i = 0; i < seqs.size(); ++i) {
+      const auto one = r.retrieve_scored(seqs[i], 9, 3);
+      for (size_t j = 0; j < one.size(); ++j) {
+        REQUIRE(batch[i][j].item == one[j].item);
+        REQUIRE(batch[i][j].score == Approx(one[j].score).margin(1e-5));
+      }
+    }
+  }
+}
+
+TEST_CASE("an Ada checkpoint round trip serves what the in-memory model computes", "[model]") {
+  Checkpoints ck;
+  auto be = make_cpu_backend<float>();
+  AdaSasRec<float> a(small_base(), small_ada(), *be);
+  a.init(2);  // same seed as the saved one
+  const SafeTensors st = read_safetensors(ck.ada);
+  const ModelInfo info = checkpoint_info(st, ck.ada);
+  REQUIRE(info.ada);
+  REQUIRE(info.ada_cfg.rounds == 3);
+  REQUIRE(info.ada_cfg.total_k == 12);
+  AdaSasRec<float> loaded(info.sasrec, info.ada_cfg, *be);
+  load_params(loaded.params(), st, ck.ada);
+  REQUIRE(loaded.params().values() == a.params().values());
+  Ragged h;
+  const std::vector<ItemId> seq = {7, 8, 9};
+  h.push_row(seq.data(), seq.data() + 3);
+  std::vector<float> U(3 * 16);
+  a.forward(h, false, 0, 0, U.data());
+  std::vector<ItemId> ids(12);
+  std::vector<float> sc(12);
+  multi_round_topk(U.data(), 1, a.base().item_table(), a.base().item_bias(), 61, 16, {4, 4, 4}, h, ids.data(), sc.data());
+  AdaRetriever r = AdaRetriever::load(ck.ada);
+  REQUIRE(r.retrieve(seq, 12, 3) == ids);
+}
+
+TEST_CASE("a base checkpoint loads into an Ada model: base tensors filled, adapters reported missing", "[model]") {
+  Checkpoints ck;
+  auto be = make_cpu_backend<float>();
+  AdaSasRec<float> a(small_base(), small_ada(), *be);
+  a.init(9);
+  const SafeTensors st = read_safetensors(ck.base);
+  std::vector<std::string> ignored, missing;
+  load_params(a.params(), st, ck.base, true, &ignored, &missing);
+  REQUIRE(ignored.empty());
+  REQUIRE(missing.size() == 17);  // the 17 adapter tensors keep their fresh initialisation
+  REQUIRE_THROWS_WITH(load_params(a.params(), st, ck.base, false), Catch::Contains("low_filter"));
+  const std::vector<float> base_emb = st.at("item_embedding.weight").to_f32();
+  const float* emb = a.base().item_table();
+  REQUIRE(std::equal(base_emb.begin(), base_emb.end(), emb));
+  // round 0 of the Ada model is the base model
+  SasRec<float> b(small_base(), *be);
+  load_params(b.params(), st, ck.base);
+  Ragged h;
+  const std::vector<ItemId> seq = {3, 4};
+  h.push_row(seq.data(), seq.data() + 2);
+  std::vector<float> ua(3 * 16), ub(16);
+  a.forward(h, false, 0, 0, ua.data());
+  b.forward(h, false, 0, 0, ub.data());
+  for (int d = 0; d < 16; ++d) REQUIRE(ua[size_t(d)] == ub[size_t(d)]);
+}
