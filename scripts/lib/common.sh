@@ -23,11 +23,12 @@ ada_install_deps() {
 ada_configure() {
   local dir=$1
   shift
-  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >"$dir.configure.log" 2>&1 || {
-    cat "$dir.configure.log"
+  mkdir -p "$dir"
+  cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >"$dir/configure.log" 2>&1 || {
+    cat "$dir/configure.log"
     return 1
   }
-  grep -E "BLAS:|CUDA compiler identification|WARNING" "$dir.configure.log" || true
+  grep -E "BLAS:|CUDA compiler identification|WARNING" "$dir/configure.log" || true
 }
 
 ada_jobs() { nproc 2>/dev/null || echo 2; }
