@@ -14,15 +14,11 @@
 
 using namespace ada;
 using ada_test::check_gradient;
+using ada_test::dot;
 using ada_test::random_vec;
 
 namespace {
 
-double dot(const std::vector<double>& a, const std::vector<double>& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
 
 // torch.fft.irfft(torch.fft.rfft(x, dim=1, norm='ortho') * W, n=K, dim=1, norm='ortho') written
 // with complex arithmetic: the full Hermitian spectrum is rebuilt from the half spectrum the way

@@ -8,15 +8,11 @@
 
 using namespace ada;
 using ada_test::check_gradient;
+using ada_test::dot;
 using ada_test::random_vec;
 
 namespace {
 
-double dot(const std::vector<double>& a, const std::vector<double>& b) {
-  double s = 0;
-  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
-  return s;
-}
 
 }  // namespace
 

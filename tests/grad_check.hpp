@@ -16,6 +16,13 @@ inline std::vector<double> random_vec(size_t n, uint64_t seed, double scale = 1.
   return v;
 }
 
+// Sum of a[i] * b[i]: the scalar "loss" <out, R> whose gradient w.r.t. out is R.
+inline double dot(const std::vector<double>& a, const std::vector<double>& b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
+  return s;
+}
+
 // Compares analytic[i] with (f(x + h e_i) - f(x - h e_i)) / 2h for the given coordinates of x
 // (all when `coords` is empty). Fails naming the tensor, the first bad index and both values.
 inline void check_gradient(const std::string& what, std::vector<double>& x,

@@ -10,30 +10,12 @@
 #include "ada/eval.hpp"
 #include "ada/fileio.hpp"
 #include "tests/grad_check.hpp"
+#include "tests/tiny_model.hpp"
 #include "tests/test_util.hpp"
 
 using namespace ada;
 
 namespace {
-
-SasRecConfig tiny_base() {
-  SasRecConfig c;
-  c.n_items = 40;
-  c.hidden = 8;
-  c.heads = 2;
-  c.inner = 12;
-  c.layers = 2;
-  c.max_len = 6;
-  c.dropout = 0.2f;
-  return c;
-}
-
-Ragged tiny_histories() {
-  Ragged h;
-  const std::vector<std::vector<ItemId>> rows = {{}, {3}, {1, 2, 3, 4}, {5, 6, 7, 8, 9, 10, 11, 12}, {12, 12}};
-  for (const auto& r : rows) h.push_row(r.data(), r.data() + r.size());
-  return h;
-}
 
 // Loss of a T-round step: sum_t lambda^t BCE(users[t], items) and its gradients.
 template <class T>
@@ -62,7 +44,7 @@ TEST_CASE("a 3-round Ada-SASRec training step (dropout on) matches finite differ
   AdaConfig ac;
   ac.rounds = 3;
   ac.total_k = 9;  // 3 context items per round
-  AdaSasRec<double> m(tiny_base(), ac, *be);
+  AdaSasRec<double> m(ada_test::tiny_sasrec_config(40), ac, *be);
   m.init(5);
   // larger adapter weights than the defaults so the adapters matter in the check
   auto& P = m.params();
@@ -70,7 +52,7 @@ TEST_CASE("a 3-round Ada-SASRec training step (dropout on) matches finite differ
     auto* v = P.value(P.find(n));
     for (int64_t i = 0; i < P.entry(P.find(n)).numel; ++i) v[i] *= 10;
   }
-  const Ragged hist = tiny_histories();
+  const Ragged hist = ada_test::tiny_histories();
   const int64_t C = 3;
   const std::vector<int32_t> items = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 2, 4, 6};
   P.zero_grad();
@@ -88,11 +70,11 @@ TEST_CASE("a 3-round Ada-SASRec training step (dropout on) matches finite differ
 
 TEST_CASE("Ada round 0 is exactly the base model and every ablation still runs", "[model]") {
   auto be = make_cpu_backend<float>();
-  SasRecConfig bc = tiny_base();
+  SasRecConfig bc = ada_test::tiny_sasrec_config(40);
   bc.dropout = 0.0f;
   SasRec<float> base(bc, *be);
   base.init(8);
-  const Ragged hist = tiny_histories();
+  const Ragged hist = ada_test::tiny_histories();
   const int64_t B = 5, D = 8;
   std::vector<float> ub(size_t(B * D));
   base.forward(hist, false, 0, 0, ub.data());

@@ -6,37 +6,15 @@
 #include "ada/backend.hpp"
 #include "ada/sasrec.hpp"
 #include "tests/grad_check.hpp"
+#include "tests/tiny_model.hpp"
 
 using namespace ada;
 
-namespace {
-
-SasRecConfig tiny_config() {
-  SasRecConfig c;
-  c.n_items = 13;
-  c.hidden = 8;
-  c.heads = 2;
-  c.inner = 12;
-  c.layers = 2;
-  c.max_len = 6;
-  c.dropout = 0.2f;
-  return c;
-}
-
-Ragged tiny_histories() {
-  Ragged h;
-  const std::vector<std::vector<ItemId>> rows = {{}, {3}, {1, 2, 3, 4}, {5, 6, 7, 8, 9, 10, 11, 12}, {12, 12}};
-  for (const auto& r : rows) h.push_row(r.data(), r.data() + r.size());
-  return h;
-}
-
-}  // namespace
-
 TEST_CASE("a whole SASRec training step (dropout on) matches finite differences", "[model]") {
   auto be = make_cpu_backend<double>();
-  SasRec<double> model(tiny_config(), *be);
+  SasRec<double> model(ada_test::tiny_sasrec_config(13), *be);
   model.init(7);
-  const Ragged hist = tiny_histories();
+  const Ragged hist = ada_test::tiny_histories();
   const int64_t B = 5, C = 3, D = 8;
   const std::vector<int32_t> items = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 2, 4, 6};
   std::vector<double> U(B * D), dU(B * D), logits(B * C);
@@ -68,13 +46,13 @@ TEST_CASE("jagged SASRec equals the padded reference computation", "[model]") {
   // A dense re-implementation of reference-spec 2.3 over all max_len positions with the additive
   // -10000 key mask, evaluated in double: the user vectors must agree with the packed forward.
   auto be = make_cpu_backend<double>();
-  const SasRecConfig c = tiny_config();
+  const SasRecConfig c = ada_test::tiny_sasrec_config(13);
   SasRec<double> model(c, *be);
   model.init(11);
   // Larger weights than the 0.02 default, so that attention is far from uniform and a wrong key
   // set (e.g. causal prefix instead of all keys for an empty history) changes the result.
   for (auto& w : model.params().values()) w *= 20.0;
-  const Ragged hist = tiny_histories();
+  const Ragged hist = ada_test::tiny_histories();
   const int64_t B = int64_t(hist.rows()), D = c.hidden, L = c.max_len, H = c.heads, hd = D / H;
   std::vector<double> U(B * D);
   model.forward(hist, false, 0, 0, U.data());
@@ -180,7 +158,7 @@ TEST_CASE("SASRec init: padding row zero, N(0, 0.02) weights, unit LayerNorm, bi
 
 TEST_CASE("SASRec rejects item ids outside the catalog", "[model]") {
   auto be = make_cpu_backend<float>();
-  SasRec<float> model(tiny_config(), *be);
+  SasRec<float> model(ada_test::tiny_sasrec_config(13), *be);
   model.init(1);
   Ragged h;
   const std::vector<ItemId> bad = {1, 13};

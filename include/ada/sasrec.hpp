@@ -109,6 +109,7 @@ class SasRec {
     Buffer<T> d_out, d_r2, d_h, d_g, d_f1, d_r1, d_att, d_q, d_k, d_v, d_in, d_in_q, d_x0;
   };
   uint64_t stream(const Context& ctx, uint32_t site) const;
+  AttentionShape attention_shape(const Context& ctx, int layer, float dropout) const;
 
   SasRecConfig cfg_;
   Backend<T>& be_;

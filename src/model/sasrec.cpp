@@ -84,6 +84,19 @@ uint64_t SasRec<T>::stream(const Context& ctx, uint32_t site) const {
 }
 
 template <class T>
+AttentionShape SasRec<T>::attention_shape(const Context& ctx, int layer, float dropout) const {
+  AttentionShape sh;
+  sh.layout = ctx.layout();
+  sh.heads = cfg_.heads;
+  sh.head_dim = cfg_.hidden / cfg_.heads;
+  sh.last_only = layer == cfg_.layers - 1;  // the last layer only needs the user vector's position
+  sh.dropout = dropout;
+  sh.seed = ctx.seed;
+  sh.stream = stream(ctx, uint32_t(1 + 4 * layer));
+  return sh;
+}
+
+template <class T>
 JaggedLayout SasRec<T>::Context::layout() const {
   JaggedLayout L;
   L.num_seqs = int64_t(all_masked.size());
@@ -171,14 +184,7 @@ void SasRec<T>::forward(Context& ctx, const T* token_input, T* user_out) {
     be_.linear_forward(a.q.data(), in_q, params_.value(w.q_w), params_.value(w.q_b), nq, D, D);
     be_.linear_forward(a.k.data(), in, params_.value(w.k_w), params_.value(w.k_b), Ntok, D, D);
     be_.linear_forward(a.v.data(), in, params_.value(w.v_w), params_.value(w.v_b), Ntok, D, D);
-    AttentionShape sh;
-    sh.layout = L;
-    sh.heads = cfg_.heads;
-    sh.head_dim = int(D / cfg_.heads);
-    sh.last_only = last;
-    sh.dropout = p;
-    sh.seed = seed;
-    sh.stream = stream(ctx, uint32_t(1 + 4 * l));
+    const AttentionShape sh = attention_shape(ctx, l, p);
     a.probs.ensure(size_t(sh.prob_size()));
     a.att.ensure(size_t(nq * D));
     be_.attention_forward(a.att.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), sh);
@@ -257,14 +263,7 @@ void SasRec<T>::backward(Context& ctx, const T* d_user, T* d_token_input) {
     d_att.ensure(size_t(nq * D));
     be_.linear_backward(d_att.data(), params_.grad(w.o_w), params_.grad(w.o_b), d_r1.data(),
                         a.att.data(), params_.value(w.o_w), nq, D, D, false);
-    AttentionShape sh;
-    sh.layout = L;
-    sh.heads = cfg_.heads;
-    sh.head_dim = int(D / cfg_.heads);
-    sh.last_only = last;
-    sh.dropout = p;
-    sh.seed = seed;
-    sh.stream = stream(ctx, uint32_t(1 + 4 * l));
+    const AttentionShape sh = attention_shape(ctx, l, p);
     d_q.ensure(size_t(nq * D));
     d_k.ensure(size_t(Ntok * D));
     d_k.fill(T(0));
