@@ -52,6 +52,20 @@ void for_each_uniform(int64_t n, uint64_t seed, uint64_t stream, F f) {
   }
 }
 
+// <a, b> with 8 independent partial sums: a single running sum is a chain of dependent adds that the
+// compiler may not reorder (no -ffast-math), which made the context attention's 64-wide dot products
+// latency-bound. The order is fixed, so results stay deterministic.
+template <class T>
+inline T dot_product(const T* a, const T* b, int64_t n) {
+  T acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += a[i + k] * b[i + k];
+  T s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
 // Per-sequence offsets into the probability buffer (heads * keys per query, queries in order).
 std::vector<int64_t> prob_offsets(const AttentionShape& sh) {
   const auto& L = sh.layout;
@@ -572,10 +586,7 @@ class CpuBackend final : public Backend<T> {
         T* p = probs + q * Nc;
         T mx = -std::numeric_limits<T>::infinity();
         for (int64_t j = 0; j < Nc; ++j) {
-          const T* c = Cb + j * D;
-          T dot = 0;
-          for (int64_t d = 0; d < D; ++d) dot += x[d] * c[d];
-          p[j] = dot * scale;
+          p[j] = dot_product(x, Cb + j * D, D) * scale;
           mx = std::max(mx, p[j]);
         }
         T sum = 0;
@@ -618,11 +629,8 @@ class CpuBackend final : public Backend<T> {
           for (int64_t j = 0; j < Nc; ++j) {
             const T* c = Cb + j * D;
             T* dc = dCb + j * D;
-            T acc = 0;
-            for (int64_t d = 0; d < D; ++d) {
-              acc += g[d] * c[d];
-              dc[d] += p[j] * g[d];
-            }
+            const T acc = dot_product(g, c, D);
+            for (int64_t d = 0; d < D; ++d) dc[d] += p[j] * g[d];
             dp[size_t(j)] = acc;
             dot_sum += p[j] * acc;
           }
