@@ -6,9 +6,10 @@
 // round differently and flip near-ties). sgemm runs outside OpenMP regions because OpenBLAS brings
 // its own threads.
 //
-// The row scans run in an OpenMP loop only with the OpenMP build of OpenBLAS, whose sgemm uses the
-// same thread pool. With the pthread build (Debian's default, and this project's), the two pools
-// alternate once per block and each one's idle workers spin while the other works. Measured on the
+// The row scans run in an OpenMP loop only with the OpenMP build of OpenBLAS (the one CMakeLists.txt
+// links), whose sgemm uses the same thread pool. With the pthread build (Debian's default, used when
+// the OpenMP build is missing), the two pools alternate once per block and each one's idle workers
+// spin while the other works. Measured on the
 // 2-core development machine (B = 22,363, N = 12,102, D = 64, -O3): serial scans after a 2-thread
 // sgemm take 0.36 s (the scans are a small, cache-bound part; sgemm dominates), OpenMP scans
 // 0.9-2.8 s; with OPENBLAS_NUM_THREADS=1 and another process busy, OpenMP scans take 1.3-2.1 s
