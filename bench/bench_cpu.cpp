@@ -67,6 +67,34 @@ void BM_sasrec_train_step(benchmark::State& state) {
 }
 BENCHMARK(BM_sasrec_train_step)->Unit(benchmark::kMillisecond)->MinTime(5.0)->UseRealTime();
 
+// One Ada-Retrieval step (T = 5 rounds, K = 100): five backbone passes, the adapters, four context
+// top-k searches over the catalog, the lambda-weighted loss and the backward through all rounds.
+void BM_ada_train_step(benchmark::State& state) {
+  const Dataset& ds = bench_data();
+  auto be = make_cpu_backend<float>();
+  SasRecConfig c;
+  c.n_items = ds.n_items;
+  AdaSasRec<float> model(c, AdaConfig{}, *be);
+  model.init(1);
+  AdaTrainable trainable(model, ds.name);
+  TrainSampler sampler(ds, 1, 100, c.max_len);
+  const size_t bs = 1024, nb = sampler.num_batches(bs);
+  Batch batch;
+  uint64_t step = 0;
+  int64_t samples = 0;
+  for (auto _ : state) {
+    sampler.fill_batch(step % nb, bs, batch);
+    model.params().zero_grad();
+    benchmark::DoNotOptimize(trainable.train_step(batch, 1, step));
+    ++step;
+    samples += int64_t(batch.size());
+  }
+  state.counters["samples/s"] = benchmark::Counter(double(samples), benchmark::Counter::kIsRate);
+  state.counters["epoch_s_est"] = benchmark::Counter(double(samples) / double(sampler.num_samples()),
+                                                     benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+BENCHMARK(BM_ada_train_step)->Unit(benchmark::kMillisecond)->MinTime(10.0)->UseRealTime();
+
 void BM_full_ranking_validation(benchmark::State& state) {
   const Dataset& ds = bench_data();
   auto be = make_cpu_backend<float>();
