@@ -267,7 +267,8 @@ void AdaSasRec<T>::ura_backward(Round& rd, int t, int64_t B, const T* d_out, T* 
   Buffer<T> d_r2(size_t(B * D)), d_a2(size_t(B * D)), d_h(size_t(B * D));
   be_.layernorm_backward(d_r2.data(), ps.grad(p_mln_w_), ps.grad(p_mln_b_), d_out, rd.r2.data(), ps.value(p_mln_w_),
                          rd.mean2.data(), rd.rstd2.data(), B, D);
-  // d v (residual) goes to rd.v's gradient, kept in rd.v's place: the caller reads scratch2_
+  // scratch2_ collects d v, the gradient w.r.t. the backbone's user vector (residual + MLP branch);
+  // backward() hands it to the backbone.
   scratch2_.ensure(size_t(B * D));
   std::copy(d_r2.data(), d_r2.data() + B * D, scratch2_.data());
   be_.dropout_backward(d_a2.data(), d_r2.data(), B * D, p, seed_, stream(t, kUraSite));
