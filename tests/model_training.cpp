@@ -115,6 +115,10 @@ TEST_CASE("resume after an interruption reproduces the uninterrupted run", "[mod
   const SafeTensors s2 = read_safetensors(d2 + "/last_state.safetensors");
   REQUIRE(s1.at("item_embedding.weight").data == s2.at("item_embedding.weight").data);
   REQUIRE(s1.at("adam.v").data == s2.at("adam.v").data);
+  // the resumed run's log continues the first part's: it still has epoch 0
+  const std::string log = read_file(d2 + "/train.log");
+  REQUIRE(log.find("epoch   0") != std::string::npos);
+  REQUIRE(log.find("resuming at epoch 2") != std::string::npos);
   fs::remove_all(d1);
   fs::remove_all(d2);
 }

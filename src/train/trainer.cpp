@@ -292,6 +292,8 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
   const std::string state_path = opt.out_dir + "/last_state.safetensors";
 
   std::ostringstream log_text;
+  // A resumed run continues the log instead of replacing it.
+  if (opt.resume && write && file_exists(opt.out_dir + "/train.log")) log_text << read_file(opt.out_dir + "/train.log");
   auto log = [&](const std::string& line) {
     log_os << line << "\n" << std::flush;
     log_text << line << "\n";
