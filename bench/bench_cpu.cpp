@@ -31,6 +31,13 @@ const Dataset& bench_data() {
   return ds;
 }
 
+// samples/s, and the seconds an epoch takes at that rate: elapsed / (samples / samples_per_epoch).
+void set_training_counters(benchmark::State& state, int64_t samples, size_t samples_per_epoch) {
+  state.counters["samples/s"] = benchmark::Counter(double(samples), benchmark::Counter::kIsRate);
+  state.counters["epoch_s_est"] = benchmark::Counter(double(samples) / double(samples_per_epoch),
+                                                     benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
 void BM_sasrec_train_step(benchmark::State& state) {
   const Dataset& ds = bench_data();
   auto be = make_cpu_backend<float>();
@@ -60,10 +67,7 @@ void BM_sasrec_train_step(benchmark::State& state) {
     ++step;
     samples += B;
   }
-  state.counters["samples/s"] = benchmark::Counter(double(samples), benchmark::Counter::kIsRate);
-  // seconds per epoch at this rate: elapsed / (samples / samples_per_epoch)
-  state.counters["epoch_s_est"] = benchmark::Counter(double(samples) / double(sampler.num_samples()),
-                                                     benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  set_training_counters(state, samples, sampler.num_samples());
 }
 BENCHMARK(BM_sasrec_train_step)->Unit(benchmark::kMillisecond)->MinTime(5.0)->UseRealTime();
 
@@ -89,9 +93,7 @@ void BM_ada_train_step(benchmark::State& state) {
     ++step;
     samples += int64_t(batch.size());
   }
-  state.counters["samples/s"] = benchmark::Counter(double(samples), benchmark::Counter::kIsRate);
-  state.counters["epoch_s_est"] = benchmark::Counter(double(samples) / double(sampler.num_samples()),
-                                                     benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  set_training_counters(state, samples, sampler.num_samples());
 }
 BENCHMARK(BM_ada_train_step)->Unit(benchmark::kMillisecond)->MinTime(10.0)->UseRealTime();
 
