@@ -1,0 +1,297 @@
+// Batched top-k retrieval on the GPU: the fused kernel (kernels/topk.cu) against its baselines.
+//
+//   BM_fused_topk/B/N/k           fused exact-FP32 score + exclusions + top-k (no B x N matrix)
+//   BM_sgemm_scores/B/N/k         cuBLAS SGEMM writing the B x N scores (FP32, no TF32): the floor
+//   BM_sgemm_cub_topk/B/N/k       SGEMM + bias/exclusion kernel + CUB segmented radix sort of every
+//                                 row + gather of the first k (the composed baseline)
+//
+// D = 64 (BM_fused_topk_d also runs D = 32 and 128). Every row excludes 50 random items (a
+// history). Times are CUDA-event times of the GPU work only (queries and tables stay on the
+// device); counters: queries/s (items_per_second), table bytes/s (bytes_per_second) and TFLOP/s of
+// the scoring. Baselines whose B x N buffers would not fit in 16 GiB are skipped.
+#include <benchmark/benchmark.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cub/device/device_segmented_radix_sort.cuh>
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "kernels/topk.cuh"
+
+namespace {
+
+#define CK(x)                                                                                  \
+  do {                                                                                         \
+    cudaError_t e_ = (x);                                                                      \
+    if (e_ != cudaSuccess) {                                                                   \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
+      std::abort();                                                                            \
+    }                                                                                          \
+  } while (0)
+
+constexpr int kExcludedPerRow = 50;
+constexpr size_t kMaxBaselineBytes = size_t(16) << 30;
+
+__global__ void fill_random(float* x, int64_t n, uint32_t seed, float scale) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
+    h ^= h >> 15;
+    h *= 2246822519u;
+    h ^= h >> 13;
+    h *= 3266489917u;
+    h ^= h >> 16;
+    x[i] = scale * (float(h) * (1.0f / 4294967296.0f) - 0.5f);
+  }
+}
+
+// scores[b, j] += bias[j], item 0 gets -inf, ids[b, j] = j.
+__global__ void add_bias(float* scores, int32_t* ids, const float* bias, int64_t N) {
+  const int64_t b = blockIdx.y;
+  float* row = scores + b * N;
+  int32_t* id = ids + b * N;
+  for (int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; j < N; j += int64_t(gridDim.x) * blockDim.x) {
+    row[j] = j == 0 ? -INFINITY : row[j] + bias[j];
+    id[j] = int32_t(j);
+  }
+}
+
+// The row's excluded ids get -inf (after add_bias: a separate launch orders the writes).
+__global__ void mask_excluded(float* scores, int64_t N, const int64_t* ex_off, const int32_t* ex_ids) {
+  const int64_t b = blockIdx.x;
+  for (int64_t e = ex_off[b] + threadIdx.x; e < ex_off[b + 1]; e += blockDim.x) scores[b * N + ex_ids[e]] = -INFINITY;
+}
+
+__global__ void gather_topk(float* out_s, int32_t* out_i, const float* sorted_s, const int32_t* sorted_i, int64_t N,
+                            int k) {
+  const int64_t b = blockIdx.x;
+  for (int i = threadIdx.x; i < k; i += blockDim.x) {
+    out_s[b * k + i] = sorted_s[b * N + i];
+    out_i[b * k + i] = sorted_i[b * N + i];
+  }
+}
+
+__global__ void segment_offsets(int64_t* off, int64_t B, int64_t N) {
+  for (int64_t i = threadIdx.x; i <= B; i += blockDim.x) off[i] = i * N;
+}
+
+// Device data shared by all benchmarks (the largest table is made once).
+struct Data {
+  int64_t maxN = 0;
+  int D = 0;
+  float* E = nullptr;
+  float* bias = nullptr;
+  float* U = nullptr;
+  int64_t* ex_off = nullptr;
+  int32_t* ex_ids = nullptr;
+  int64_t ex_for_N = -1;
+  float* out_s = nullptr;
+  int32_t* out_i = nullptr;
+  int32_t* out_c = nullptr;
+  ada::cuda::TopkWorkspace ws;
+  cublasHandle_t blas = nullptr;
+};
+
+constexpr int64_t kMaxB = 1024;
+
+Data& data(int64_t N, int D) {
+  static Data d;
+  if (d.blas == nullptr) {
+    if (cublasCreate(&d.blas) != CUBLAS_STATUS_SUCCESS) std::abort();
+    cublasSetMathMode(d.blas, CUBLAS_PEDANTIC_MATH);  // exact FP32: no TF32
+    CK(cudaMalloc(&d.out_s, kMaxB * 1024 * sizeof(float)));
+    CK(cudaMalloc(&d.out_i, kMaxB * 1024 * sizeof(int32_t)));
+    CK(cudaMalloc(&d.out_c, kMaxB * sizeof(int32_t)));
+    CK(cudaMalloc(&d.ex_off, (kMaxB + 1) * sizeof(int64_t)));
+    CK(cudaMalloc(&d.ex_ids, kMaxB * kExcludedPerRow * sizeof(int32_t)));
+  }
+  if (N > d.maxN || D != d.D) {
+    if (d.E) CK(cudaFree(d.E));
+    if (d.bias) CK(cudaFree(d.bias));
+    if (d.U) CK(cudaFree(d.U));
+    CK(cudaMalloc(&d.E, size_t(N) * D * sizeof(float)));
+    CK(cudaMalloc(&d.bias, size_t(N) * sizeof(float)));
+    CK(cudaMalloc(&d.U, size_t(kMaxB) * D * sizeof(float)));
+    fill_random<<<1024, 256>>>(d.E, N * D, 1u, 1.0f);
+    fill_random<<<1024, 256>>>(d.bias, N, 2u, 0.2f);
+    fill_random<<<64, 256>>>(d.U, kMaxB * D, 3u, 2.0f);
+    CK(cudaGetLastError());
+    d.maxN = N;
+    d.D = D;
+    d.ex_for_N = -1;
+  }
+  if (d.ex_for_N != N) {  // sorted random exclusions inside [1, N)
+    std::vector<int64_t> off(kMaxB + 1);
+    std::vector<int32_t> ids;
+    uint64_t x = 88172645463325252ull;
+    for (int64_t b = 0; b < kMaxB; ++b) {
+      off[size_t(b)] = int64_t(ids.size());
+      std::vector<int32_t> row;
+      for (int e = 0; e < kExcludedPerRow && N > 1; ++e) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        row.push_back(int32_t(1 + x % uint64_t(N - 1)));
+      }
+      std::sort(row.begin(), row.end());
+      row.erase(std::unique(row.begin(), row.end()), row.end());
+      ids.insert(ids.end(), row.begin(), row.end());
+    }
+    off[kMaxB] = int64_t(ids.size());
+    CK(cudaMemcpy(d.ex_off, off.data(), off.size() * sizeof(int64_t), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(d.ex_ids, ids.data(), ids.size() * sizeof(int32_t), cudaMemcpyHostToDevice));
+    d.ex_for_N = N;
+  }
+  CK(cudaDeviceSynchronize());
+  return d;
+}
+
+struct Timer {
+  cudaEvent_t a, b;
+  Timer() {
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+  }
+  ~Timer() {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+  void start() { CK(cudaEventRecord(a)); }
+  double stop() {
+    CK(cudaEventRecord(b));
+    CK(cudaEventSynchronize(b));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    return ms / 1e3;
+  }
+};
+
+void counters(benchmark::State& st, int64_t B, int64_t N, int D) {
+  st.SetItemsProcessed(int64_t(st.iterations()) * B);
+  st.SetBytesProcessed(int64_t(st.iterations()) * N * (D + 1) * int64_t(sizeof(float)));
+  st.counters["TFLOP/s"] = benchmark::Counter(2.0 * double(B) * double(N) * D * 1e-12,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+}
+
+bool gpu_present(benchmark::State& st) {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+    st.SkipWithError("no CUDA device");
+    return false;
+  }
+  return true;
+}
+
+void run_fused(benchmark::State& st, int D) {
+  if (!gpu_present(st)) return;
+  const int64_t B = st.range(0), N = st.range(1);
+  const int k = int(st.range(2));
+  Data& d = data(N, D);
+  Timer t;
+  for (auto _ : st) {
+    t.start();
+    ada::cuda::topk_device(d.U, B, D, d.E, d.bias, 0, N, k, d.ex_off, d.ex_ids, d.out_s, d.out_i, d.out_c, d.ws,
+                           nullptr);
+    st.SetIterationTime(t.stop());
+  }
+  counters(st, B, N, D);
+}
+
+void BM_fused_topk(benchmark::State& st) { run_fused(st, 64); }
+void BM_fused_topk_d(benchmark::State& st) { run_fused(st, int(st.range(3))); }
+
+// C[B, N] (row-major) = U [B, D] E[N, D]^T: column-major C^T = E U^T.
+void sgemm_scores(Data& d, float* C, int64_t B, int64_t N, int D) {
+  const float one = 1.0f, zero = 0.0f;
+  if (cublasSgemm(d.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(N), int(B), D, &one, d.E, D, d.U, D, &zero, C, int(N)) !=
+      CUBLAS_STATUS_SUCCESS)
+    std::abort();
+}
+
+void BM_sgemm_scores(benchmark::State& st) {
+  if (!gpu_present(st)) return;
+  const int64_t B = st.range(0), N = st.range(1);
+  const int D = 64;
+  if (size_t(B) * N * sizeof(float) > kMaxBaselineBytes) {
+    st.SkipWithError("B x N score matrix larger than 16 GiB");
+    return;
+  }
+  Data& d = data(N, D);
+  float* C = nullptr;
+  CK(cudaMalloc(&C, size_t(B) * N * sizeof(float)));
+  Timer t;
+  for (auto _ : st) {
+    t.start();
+    sgemm_scores(d, C, B, N, D);
+    st.SetIterationTime(t.stop());
+  }
+  CK(cudaFree(C));
+  counters(st, B, N, D);
+}
+
+void BM_sgemm_cub_topk(benchmark::State& st) {
+  if (!gpu_present(st)) return;
+  const int64_t B = st.range(0), N = st.range(1);
+  const int k = int(st.range(2));
+  const int D = 64;
+  const size_t cells = size_t(B) * N;
+  if (cells * 16 > kMaxBaselineBytes || cells > size_t(INT32_MAX)) {
+    st.SkipWithError("B x N sort buffers larger than 16 GiB (or 2^31 keys)");
+    return;
+  }
+  Data& d = data(N, D);
+  float *s_in = nullptr, *s_out = nullptr;
+  int32_t *i_in = nullptr, *i_out = nullptr;
+  int64_t* seg = nullptr;
+  CK(cudaMalloc(&s_in, cells * sizeof(float)));
+  CK(cudaMalloc(&s_out, cells * sizeof(float)));
+  CK(cudaMalloc(&i_in, cells * sizeof(int32_t)));
+  CK(cudaMalloc(&i_out, cells * sizeof(int32_t)));
+  CK(cudaMalloc(&seg, size_t(B + 1) * sizeof(int64_t)));
+  segment_offsets<<<1, 1024>>>(seg, B, N);
+  size_t temp_bytes = 0;
+  CK(cub::DeviceSegmentedRadixSort::SortPairsDescending(nullptr, temp_bytes, s_in, s_out, i_in, i_out, int(cells),
+                                                        int(B), seg, seg + 1));
+  void* temp = nullptr;
+  CK(cudaMalloc(&temp, temp_bytes));
+  const dim3 mask_grid(unsigned(std::min<int64_t>((N + 255) / 256, 1024)), unsigned(B));
+  Timer t;
+  for (auto _ : st) {
+    t.start();
+    sgemm_scores(d, s_in, B, N, D);
+    add_bias<<<mask_grid, 256>>>(s_in, i_in, d.bias, N);
+    mask_excluded<<<unsigned(B), 64>>>(s_in, N, d.ex_off, d.ex_ids);
+    CK(cub::DeviceSegmentedRadixSort::SortPairsDescending(temp, temp_bytes, s_in, s_out, i_in, i_out, int(cells),
+                                                          int(B), seg, seg + 1));
+    gather_topk<<<unsigned(B), 128>>>(d.out_s, d.out_i, s_out, i_out, N, k);
+    st.SetIterationTime(t.stop());
+  }
+  CK(cudaGetLastError());
+  for (void* p : {static_cast<void*>(s_in), static_cast<void*>(s_out), static_cast<void*>(i_in),
+                  static_cast<void*>(i_out), static_cast<void*>(seg), temp})
+    CK(cudaFree(p));
+  counters(st, B, N, D);
+}
+
+void grid(benchmark::internal::Benchmark* b) {
+  for (int64_t B : {1, 64, 1024})
+    for (int64_t N : {12101, 1000000, 10000000})
+      for (int64_t k : {20, 100, 1000}) b->Args({B, N, k});
+  b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
+}
+
+BENCHMARK(BM_fused_topk)->Apply(grid);
+BENCHMARK(BM_sgemm_scores)->Apply(grid);
+BENCHMARK(BM_sgemm_cub_topk)->Apply(grid);
+BENCHMARK(BM_fused_topk_d)
+    ->Args({1024, 1000000, 100, 32})
+    ->Args({1024, 1000000, 100, 128})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(0.05);
+
+}  // namespace
+
+BENCHMARK_MAIN();

@@ -1,0 +1,107 @@
+// Exact top-k retrieval by dot product over item shards, on the CPU or a CUDA device.
+//
+// Every searcher answers the same question for a range of the catalog: for each query row u_b, the
+// k best items j in [lo, hi) by score s_j = <u_b, e_j> + b_j, skipping item 0 (padding) and the
+// row's excluded ids, in the one order used everywhere in this library:
+//
+//   (s_a, a) comes before (s_b, b)  iff  s_a > s_b, or s_a == s_b and a < b;  NaN scores count as -inf.
+//
+// A shard may have fewer than k candidates for a row (a small shard, or most of it excluded): its
+// list is then shorter (count[b] < k). ShardedSearcher merges the shards' lists into the exact
+// top-k of the whole catalog: an item of the global top-k is in its own shard's top-k, so the merge
+// of the shards' lists holds it. A score does not depend on the split, so sharded and unsharded
+// searches return identical lists (tested bit for bit).
+//
+//   ada::ShardedSearcher index;
+//   index.add(ada::make_cpu_searcher(E, bias, 1, 500000, D));        // items [1, 500000) on the CPU
+//   index.add(ada::make_gpu_searcher(E, bias, 500000, N, D, 0));     // the rest on GPU 0
+//   ada::TopkLists top = index.search(U, B, 100, exclude);
+//
+// Across processes or GPUs the same merge applies to the lists gathered from each shard
+// (docs/design.md, "Sharded retrieval").
+#pragma once
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <vector>
+
+#include "ada/data.hpp"
+
+namespace ada {
+
+// NaN ranks below everything (a diverged model must not look perfect).
+inline float topk_order_key(float s) { return s == s ? s : -std::numeric_limits<float>::infinity(); }
+
+// True when (sa, a) is the better candidate: higher score, then smaller id.
+inline bool topk_before(float sa, ItemId a, float sb, ItemId b) {
+  const float ka = topk_order_key(sa), kb = topk_order_key(sb);
+  return ka > kb || (ka == kb && a < b);
+}
+
+// Per-row ranked lists: row b holds count[b] <= k entries at ids[b*k ...], scores[b*k ...], best
+// first; the unused tail of a row holds id -1 and score -inf.
+struct TopkLists {
+  int64_t rows = 0;
+  int k = 0;
+  std::vector<ItemId> ids;
+  std::vector<float> scores;
+  std::vector<int32_t> count;
+
+  void reset(int64_t rows, int k);
+  // The row's list as (id) values, count[b] of them.
+  std::vector<ItemId> row_ids(int64_t b) const;
+};
+
+// One shard of the catalog: items [lo, hi) of a table [N, D] with optional bias [N].
+class TopkSearcher {
+ public:
+  virtual ~TopkSearcher() = default;
+  virtual const char* name() const = 0;
+  virtual int64_t lo() const = 0;
+  virtual int64_t hi() const = 0;
+  virtual int64_t dim() const = 0;
+  // U: [B, dim()] row-major on the host. exclude (and extra when non-null) are B-row lists of
+  // global ids (any order, duplicates allowed; ids outside [lo, hi) are ignored by this shard).
+  // Returns up to k items per row (fewer when the shard has fewer candidates). k >= 1.
+  virtual TopkLists search(const float* U, int64_t B, int k, const Ragged& exclude,
+                           const Ragged* extra = nullptr) = 0;
+};
+
+// A CPU shard over items [lo, hi); it keeps its own transposed copy of the rows. Scores are
+// fma(u[d], e[d], acc) over d = 0..D-1 from 0, plus the bias: the CUDA kernel's arithmetic, so CPU
+// and GPU shards give bit-identical scores and lists, whatever the split of the catalog. (The
+// evaluation's topk_excluding uses sgemm instead; it can differ from this in the last bits.)
+std::unique_ptr<TopkSearcher> make_cpu_searcher(const float* E, const float* bias, int64_t lo,
+                                                int64_t hi, int64_t D);
+
+// A CUDA shard over items [lo, hi) on `device`: the rows and bias are copied to the device once; a
+// search uploads the queries and exclusion lists and runs the fused score + top-k kernel (no B x N
+// score matrix). Several shards may share one device. Throws ada::Error when this build has no CUDA
+// or the device cannot be used; k up to 1024.
+std::unique_ptr<TopkSearcher> make_gpu_searcher(const float* E, const float* bias, int64_t lo,
+                                                int64_t hi, int64_t D, int device = 0);
+// The largest k the GPU kernel supports.
+constexpr int kGpuTopkMaxK = 1024;
+
+// Exact merge of shard results for the same rows: the best k of the union, in the order above.
+// Shards must cover disjoint item ranges (a repeated id is an error).
+TopkLists merge_topk(const std::vector<TopkLists>& parts, int k);
+
+// Shards covering [1, N) (or any set of disjoint ranges) searched one after the other and merged.
+class ShardedSearcher {
+ public:
+  void add(std::unique_ptr<TopkSearcher> shard);
+  size_t size() const { return shards_.size(); }
+  // Throws when the shards overlap, their dims differ, or a row has fewer than k candidates over
+  // all shards (the message names the row and the count), or k < 1.
+  TopkLists search(const float* U, int64_t B, int k, const Ragged& exclude,
+                   const Ragged* extra = nullptr);
+
+ private:
+  std::vector<std::unique_ptr<TopkSearcher>> shards_;
+};
+
+// Splits [1, N) into `shards` contiguous ranges of near-equal size (item 0, padding, is in none).
+std::vector<std::pair<int64_t, int64_t>> split_items(int64_t N, int shards);
+
+}  // namespace ada

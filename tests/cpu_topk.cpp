@@ -1,0 +1,169 @@
+// Sharded exact top-k on the CPU (topk.hpp): shards merged equal the unsharded search and the
+// evaluation's topk_excluding, ties by id, short shards, errors.
+#include <catch2/catch.hpp>
+
+#include "ada/check.hpp"
+#include "ada/device.hpp"
+#include "ada/eval.hpp"
+#include "ada/topk.hpp"
+#include "tests/topk_util.hpp"
+
+using namespace topk_test;
+
+namespace {
+
+ada::ShardedSearcher cpu_shards(const Problem& p, int shards) {
+  ada::ShardedSearcher s;
+  for (auto [lo, hi] : ada::split_items(p.N, shards))
+    s.add(ada::make_cpu_searcher(p.E.data(), p.bias.data(), lo, hi, p.D));
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("split_items covers 1..N-1 with disjoint near-equal ranges", "[topk]") {
+  for (int64_t N : {2, 3, 10, 12102}) {
+    for (int shards : {1, 2, 7}) {
+      if (shards > N - 1) {
+        REQUIRE_THROWS_AS(ada::split_items(N, shards), ada::Error);
+        continue;
+      }
+      const auto r = ada::split_items(N, shards);
+      REQUIRE(int(r.size()) == shards);
+      REQUIRE(r.front().first == 1);
+      REQUIRE(r.back().second == N);
+      for (size_t i = 0; i < r.size(); ++i) {
+        REQUIRE(r[i].first < r[i].second);
+        if (i) REQUIRE(r[i].first == r[i - 1].second);
+        REQUIRE(r[i].second - r[i].first <= (N - 1) / shards + 1);
+      }
+    }
+  }
+}
+
+TEST_CASE("sharded CPU search equals the unsharded one bit for bit, and topk_excluding up to rounding", "[topk]") {
+  for (auto [B, N, D, k] : {std::tuple<int64_t, int64_t, int64_t, int>{1, 50, 8, 5}, {7, 1001, 64, 20},
+                            {33, 3000, 17, 100}, {5, 300, 32, 250}}) {
+    const Problem p = random_problem(B, N, D, uint32_t(B * 31 + N), 40);
+    std::vector<ItemId> ref_ids(size_t(B * k));
+    std::vector<float> ref_s(size_t(B * k));
+    ada::topk_excluding(p.U.data(), B, p.E.data(), p.bias.data(), N, D, k, p.exclude, nullptr, ref_ids.data(),
+                        ref_s.data());
+    const ada::TopkLists one = cpu_shards(p, 1).search(p.U.data(), B, k, p.exclude);
+    for (int64_t b = 0; b < B; ++b) check_row_topk(p, b, k, one, 1e-4);
+    // topk_excluding (sgemm) agrees up to rounding: same lists except between near-equal scores.
+    ada::TopkLists ref;
+    ref.reset(B, k);
+    ref.ids = ref_ids;
+    ref.scores = ref_s;
+    std::fill(ref.count.begin(), ref.count.end(), k);
+    for (int64_t b = 0; b < B; ++b) check_row_topk(p, b, k, ref, 1e-4);
+    for (int shards : {2, 3, 7}) {
+      INFO("B " << B << " N " << N << " k " << k << " shards " << shards);
+      const ada::TopkLists got = cpu_shards(p, shards).search(p.U.data(), B, k, p.exclude);
+      REQUIRE(got.ids == one.ids);
+      REQUIRE(got.scores == one.scores);
+      REQUIRE(got.count == one.count);
+    }
+  }
+}
+
+TEST_CASE("ties are broken by the smaller id in every shard layout", "[topk]") {
+  const Problem p = random_problem(6, 400, 16, 7, 10, /*ties=*/true);
+  const int k = 31;
+  const ada::TopkLists one = cpu_shards(p, 1).search(p.U.data(), p.B, k, p.exclude);
+  for (int shards : {2, 5, 13}) {
+    const ada::TopkLists many = cpu_shards(p, shards).search(p.U.data(), p.B, k, p.exclude);
+    REQUIRE(many.ids == one.ids);
+    REQUIRE(many.scores == one.scores);
+  }
+  for (int64_t b = 0; b < p.B; ++b)
+    for (int i = 0; i + 1 < k; ++i) {
+      const float s0 = one.scores[size_t(b * k + i)], s1 = one.scores[size_t(b * k + i + 1)];
+      REQUIRE(s0 >= s1);
+      if (s0 == s1) REQUIRE(one.ids[size_t(b * k + i)] < one.ids[size_t(b * k + i + 1)]);
+    }
+}
+
+TEST_CASE("extra exclusions (earlier rounds) are honoured by every shard", "[topk]") {
+  const Problem p = random_problem(4, 500, 24, 11, 20);
+  Ragged extra;
+  for (int64_t b = 0; b < p.B; ++b) {
+    std::vector<ItemId> row;
+    for (int i = 0; i < 60; ++i) row.push_back(ItemId(1 + (b * 37 + i * 7) % 499));
+    extra.push_row(row.data(), row.data() + row.size());
+  }
+  const ada::TopkLists got = cpu_shards(p, 3).search(p.U.data(), p.B, 40, p.exclude, &extra);
+  for (int64_t b = 0; b < p.B; ++b) check_row_topk(p, b, 40, got, 1e-4, &extra);
+}
+
+TEST_CASE("a shard with fewer candidates than k returns a shorter list", "[topk]") {
+  const Problem p = random_problem(3, 100, 8, 5, 0);
+  Ragged excl;
+  const std::vector<ItemId> row0 = {10, 11, 12, 13, 14};       // row 0: 5 of the shard's 10 excluded
+  std::vector<ItemId> row1;                                    // row 1: the whole shard excluded
+  for (ItemId j = 10; j < 20; ++j) row1.push_back(j);
+  const std::vector<ItemId> row2;
+  excl.push_row(row0.data(), row0.data() + row0.size());
+  excl.push_row(row1.data(), row1.data() + row1.size());
+  excl.push_row(row2.data(), row2.data());
+  auto shard = ada::make_cpu_searcher(p.E.data(), p.bias.data(), 10, 20, p.D);
+  const ada::TopkLists got = shard->search(p.U.data(), 3, 8, excl);
+  REQUIRE(got.count == std::vector<int32_t>{5, 0, 8});
+  for (int i = 0; i < 8; ++i) REQUIRE(got.ids[size_t(8 + i)] == -1);
+  for (int i = 0; i < 5; ++i) {
+    REQUIRE(got.ids[size_t(i)] >= 15);
+    REQUIRE(got.ids[size_t(i)] < 20);
+  }
+}
+
+TEST_CASE("the padding item is never returned, even by a shard that holds it", "[topk]") {
+  Problem p = random_problem(2, 20, 4, 3, 0);
+  std::fill(p.E.begin(), p.E.begin() + 4, 100.0f);  // padding would win every row
+  p.bias[0] = 100.0f;
+  auto shard = ada::make_cpu_searcher(p.E.data(), p.bias.data(), 0, 20, p.D);
+  const ada::TopkLists got = shard->search(p.U.data(), 2, 19, p.exclude);
+  for (ItemId id : got.ids) REQUIRE(id != 0);
+  REQUIRE(got.count == std::vector<int32_t>{19, 19});
+}
+
+TEST_CASE("sharded search errors: too few candidates, overlapping shards, bad k", "[topk]") {
+  const Problem p = random_problem(2, 30, 4, 9, 0);
+  auto index = cpu_shards(p, 3);
+  REQUIRE(index.search(p.U.data(), 2, 29, p.exclude).count == std::vector<int32_t>{29, 29});  // k = every item
+  try {
+    index.search(p.U.data(), 2, 30, p.exclude);
+    FAIL("k larger than the catalog was accepted");
+  } catch (const ada::Error& e) {
+    REQUIRE_THAT(e.what(), Catch::Contains("row 0") && Catch::Contains("fewer than k = 30"));
+  }
+  REQUIRE_THROWS_AS(index.search(p.U.data(), 2, 0, p.exclude), ada::Error);
+  ada::ShardedSearcher bad;
+  bad.add(ada::make_cpu_searcher(p.E.data(), p.bias.data(), 1, 20, p.D));
+  REQUIRE_THROWS_WITH(bad.add(ada::make_cpu_searcher(p.E.data(), p.bias.data(), 15, 30, p.D)),
+                      Catch::Contains("overlaps"));
+  REQUIRE_THROWS_AS(ada::make_cpu_searcher(p.E.data(), p.bias.data(), 5, 5, p.D), ada::Error);
+}
+
+TEST_CASE("merge_topk keeps the best k of the union and rejects a repeated item", "[topk]") {
+  ada::TopkLists a, b;
+  a.reset(1, 3);
+  b.reset(1, 3);
+  a.ids = {5, 2, -1};
+  a.scores = {3.0f, 1.0f, -INFINITY};
+  a.count = {2};
+  b.ids = {9, 7, 8};
+  b.scores = {3.0f, 2.0f, 0.5f};
+  b.count = {3};
+  const ada::TopkLists m = ada::merge_topk({a, b}, 4);
+  REQUIRE(m.ids == std::vector<ItemId>{5, 9, 7, 2});  // 5 and 9 tie: the smaller id first
+  REQUIRE(m.count == std::vector<int32_t>{4});
+  REQUIRE_THROWS_WITH(ada::merge_topk({a, a}, 4), Catch::Contains("appears in two parts"));
+}
+
+TEST_CASE("the GPU searcher refuses a device that is not there, naming it", "[topk]") {
+  const Problem p = random_problem(1, 10, 4, 1, 0);
+  const int missing = ada::cuda_device_count();  // one past the last device (0 without CUDA or GPU)
+  REQUIRE_THROWS_WITH(ada::make_gpu_searcher(p.E.data(), p.bias.data(), 1, 10, p.D, missing),
+                      Catch::Contains("CUDA") && Catch::Contains("device " + std::to_string(missing)));
+}

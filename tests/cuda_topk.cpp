@@ -1,0 +1,113 @@
+// The fused CUDA score + top-k kernel (kernels/topk.cu) against the CPU shard searcher, which does
+// the same FP32 arithmetic (fma over d in order, then + bias): lists and scores must be identical.
+// Without a CUDA device every case reports itself as skipped.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <limits>
+
+#include "ada/check.hpp"
+#include "ada/device.hpp"
+#include "ada/topk.hpp"
+#include "tests/test_util.hpp"
+#include "tests/topk_util.hpp"
+
+using namespace topk_test;
+
+namespace {
+
+void require_gpu() {
+  if (!ada::built_with_cuda()) ada_test::skip("built without CUDA");
+  if (ada::cuda_device_count() == 0) ada_test::skip("no CUDA device visible");
+}
+
+// GPU and CPU searchers over the same range give the same lists, bit for bit.
+void compare(const Problem& p, int64_t lo, int64_t hi, int k, const Ragged* extra = nullptr) {
+  auto cpu = ada::make_cpu_searcher(p.E.data(), p.bias.data(), lo, hi, p.D);
+  auto gpu = ada::make_gpu_searcher(p.E.data(), p.bias.data(), lo, hi, p.D, 0);
+  const ada::TopkLists want = cpu->search(p.U.data(), p.B, k, p.exclude, extra);
+  const ada::TopkLists got = gpu->search(p.U.data(), p.B, k, p.exclude, extra);
+  INFO("B " << p.B << " N " << p.N << " D " << p.D << " k " << k << " range [" << lo << ", " << hi << ")");
+  REQUIRE(got.count == want.count);
+  REQUIRE(got.ids == want.ids);
+  for (size_t i = 0; i < got.scores.size(); ++i) {
+    INFO("entry " << i);
+    if (std::isinf(want.scores[i]))
+      REQUIRE(std::isinf(got.scores[i]));
+    else
+      REQUIRE(got.scores[i] == want.scores[i]);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda top-k equals the CPU searcher on random problems", "[cuda][topk]") {
+  require_gpu();
+  struct Case {
+    int64_t B, N, D;
+    int k, max_excl;
+  };
+  for (const Case c : {Case{1, 2, 64, 1, 0}, Case{1, 12102, 64, 100, 50}, Case{64, 12102, 64, 20, 50},
+                       Case{3, 1000, 17, 999, 30}, Case{257, 5000, 32, 1000, 200}, Case{5, 3001, 128, 1024, 10},
+                       Case{1024, 12102, 64, 100, 50}, Case{2, 200003, 64, 100, 100}, Case{33, 129, 1, 7, 3},
+                       Case{7, 70001, 128, 128, 0}, Case{1, 1000003, 64, 100, 100}}) {
+    const Problem p = random_problem(c.B, c.N, c.D, uint32_t(c.B * 7919 + c.N + c.k), c.max_excl);
+    compare(p, 0, c.N, c.k);
+    if (c.B <= 8)
+      for (int64_t b = 0; b < c.B; ++b) {
+        auto gpu = ada::make_gpu_searcher(p.E.data(), p.bias.data(), 0, c.N, c.D, 0);
+        check_row_topk(p, b, c.k, gpu->search(p.U.data(), c.B, c.k, p.exclude), 1e-3);
+      }
+  }
+}
+
+TEST_CASE("cuda top-k: ties by id, extra exclusions, k equal to the candidates, empty rows", "[cuda][topk]") {
+  require_gpu();
+  const Problem tied = random_problem(9, 3000, 64, 3, 20, /*ties=*/true);
+  compare(tied, 0, tied.N, 100);
+
+  Problem p = random_problem(4, 600, 32, 5, 0);
+  Ragged extra;
+  std::vector<ItemId> all;
+  for (ItemId j = 0; j < 600; ++j) all.push_back(j);
+  const std::vector<ItemId> some = {1, 2, 3, 599, 300};
+  extra.push_row(all.data(), all.data() + all.size());    // row 0: everything excluded -> empty list
+  extra.push_row(some.data(), some.data() + some.size());
+  extra.push_row(all.data() + 10, all.data() + all.size());  // row 2: 9 candidates left
+  extra.push_row(some.data(), some.data());
+  compare(p, 0, p.N, 599, &extra);  // k = every item (row 3 has exactly k candidates)
+  auto gpu = ada::make_gpu_searcher(p.E.data(), p.bias.data(), 0, p.N, p.D, 0);
+  const ada::TopkLists got = gpu->search(p.U.data(), p.B, 599, p.exclude, &extra);
+  REQUIRE(got.count[0] == 0);
+  for (int64_t b = 0; b < p.B; ++b) check_row_topk(p, b, 599, got, 1e-3, &extra);
+}
+
+TEST_CASE("several shards on one GPU merge to the unsharded GPU result", "[cuda][topk]") {
+  require_gpu();
+  const Problem p = random_problem(65, 50001, 64, 17, 80);
+  ada::ShardedSearcher one, many, mixed;
+  one.add(ada::make_gpu_searcher(p.E.data(), p.bias.data(), 1, p.N, p.D, 0));
+  for (auto [lo, hi] : ada::split_items(p.N, 5)) many.add(ada::make_gpu_searcher(p.E.data(), p.bias.data(), lo, hi, p.D, 0));
+  int s = 0;
+  for (auto [lo, hi] : ada::split_items(p.N, 3))
+    mixed.add(s++ % 2 ? ada::make_cpu_searcher(p.E.data(), p.bias.data(), lo, hi, p.D)
+                      : ada::make_gpu_searcher(p.E.data(), p.bias.data(), lo, hi, p.D, 0));
+  for (int k : {1, 100, 1000}) {
+    const ada::TopkLists a = one.search(p.U.data(), p.B, k, p.exclude);
+    const ada::TopkLists b = many.search(p.U.data(), p.B, k, p.exclude);
+    const ada::TopkLists c = mixed.search(p.U.data(), p.B, k, p.exclude);
+    REQUIRE(b.ids == a.ids);
+    REQUIRE(b.scores == a.scores);
+    REQUIRE(c.ids == a.ids);
+    REQUIRE(c.scores == a.scores);
+  }
+}
+
+TEST_CASE("cuda top-k rejects k above its limit and bad ranges with clear errors", "[cuda][topk]") {
+  require_gpu();
+  const Problem p = random_problem(2, 3000, 8, 1, 0);
+  auto gpu = ada::make_gpu_searcher(p.E.data(), p.bias.data(), 0, p.N, p.D, 0);
+  REQUIRE_THROWS_WITH(gpu->search(p.U.data(), p.B, ada::kGpuTopkMaxK + 1, p.exclude), Catch::Contains("k = 1025"));
+  REQUIRE_THROWS_AS(gpu->search(p.U.data(), p.B, 0, p.exclude), ada::Error);
+  REQUIRE_THROWS_AS(ada::make_gpu_searcher(p.E.data(), p.bias.data(), 10, 10, p.D, 0), ada::Error);
+}
