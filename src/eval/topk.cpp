@@ -80,10 +80,17 @@ class CpuSearcher final : public TopkSearcher {
     ADA_CHECK(U != nullptr, "cpu searcher: null queries");
     const int64_t n = hi_ - lo_;
     const HeapBetter better;
+    const int64_t n_blocks = (B + kRows - 1) / kRows;
+    // Blocks of kRows queries in parallel; each thread owns its scratch. Every result is a
+    // function of its row alone, so the thread count changes nothing.
+#pragma omp parallel if (n_blocks > 1)
+    {
     std::vector<float> acc(size_t(kRows * kTileItems));
     std::vector<std::vector<Scored>> heaps(static_cast<size_t>(kRows));
     std::vector<std::vector<ItemId>> excl(static_cast<size_t>(kRows));
-    for (int64_t b0 = 0; b0 < B; b0 += kRows) {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t blk = 0; blk < n_blocks; ++blk) {
+      const int64_t b0 = blk * kRows;
       const int rows = int(std::min<int64_t>(kRows, B - b0));
       for (int r = 0; r < rows; ++r) {
         heaps[size_t(r)].clear();
@@ -132,6 +139,7 @@ class CpuSearcher final : public TopkSearcher {
         out.count[size_t(b0 + r)] = int32_t(heap.size());
       }
     }
+    }  // omp parallel
     return out;
   }
 
