@@ -72,6 +72,25 @@ class AdaRetriever {
   bool is_ada() const;
   int32_t num_items() const;                     // ids 1..num_items()-1 are items
   const std::vector<std::string>& item_names() const;  // the user's own ids when the data was remapped (else empty)
+  int embedding_dim() const;                     // D
+  int rounds() const;                            // an Ada model's trained T; 1 for a base model
+
+  // The model's scoring tables, for external (ANN) indexes: retrieve() scores item i for a user
+  // vector u as <u, item_embeddings()[i]> + item_bias()[i] and takes the top over ids 1..N-1 minus
+  // the history (and, after round 0, minus the earlier rounds' items).
+  // item_embeddings(): [num_items(), embedding_dim()] row-major, row i = item id i, row 0 = padding.
+  // item_bias(): [num_items()], or nullptr when the model has no item bias (score = <u, e_i>).
+  // Both stay valid (and unchanged) as long as this AdaRetriever lives.
+  const float* item_embeddings() const;
+  const float* item_bias() const;
+
+  // The user vectors retrieve_batch(seqs, k, T) ranks with, for the same histories: [B, T, D]
+  // row-major (user b's round-t vector starts at (b * T + t) * D). An Ada model gives its adapted
+  // vectors of rounds 0..T-1 (round 0 = the backbone's vector; round t adapts to the model's own
+  // context of rounds < t, so it does not depend on k); a base model has one vector per user and
+  // returns it T times, exactly as retrieve() reuses it for every round. Same checks as retrieve()
+  // (T >= 1, item ids in 1..N-1; empty histories allowed), without k's.
+  std::vector<float> user_vectors(const std::vector<std::vector<ItemId>>& seqs, int T);
 
   // How k splits over T rounds (see above).
   static std::vector<int> round_sizes(int k, int T);

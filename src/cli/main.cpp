@@ -2,11 +2,13 @@
 // serving work). Every subcommand has --help. Errors print one line naming file/line/value and exit 1.
 #include <cblas.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <cstdio>
@@ -20,6 +22,7 @@
 #include "ada/device.hpp"
 #include "ada/eval.hpp"
 #include "ada/fileio.hpp"
+#include "ada/npy.hpp"
 #include "ada/retriever.hpp"
 #include "ada/train.hpp"
 
@@ -411,6 +414,115 @@ int cmd_retrieve(const std::string& ckpt, const std::string& seq_text, const std
   return 0;
 }
 
+// `ada export`: the model's item table (and item bias) as .npy files for an external ANN index, and
+// optionally the user vectors of a data file's users. Score of item i for user vector u, as
+// retrieve() ranks: <u, items[i]> + bias[i] (row i = model item id i; row 0 is padding, never
+// retrieved). When the model came with an item map, ITEMS.tsv beside ITEMS.npy (the --out path with
+// ".npy" replaced by ".tsv") maps each row 1..N-1 to the user's own item id (`row<TAB>id`, as
+// item_map.tsv). User vectors: the history is the user's whole sequence in the data file (the
+// "next item after everything we know" query); [U, D] for a base model or T = 1, else [U, T, D]
+// (Ada round t = retrieve()'s round t). Every output is written, or none.
+struct ExportArgs {
+  std::string ckpt, out, bias_out, users_out, user_ids_out;
+  int T = 0;
+  bool T_given = false;
+  int threads = 0;
+};
+
+// Writes all the files or none of them: each goes beside its target first (complete, via
+// write_file_atomic), and only when all are there are they renamed into place.
+void write_all_or_nothing(const std::vector<std::pair<std::string, std::string>>& files) {
+  for (size_t i = 0; i < files.size(); ++i)
+    for (size_t j = 0; j < i; ++j)
+      ADA_CHECK(files[i].first != files[j].first, "export: " << files[i].first << " is named for two outputs");
+  for (const auto& f : files) {
+    const auto slash = f.first.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : f.first.substr(0, slash);
+    ADA_CHECK(::access(dir.c_str(), W_OK) == 0,
+              f.first << ": cannot write there (folder " << dir << ": " << std::strerror(errno) << ")");
+  }
+  std::vector<std::string> staged;
+  try {
+    for (const auto& [path, bytes] : files) {
+      write_file_atomic(path + ".export.tmp", bytes);
+      staged.push_back(path + ".export.tmp");
+    }
+    for (size_t i = 0; i < files.size(); ++i)
+      ADA_CHECK(std::rename(staged[i].c_str(), files[i].first.c_str()) == 0,
+                files[i].first << ": cannot write (" << std::strerror(errno) << ")");
+  } catch (...) {
+    for (const std::string& tmp : staged) std::remove(tmp.c_str());
+    throw;
+  }
+}
+
+int cmd_export(const ExportArgs& a, const DataArgs& da) {
+  set_threads(a.threads);
+  const std::string ckpt = checkpoint_path(a.ckpt);
+  AdaRetriever r = AdaRetriever::load(ckpt);
+  const int64_t N = r.num_items(), D = r.embedding_dim();
+  std::vector<std::pair<std::string, std::string>> files;
+  std::ostringstream said;
+  files.emplace_back(a.out, npy_encode(r.item_embeddings(), {N, D}));
+  said << "wrote " << a.out << ": item embeddings float32 [" << N << ", " << D << "] (row = item id, row 0 = padding)\n";
+  const std::vector<std::string>& names = r.item_names();
+  if (!names.empty()) {
+    const bool npy_ext = a.out.size() > 4 && a.out.compare(a.out.size() - 4, 4, ".npy") == 0;
+    const std::string tsv_path = (npy_ext ? a.out.substr(0, a.out.size() - 4) : a.out) + ".tsv";
+    std::string tsv;
+    for (size_t i = 1; i < names.size(); ++i) tsv += std::to_string(i) + "\t" + names[i] + "\n";
+    files.emplace_back(tsv_path, tsv);
+    said << "wrote " << tsv_path << ": row -> your item id (" << names.size() - 1 << " items)\n";
+  }
+  if (!a.bias_out.empty()) {
+    ADA_CHECK(r.item_bias() != nullptr,
+              "export: --bias-out: " << ckpt << " has no item bias (its scores are <u, e_i> alone)");
+    files.emplace_back(a.bias_out, npy_encode(r.item_bias(), {N}));
+    said << "wrote " << a.bias_out << ": item bias float32 [" << N << "]\n";
+  } else if (r.item_bias() != nullptr) {
+    said << "note: the model has an item bias (score = <u, e_i> + b_i); --bias-out writes it\n";
+  }
+  if (!da.path.empty()) {
+    const int T = a.T_given ? a.T : r.rounds();
+    ADA_CHECK(T >= 1, "export: -T must be >= 1, got " << T);
+    ADA_CHECK(r.is_ada() || T == 1, "export: -T " << T << ": " << ckpt
+                                                  << " is a base model, with one user vector per user (-T 1)");
+    Dataset ds = load_data(da);
+    if (!ds.item_names.empty()) {
+      const auto slash = ckpt.find_last_of('/');
+      const std::string map_path =
+          (slash == std::string::npos ? std::string(".") : ckpt.substr(0, slash)) + "/item_map.tsv";
+      ADA_CHECK(!names.empty(), da.path << ": the log names items by its own ids, but the model has no item map ("
+                                        << map_path << " is missing)");
+      remap_onto(ds, names, map_path);
+    }
+    for (size_t u = 0; u < ds.sequences.size(); ++u)
+      for (ItemId it : ds.sequences[u])
+        ADA_CHECK(it >= 1 && it < N, da.path << ": user " << ds.user_names[u] << ": item id " << it
+                                             << " is not in the model's catalog (ids 1.." << N - 1 << " in "
+                                             << ckpt << ")");
+    ADA_CHECK(!ds.sequences.empty(), da.path << ": no users");
+    if (ds.dropped_users > 0)
+      std::cerr << "note: " << da.path << ": " << ds.dropped_users
+                << " users with fewer than 3 items were left out by the loader\n";
+    const std::vector<float> U = r.user_vectors(ds.sequences, T);
+    const int64_t B = int64_t(ds.sequences.size());
+    const std::vector<int64_t> shape = T == 1 ? std::vector<int64_t>{B, D} : std::vector<int64_t>{B, T, D};
+    files.emplace_back(a.users_out, npy_encode(U.data(), shape));
+    said << "wrote " << a.users_out << ": user vectors float32 [" << B << (T == 1 ? "" : ", " + std::to_string(T))
+         << ", " << D << "]\n";
+    if (!a.user_ids_out.empty()) {
+      std::string ids;
+      for (const std::string& u : ds.user_names) ids += u + "\n";
+      files.emplace_back(a.user_ids_out, ids);
+      said << "wrote " << a.user_ids_out << ": one user id per row of " << a.users_out << "\n";
+    }
+  }
+  write_all_or_nothing(files);
+  std::cout << said.str();
+  return 0;
+}
+
 int cmd_demo(int threads, int epochs, const std::string& out) {
   set_threads(threads);
   std::cout << "ada demo: SASRec on built-in synthetic data (users with several interests)\n";
@@ -529,8 +641,31 @@ int main(int argc, char** argv) {
   d->add_option("--epochs", demo_epochs, "maximum epochs")->check(CLI::PositiveNumber);
   d->add_option("--out", demo_out, "also write the outputs to this folder");
 
+  ExportArgs exp;
+  DataArgs exp_data;
+  auto* ex = app.add_subcommand("export", "item embeddings (and bias, user vectors) as NumPy .npy for ANN indexes");
+  ex->add_option("--checkpoint", exp.ckpt, "model.safetensors or its run folder (base or Ada)")->required();
+  ex->add_option("--out", exp.out,
+                 "items .npy: float32 [N, D], row = item id (row 0 = padding); with an item map also "
+                 "OUT-without-.npy + .tsv: `row<TAB>your item id`")
+      ->required();
+  ex->add_option("--bias-out", exp.bias_out, "item bias .npy: float32 [N] (score = <u, e_i> + b_i)");
+  add_data_options(ex, exp_data, false);
+  ex->get_option("--data")->description(
+      "users to export vectors for (history = each user's whole sequence): FMLP text or CSV/TSV log");
+  auto* exp_users = ex->add_option("--users-out", exp.users_out,
+                                   "user vectors .npy: float32 [U, D] (base model or T = 1) or [U, T, D]");
+  auto* exp_ids = ex->add_option("--user-ids-out", exp.user_ids_out, "user ids, one per row of --users-out");
+  auto* exp_T = ex->add_option("-T", exp.T, "Ada: rounds of user vectors (default: the model's rounds)");
+  ex->add_option("--threads", exp.threads, "CPU threads");
+  ex->get_option("--data")->needs(exp_users);
+  exp_users->needs(ex->get_option("--data"));
+  exp_ids->needs(exp_users);
+  exp_T->needs(exp_users);
+
   try {
     app.parse(argc, argv);
+    exp.T_given = exp_T->count() > 0;
     if (t->parsed()) apply_config_file(t, train_config);
   } catch (const CLI::ParseError& pe) {
     return app.exit(pe);
@@ -543,6 +678,7 @@ int main(int argc, char** argv) {
       return cmd_train(train_data, train_model, train_ada, train_opt, train_out, train_threads, train_device);
     if (e->parsed()) return cmd_eval(eval_data, eval_ckpt, eval_slices, eval_threads, eval_batch, eval_json);
     if (d->parsed()) return cmd_demo(demo_threads, demo_epochs, demo_out);
+    if (ex->parsed()) return cmd_export(exp, exp_data);
     if (rt->parsed()) return cmd_retrieve(ret_ckpt, ret_seq, ret_input, ret_k, ret_T, ret_json, ret_threads);
   } catch (const std::exception& ex) {
     std::cerr << "ada: error: " << ex.what() << "\n";

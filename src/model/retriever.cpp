@@ -18,6 +18,38 @@ struct AdaRetriever::Impl {
   std::unique_ptr<AdaSasRec<float>> ada;
   std::vector<std::string> names;
   SasRec<float>& backbone() { return ada ? ada->base() : *base; }
+
+  // Checks the item ids (`who` names the caller in errors) and lays the histories out as a batch.
+  Ragged histories(const std::vector<std::vector<ItemId>>& seqs, const char* who) const {
+    const int32_t N = info.sasrec.n_items;
+    Ragged hist;
+    for (size_t b = 0; b < seqs.size(); ++b) {
+      for (ItemId it : seqs[b])
+        ADA_CHECK(it >= 1 && it < N, who << ": item id " << it << " (sequence " << b << ") is not in the catalog 1.."
+                                         << N - 1);
+      hist.push_row(seqs[b].data(), seqs[b].data() + seqs[b].size());
+    }
+    return hist;
+  }
+
+  // The user vectors of rounds 0..T-1 for B histories: [T, B, D] (round-major). A base model's one
+  // vector serves every round.
+  std::vector<float> round_users(const Ragged& hist, int T) {
+    ADA_CHECK(T >= 1, "retrieve: T must be >= 1, got " << T);
+    const int64_t B = int64_t(hist.rows()), D = info.sasrec.hidden;
+    ADA_CHECK(!ada || int64_t(T - 1) * ada->k_ctx() <= int64_t(info.sasrec.n_items) - 1,
+              "retrieve: T = " << T << " rounds need " << int64_t(T - 1) * (ada ? ada->k_ctx() : 0)
+                               << " context items, the catalog has " << info.sasrec.n_items - 1);
+    std::vector<float> users(size_t(T) * size_t(B * D));
+    if (B == 0) return users;
+    if (ada) {
+      ada->forward(hist, false, 0, 0, users.data(), nullptr, T);
+    } else {
+      backbone().forward(hist, false, 0, 0, users.data());
+      for (int t = 1; t < T; ++t) std::copy(users.begin(), users.begin() + B * D, users.begin() + t * B * D);
+    }
+    return users;
+  }
 };
 
 AdaRetriever::AdaRetriever(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -50,6 +82,23 @@ bool AdaRetriever::is_ada() const { return impl_->ada != nullptr; }
 int32_t AdaRetriever::num_items() const { return impl_->info.sasrec.n_items; }
 const std::vector<std::string>& AdaRetriever::item_names() const { return impl_->names; }
 
+int AdaRetriever::embedding_dim() const { return impl_->info.sasrec.hidden; }
+int AdaRetriever::rounds() const { return impl_->ada ? impl_->info.ada_cfg.rounds : 1; }
+const float* AdaRetriever::item_embeddings() const { return impl_->backbone().item_table(); }
+const float* AdaRetriever::item_bias() const { return impl_->backbone().item_bias(); }
+
+std::vector<float> AdaRetriever::user_vectors(const std::vector<std::vector<ItemId>>& seqs, int T) {
+  ADA_CHECK(T >= 1, "user_vectors: T must be >= 1, got " << T);
+  const Ragged hist = impl_->histories(seqs, "user_vectors");
+  const std::vector<float> users = impl_->round_users(hist, T);  // [T, B, D]
+  const size_t B = seqs.size(), D = size_t(embedding_dim());
+  std::vector<float> out(users.size());  // [B, T, D]
+  for (size_t t = 0; t < size_t(T); ++t)
+    for (size_t b = 0; b < B; ++b)
+      std::copy_n(users.begin() + long((t * B + b) * D), D, out.begin() + long((b * size_t(T) + t) * D));
+  return out;
+}
+
 std::vector<int> AdaRetriever::round_sizes(int k, int T) {
   ADA_CHECK(T >= 1, "retrieve: T must be >= 1, got " << T);
   ADA_CHECK(k >= 1, "retrieve: k must be >= 1, got " << k);
@@ -64,30 +113,18 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
   const std::vector<int> ks = round_sizes(k, T);
   const int32_t N = num_items();
   const int64_t B = int64_t(seqs.size()), D = impl_->info.sasrec.hidden;
-  Ragged hist;
+  const Ragged hist = impl_->histories(seqs, "retrieve");
   for (size_t b = 0; b < seqs.size(); ++b) {
-    std::unordered_set<ItemId> distinct;
-    for (ItemId it : seqs[b]) {
-      ADA_CHECK(it >= 1 && it < N, "retrieve: item id " << it << " (sequence " << b << ") is not in the catalog 1.."
-                                                          << N - 1);
-      distinct.insert(it);
-    }
+    const std::unordered_set<ItemId> distinct(seqs[b].begin(), seqs[b].end());
     const int64_t candidates = int64_t(N) - 1 - int64_t(distinct.size());
     ADA_CHECK(k <= candidates, "retrieve: k = " << k << " but sequence " << b << " leaves only " << candidates
                                                << " candidate items (" << N - 1 << " in the catalog, "
                                                << distinct.size() << " in the history)");
-    hist.push_row(seqs[b].data(), seqs[b].data() + seqs[b].size());
   }
   std::vector<std::vector<Retrieved>> out(seqs.size());
   if (B == 0) return out;
-  std::vector<float> users(size_t(T) * size_t(B * D));
+  const std::vector<float> users = impl_->round_users(hist, T);
   SasRec<float>& bb = impl_->backbone();
-  if (impl_->ada) {
-    impl_->ada->forward(hist, false, 0, 0, users.data(), nullptr, T);
-  } else {
-    bb.forward(hist, false, 0, 0, users.data());
-    for (int t = 1; t < T; ++t) std::copy(users.begin(), users.begin() + B * D, users.begin() + t * B * D);
-  }
   std::vector<ItemId> ids(size_t(B * k));
   std::vector<float> scores(size_t(B * k));
   multi_round_topk(users.data(), B, bb.item_table(), bb.item_bias(), N, D, ks, hist, ids.data(), scores.data());
