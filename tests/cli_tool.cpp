@@ -171,3 +171,17 @@ TEST_CASE("a config file sets options and command-line flags override it", "[cli
   REQUIRE(j["parameters"] == N * D + N + 51 * D + 2 * D + 2 * layer);
   fs::remove_all(dir);
 }
+
+TEST_CASE("ada train --ada with lists shorter than 50 validates on hit@K and says so", "[cli]") {
+  const std::string dir = temp_dir("shortk");
+  const Run r = run_ada("train --ada --rounds 3 --total-k 12 --out " + dir + kTinyRun + "--seed 5");
+  INFO(r.out);
+  REQUIRE(r.code == 0);
+  REQUIRE(r.out.find("early stopping uses hit@12") != std::string::npos);
+  const auto j = nlohmann::json::parse(read_file(dir + "/result.json"));
+  REQUIRE(j["ada"] == true);
+  REQUIRE(j["test"].contains("hit@12"));
+  REQUIRE_FALSE(j["test"].contains("hit@50"));  // the lists hold 12 items: no cutoff beyond them
+  REQUIRE(read_file(dir + "/train.log").find("valid hit@12") != std::string::npos);
+  fs::remove_all(dir);
+}

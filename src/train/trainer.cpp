@@ -127,6 +127,34 @@ Ragged rows_of(const EvalSet& set, const Ragged& exclude) {
   return ex;
 }
 
+// The cutoff the log lines show: 50 when the metrics have it, else the smallest one there is (an
+// Ada model with K < 50 has only hit@K).
+int headline_cutoff(const MetricMap& m) {
+  if (m.count("hit@50")) return 50;
+  int best = -1;
+  for (const auto& [name, v] : m)
+    if (name.rfind("hit@", 0) == 0) {
+      const int c = std::stoi(name.substr(4));
+      if (best < 0 || c < best) best = c;
+    }
+  ADA_CHECK(best > 0, "no hit@k metric among the validation results");
+  return best;
+}
+
+// opt.key_metric, or for lists too short for its cutoff (an Ada model with K below it) the same
+// metric at the largest cutoff the lists have.
+std::string resolve_key_metric(const MetricMap& m, const std::string& key) {
+  if (m.count(key)) return key;
+  const size_t at = key.find('@');
+  ADA_CHECK(at != std::string::npos, "unknown key metric \"" << key << "\"");
+  const std::string stem = key.substr(0, at + 1);
+  int best = -1;
+  for (const auto& [name, v] : m)
+    if (name.rfind(stem, 0) == 0) best = std::max(best, std::stoi(name.substr(stem.size())));
+  ADA_CHECK(best > 0, "key metric \"" << key << "\" is not among the validation results");
+  return stem + std::to_string(best);
+}
+
 }  // namespace
 
 MetricMap evaluate(TrainableModel& model, const EvalSet& set, const Ragged& exclude, int batch,
@@ -136,6 +164,7 @@ MetricMap evaluate(TrainableModel& model, const EvalSet& set, const Ragged& excl
   if (model.info().ada) {  // the reference skips k > K for an Ada model's lists
     const int K = model.analysis_rounds() * model.analysis_k();
     ks.erase(std::remove_if(ks.begin(), ks.end(), [&](int k) { return k > K; }), ks.end());
+    if (ks.empty()) ks.push_back(K);  // lists shorter than 50: their own length is the only cutoff
   }
   MetricMap m = ranking_metrics(ranks, ks);
   if (ranks_out) *ranks_out = std::move(ranks);
@@ -344,6 +373,7 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
   Batch batch;
   const auto train_t0 = std::chrono::steady_clock::now();
   const double train_seconds_before = st.report.train_seconds;
+  bool key_note_logged = false;
   for (int epoch = st.next_epoch; epoch < opt.epochs; ++epoch) {
     // 1. validate first (the reference's order), 2. early stopping / best checkpoint
     auto t0 = std::chrono::steady_clock::now();
@@ -351,7 +381,13 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
     const double eval_s = seconds_since(t0);
     st.report.eval_seconds.push_back(eval_s);
     st.report.valid_history.push_back(vm);
-    const double score = vm.at(opt.key_metric);
+    const std::string key = resolve_key_metric(vm, opt.key_metric);
+    if (key != opt.key_metric && !key_note_logged) {
+      log("note: the lists hold fewer items than the cutoff of " + opt.key_metric + "; early stopping uses " + key);
+      key_note_logged = true;
+    }
+    const double score = vm.at(key);
+    const std::string hit = "hit@" + std::to_string(headline_cutoff(vm)), ndcg = "ndcg" + hit.substr(3);
     std::string mark;
     if (score > st.best_score) {
       st.best_score = score;
@@ -367,8 +403,8 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
     }
     if (st.bad_count > opt.patience) {
       char buf[256];
-      std::snprintf(buf, sizeof buf, "epoch %3d  valid hit@50 %.4f ndcg@50 %.4f (%.1fs)  early stop", epoch,
-                    vm.at("hit@50"), vm.at("ndcg@50"), eval_s);
+      std::snprintf(buf, sizeof buf, "epoch %3d  valid %s %.4f %s %.4f (%.1fs)  early stop", epoch, hit.c_str(),
+                    vm.at(hit), ndcg.c_str(), vm.at(ndcg), eval_s);
       log(buf);
       break;
     }
@@ -404,8 +440,8 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
     st.report.train_seconds = train_seconds_before + seconds_since(train_t0);
     char buf[320];
     std::snprintf(buf, sizeof buf,
-                  "epoch %3d  valid hit@50 %.4f ndcg@50 %.4f (%.1fs)%s | train loss %.4f (%.1fs)%s",
-                  epoch, vm.at("hit@50"), vm.at("ndcg@50"), eval_s, mark.c_str(), loss_sum, train_s,
+                  "epoch %3d  valid %s %.4f %s %.4f (%.1fs)%s | train loss %.4f (%.1fs)%s", epoch, hit.c_str(),
+                  vm.at(hit), ndcg.c_str(), vm.at(ndcg), eval_s, mark.c_str(), loss_sum, train_s,
                   skipped ? (" " + std::to_string(skipped) + " NaN steps skipped").c_str() : "");
     log(buf);
     if (write) {
@@ -427,8 +463,9 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
     std::ostringstream os;
     os.setf(std::ios::fixed);
     os.precision(4);
-    os << "best epoch " << st.report.best_epoch << "  valid hit@50 " << st.report.valid["hit@50"]
-       << " ndcg@50 " << st.report.valid["ndcg@50"] << "  |  test";
+    os << "best epoch " << st.report.best_epoch << "  valid";
+    for (const auto& [k, v] : st.report.valid) os << " " << k << " " << v;
+    os << "  |  test";
     for (const auto& [k, v] : st.report.test) os << " " << k << " " << v;
     log(os.str());
   }
