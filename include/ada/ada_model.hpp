@@ -11,6 +11,7 @@
 #include "ada/backend.hpp"
 #include "ada/data.hpp"
 #include "ada/sasrec.hpp"
+#include "ada/topk.hpp"
 #include "ada/tensor.hpp"
 
 namespace ada {
@@ -51,6 +52,12 @@ class AdaSasRec {
                ItemId* ctx_ids = nullptr, int rounds = 0);
   // d_users: [T, B, D] gradients of the loss w.r.t. each round's adapted user vector (consumed).
   void backward(T* d_users);
+
+  // Where the per-round context top-k runs: null (the default) = topk_excluding on the CPU (sgemm);
+  // otherwise this searcher (CPU or GPU shards of the item table, e.g. for serving a large catalog
+  // on a GPU). The searcher must hold the model's current item table and bias; it is not owned.
+  // float models only.
+  void set_context_searcher(ShardedSearcher* searcher) { searcher_ = searcher; }
 
  private:
   struct Block {  // one earlier round's context through the filter block
@@ -93,6 +100,7 @@ class AdaSasRec {
   std::vector<Round> rounds_;
   Buffer<T> users_;          // [T, B, D] forward outputs (URA inputs of later rounds)
   Buffer<T> scratch_, scratch2_, zeros_;
+  ShardedSearcher* searcher_ = nullptr;
 };
 
 extern template class AdaSasRec<float>;

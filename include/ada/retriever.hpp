@@ -56,10 +56,26 @@ struct Retrieved {
   int round;    // 0-based
 };
 
+// Where retrieve() searches the catalog (the model's forward runs on the CPU backend either way
+// until the CUDA backend serves it).
+struct RetrieverOptions {
+  // "cpu" or "cuda". With "cuda" every full-catalog search (the Ada model's own context in each
+  // round and the returned lists) runs in the fused GPU top-k kernel (topk.hpp; k per round <= 1024).
+  std::string device = "cpu";
+  // 0 = the evaluation's own search (sgemm; what `ada eval` measures). N >= 1 = the catalog split
+  // into N shards searched one by one and merged exactly (topk.hpp); with "cuda", N shards on one
+  // GPU (0 means 1 there). Scores then use the shard searchers' fma arithmetic, identical for any N
+  // and on either device; they can differ from the sgemm path in the last bits, and so can the
+  // order of near-ties.
+  int shards = 0;
+  int gpu = 0;  // CUDA device index
+};
+
 class AdaRetriever {
  public:
-  // Loads model.safetensors (or a run folder holding one). Throws ada::Error naming the file.
-  static AdaRetriever load(const std::string& checkpoint);
+  // Loads model.safetensors (or a run folder holding one). Throws ada::Error naming the file, or
+  // when the options cannot be met (no CUDA device, more shards than items).
+  static AdaRetriever load(const std::string& checkpoint, const RetrieverOptions& options = {});
   AdaRetriever(AdaRetriever&&) noexcept;
   AdaRetriever& operator=(AdaRetriever&&) noexcept;
   ~AdaRetriever();

@@ -1,5 +1,4 @@
-// The `ada` command-line tool: train, eval and demo (retrieve and export arrive with the Ada and
-// serving work). Every subcommand has --help. Errors print one line naming file/line/value and exit 1.
+// The `ada` command-line tool: train, eval, retrieve, export and demo. Every subcommand has --help. Errors print one line naming file/line/value and exit 1.
 #include <cblas.h>
 #include <omp.h>
 #include <unistd.h>
@@ -347,10 +346,10 @@ int cmd_eval(DataArgs da, const std::string& ckpt_arg, const AdaConfig& slices, 
 // Input sequences for `ada retrieve`: --seq "3 17 42" or --input FILE with `user item item ...` lines.
 // Ids are the user's own when the model came with an item map.
 int cmd_retrieve(const std::string& ckpt, const std::string& seq_text, const std::string& input, int k, int T,
-                 bool as_json, int threads) {
+                 bool as_json, int threads, const RetrieverOptions& opt) {
   set_threads(threads);
   ADA_CHECK(seq_text.empty() != input.empty(), "retrieve: give exactly one of --seq and --input");
-  AdaRetriever r = AdaRetriever::load(ckpt);
+  AdaRetriever r = AdaRetriever::load(ckpt, opt);
   const std::vector<std::string>& names = r.item_names();
   std::map<std::string, ItemId> id_of;
   for (size_t i = 1; i < names.size(); ++i) id_of[names[i]] = ItemId(i);
@@ -633,6 +632,14 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   rt->add_flag("--json", ret_json, "JSON with each item's score and round");
   rt->add_option("--threads", ret_threads, "CPU threads");
+  RetrieverOptions ret_opt;
+  rt->add_option("--device", ret_opt.device,
+                 "cpu, or cuda: the catalog searches run in the fused GPU top-k kernel (the model on the CPU)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  rt->add_option("--shards", ret_opt.shards,
+                 "split the catalog into N shards searched separately and merged exactly (0: one sgemm pass)")
+      ->check(CLI::NonNegativeNumber);
+  rt->add_option("--gpu", ret_opt.gpu, "CUDA device index")->check(CLI::NonNegativeNumber);
 
   int demo_threads = 0, demo_epochs = 8;
   std::string demo_out;
@@ -679,7 +686,7 @@ int main(int argc, char** argv) {
     if (e->parsed()) return cmd_eval(eval_data, eval_ckpt, eval_slices, eval_threads, eval_batch, eval_json);
     if (d->parsed()) return cmd_demo(demo_threads, demo_epochs, demo_out);
     if (ex->parsed()) return cmd_export(exp, exp_data);
-    if (rt->parsed()) return cmd_retrieve(ret_ckpt, ret_seq, ret_input, ret_k, ret_T, ret_json, ret_threads);
+    if (rt->parsed()) return cmd_retrieve(ret_ckpt, ret_seq, ret_input, ret_k, ret_T, ret_json, ret_threads, ret_opt);
   } catch (const std::exception& ex) {
     std::cerr << "ada: error: " << ex.what() << "\n";
     return 1;

@@ -96,7 +96,13 @@ void AdaSasRec<T>::context_topk(const T* u, int64_t B, const ItemId* prev, int n
     ex.offsets.push_back(int64_t(ex.ids.size()));
   }
   std::vector<float> scores(size_t(B * kc_));
-  if constexpr (std::is_same_v<T, float>) {
+  if (searcher_) {
+    ADA_CHECK((std::is_same_v<T, float>), "AdaSasRec: a context searcher needs a float model");
+    if constexpr (std::is_same_v<T, float>) {
+      const TopkLists top = searcher_->search(u, B, kc_, ex);  // throws when a row has too few items
+      std::copy(top.ids.begin(), top.ids.end(), out);
+    }
+  } else if constexpr (std::is_same_v<T, float>) {
     topk_excluding(u, B, base_.item_table(), base_.item_bias(), N, D, kc_, ex, nullptr, out, scores.data());
   } else {
     std::vector<float> uf(u, u + B * D), ef(base_.item_table(), base_.item_table() + N * D), bf;

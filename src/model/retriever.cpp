@@ -1,6 +1,7 @@
 #include "ada/retriever.hpp"
 
 #include <algorithm>
+#include <numeric>
 #include <unordered_set>
 
 #include "ada/ada_model.hpp"
@@ -8,6 +9,7 @@
 #include "ada/checkpoint.hpp"
 #include "ada/eval.hpp"
 #include "ada/fileio.hpp"
+#include "ada/topk.hpp"
 
 namespace ada {
 
@@ -17,7 +19,46 @@ struct AdaRetriever::Impl {
   std::unique_ptr<SasRec<float>> base;
   std::unique_ptr<AdaSasRec<float>> ada;
   std::vector<std::string> names;
+  std::unique_ptr<ShardedSearcher> searcher;  // null: the sgemm path of eval.hpp
   SasRec<float>& backbone() { return ada ? ada->base() : *base; }
+
+  void make_searcher(const RetrieverOptions& opt) {
+    ADA_CHECK(opt.device == "cpu" || opt.device == "cuda",
+              "retriever: device must be \"cpu\" or \"cuda\", got \"" << opt.device << "\"");
+    ADA_CHECK(opt.shards >= 0, "retriever: shards must be >= 0, got " << opt.shards);
+    const bool cuda = opt.device == "cuda";
+    if (!cuda && opt.shards == 0) return;
+    SasRec<float>& bb = backbone();
+    const int64_t N = info.sasrec.n_items, D = info.sasrec.hidden;
+    searcher = std::make_unique<ShardedSearcher>();
+    for (auto [lo, hi] : split_items(N, std::max(opt.shards, 1)))
+      searcher->add(cuda ? make_gpu_searcher(bb.item_table(), bb.item_bias(), lo, hi, D, opt.gpu)
+                         : make_cpu_searcher(bb.item_table(), bb.item_bias(), lo, hi, D));
+    if (ada) ada->set_context_searcher(searcher.get());
+  }
+
+  // Round t takes the top ks[t] of users[t] over the catalog minus the history and the earlier
+  // rounds' items (multi_round_topk's rule) through the shard searcher.
+  void searcher_rounds(const float* users, const Ragged& hist, const std::vector<int>& ks, ItemId* ids,
+                       float* scores) {
+    const int64_t B = int64_t(hist.rows()), D = info.sasrec.hidden;
+    const int K = std::accumulate(ks.begin(), ks.end(), 0);
+    std::vector<std::vector<ItemId>> earlier(static_cast<size_t>(B));
+    int col = 0;
+    for (size_t t = 0; t < ks.size(); ++t) {
+      Ragged extra;
+      for (int64_t b = 0; b < B; ++b) extra.push_row(earlier[size_t(b)].data(), earlier[size_t(b)].data() + earlier[size_t(b)].size());
+      const TopkLists top = searcher->search(users + int64_t(t) * B * D, B, ks[t], hist, &extra);
+      for (int64_t b = 0; b < B; ++b)
+        for (int i = 0; i < ks[t]; ++i) {
+          const size_t src = size_t(b * ks[t] + i), dst = size_t(b * K + col + i);
+          ids[dst] = top.ids[src];
+          scores[dst] = top.scores[src];
+          earlier[size_t(b)].push_back(top.ids[src]);
+        }
+      col += ks[t];
+    }
+  }
 
   // Checks the item ids (`who` names the caller in errors) and lays the histories out as a batch.
   Ragged histories(const std::vector<std::vector<ItemId>>& seqs, const char* who) const {
@@ -57,7 +98,7 @@ AdaRetriever::AdaRetriever(AdaRetriever&&) noexcept = default;
 AdaRetriever& AdaRetriever::operator=(AdaRetriever&&) noexcept = default;
 AdaRetriever::~AdaRetriever() = default;
 
-AdaRetriever AdaRetriever::load(const std::string& checkpoint) {
+AdaRetriever AdaRetriever::load(const std::string& checkpoint, const RetrieverOptions& options) {
   const std::string path =
       file_exists(checkpoint + "/model.safetensors") ? checkpoint + "/model.safetensors" : checkpoint;
   const SafeTensors st = read_safetensors(path);
@@ -75,6 +116,7 @@ AdaRetriever AdaRetriever::load(const std::string& checkpoint) {
   const auto slash = path.find_last_of('/');
   const std::string map_path = (slash == std::string::npos ? std::string(".") : path.substr(0, slash)) + "/item_map.tsv";
   if (file_exists(map_path)) impl->names = load_item_map(map_path);
+  impl->make_searcher(options);
   return AdaRetriever(std::move(impl));
 }
 
@@ -127,7 +169,10 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
   SasRec<float>& bb = impl_->backbone();
   std::vector<ItemId> ids(size_t(B * k));
   std::vector<float> scores(size_t(B * k));
-  multi_round_topk(users.data(), B, bb.item_table(), bb.item_bias(), N, D, ks, hist, ids.data(), scores.data());
+  if (impl_->searcher)
+    impl_->searcher_rounds(users.data(), hist, ks, ids.data(), scores.data());
+  else
+    multi_round_topk(users.data(), B, bb.item_table(), bb.item_bias(), N, D, ks, hist, ids.data(), scores.data());
   for (int64_t b = 0; b < B; ++b) {
     out[size_t(b)].reserve(size_t(k));
     int round = 0, left = ks[0];
