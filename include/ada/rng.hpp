@@ -8,6 +8,16 @@
 #pragma once
 #include <cstdint>
 
+// The inline functions below also compile as device code under nvcc (the CUDA backend draws the
+// same dropout masks); in a plain C++ compiler the macro is empty. The bits do not change.
+#ifndef ADA_HOST_DEVICE
+#if defined(__CUDACC__)
+#define ADA_HOST_DEVICE __host__ __device__
+#else
+#define ADA_HOST_DEVICE
+#endif
+#endif
+
 namespace ada {
 
 struct Philox4 {
@@ -15,8 +25,8 @@ struct Philox4 {
 };
 
 // One Philox4x32-10 block: counter (c0..c3) under key (k0, k1).
-inline Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
-                             uint32_t k1) {
+ADA_HOST_DEVICE inline Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
+                                             uint32_t k0, uint32_t k1) {
   constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
   constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
   for (int r = 0; r < 10; ++r) {
@@ -43,12 +53,12 @@ enum class RngPurpose : uint32_t {
   kSynthetic = 5,  // synthetic data generator
 };
 
-inline uint64_t rng_stream(RngPurpose purpose, uint32_t a, uint32_t b = 0) {
+ADA_HOST_DEVICE inline uint64_t rng_stream(RngPurpose purpose, uint32_t a, uint32_t b = 0) {
   return (uint64_t(purpose) << 56) ^ (uint64_t(a) << 24) ^ uint64_t(b);
 }
 
 // The 32-bit word number `index` of stream `stream` under `seed`.
-inline uint32_t random_u32(uint64_t seed, uint64_t stream, uint64_t index) {
+ADA_HOST_DEVICE inline uint32_t random_u32(uint64_t seed, uint64_t stream, uint64_t index) {
   const uint64_t block = index >> 2;
   const Philox4 r = philox4x32_10(uint32_t(block), uint32_t(block >> 32), uint32_t(stream),
                                   uint32_t(stream >> 32), uint32_t(seed), uint32_t(seed >> 32));
@@ -56,10 +66,14 @@ inline uint32_t random_u32(uint64_t seed, uint64_t stream, uint64_t index) {
 }
 
 // Uniform in [0, 1) with 24 random bits (exactly representable as float).
-inline float u32_to_unit_float(uint32_t x) { return float(x >> 8) * (1.0f / 16777216.0f); }
+ADA_HOST_DEVICE inline float u32_to_unit_float(uint32_t x) {
+  return float(x >> 8) * (1.0f / 16777216.0f);
+}
 
 // Uniform integer in [0, n) by multiply-shift (bias < n / 2^32, negligible for n << 2^32).
-inline uint32_t u32_to_range(uint32_t x, uint32_t n) { return uint32_t((uint64_t(x) * n) >> 32); }
+ADA_HOST_DEVICE inline uint32_t u32_to_range(uint32_t x, uint32_t n) {
+  return uint32_t((uint64_t(x) * n) >> 32);
+}
 
 // Standard normal by Box-Muller from words 2*index and 2*index+1.
 double random_normal(uint64_t seed, uint64_t stream, uint64_t index);

@@ -1,0 +1,62 @@
+// Small helpers shared by the CUDA sources: error checks that throw ada::Error, warp reductions,
+// launch sizes. Device code only in kernels/; public headers never include this file.
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "ada/check.hpp"
+
+// Throws ada::Error naming the failed call and CUDA's message.
+#define ADA_CUDA_CHECK(expr)                                                            \
+  do {                                                                                  \
+    const cudaError_t ada_cuda_err_ = (expr);                                           \
+    if (ada_cuda_err_ != cudaSuccess)                                                   \
+      ADA_FAIL("CUDA error in " << #expr << ": " << cudaGetErrorString(ada_cuda_err_)); \
+  } while (0)
+
+#define ADA_CUBLAS_CHECK(expr)                                                              \
+  do {                                                                                      \
+    const cublasStatus_t ada_blas_st_ = (expr);                                             \
+    if (ada_blas_st_ != CUBLAS_STATUS_SUCCESS)                                              \
+      ADA_FAIL("cuBLAS error in " << #expr << ": " << cublasGetStatusString(ada_blas_st_)); \
+  } while (0)
+
+// After a kernel launch: a bad launch configuration is reported here (execution errors surface at
+// the next synchronising call).
+#define ADA_CUDA_LAUNCHED() ADA_CUDA_CHECK(cudaGetLastError())
+
+// for (i = global thread index; i < n; i += total threads), 64-bit.
+#define ADA_GRID_STRIDE(i, n)                                               \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (n); \
+       i += int64_t(gridDim.x) * blockDim.x)
+
+namespace ada {
+namespace cuda {
+
+constexpr int kThreads = 256;
+
+// Blocks for a grid-stride loop over n items (at least 1, at most 2^20: the loops stride beyond).
+inline unsigned grid_for(int64_t n, int threads = kThreads) {
+  int64_t b = (n + threads - 1) / threads;
+  if (b < 1) b = 1;
+  if (b > (int64_t(1) << 20)) b = int64_t(1) << 20;
+  return unsigned(b);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ double warp_sum(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+}  // namespace cuda
+}  // namespace ada
