@@ -1,0 +1,89 @@
+// End-to-end serving: AdaRetriever::retrieve_batch with T = 5 rounds and k = 100 on a synthetic
+// Ada-SASRec (random weights, D = 64) over a catalog of 1M items (12,101 with --benchmark_filter on
+// /12101/). Latency at B = 1 and throughput at B = 64 and 1024 (users/s), for each way of searching
+// the catalog: the evaluation's sgemm path (shards 0), 4 CPU shards, and the fused GPU kernel
+// (skipped without a CUDA device). The model's forward runs on the CPU backend in every case.
+//   BM_retrieve/<device: 0 cpu-sgemm, 1 cpu-shards, 2 cuda>/<N>/<B>
+#include <benchmark/benchmark.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <map>
+#include <random>
+
+#include "ada/ada_model.hpp"
+#include "ada/checkpoint.hpp"
+#include "ada/device.hpp"
+#include "ada/retriever.hpp"
+
+namespace {
+
+using namespace ada;
+
+// One checkpoint file per catalog size, written once per process.
+std::string checkpoint_for(int32_t n_items) {
+  static std::map<int32_t, std::string> made;
+  auto it = made.find(n_items);
+  if (it != made.end()) return it->second;
+  SasRecConfig c;
+  c.n_items = n_items + 1;
+  AdaConfig a;  // T = 5, K = 100
+  auto be = make_cpu_backend<float>();
+  AdaSasRec<float> m(c, a, *be);
+  m.init(11);
+  ModelInfo info;
+  info.sasrec = c;
+  info.ada = true;
+  info.ada_cfg = a;
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("ada_bench_serving_" + std::to_string(n_items) + "_" + std::to_string(::getpid()) +
+                             ".safetensors"))
+                               .string();
+  save_checkpoint(path, m.params(), info);
+  made[n_items] = path;
+  return path;
+}
+
+std::vector<std::vector<ItemId>> histories(int64_t B, int32_t n_items) {
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> item(1, n_items), len(1, 50);
+  std::vector<std::vector<ItemId>> out(static_cast<size_t>(B));
+  for (auto& h : out) {
+    h.resize(size_t(len(rng)));
+    for (auto& x : h) x = item(rng);
+  }
+  return out;
+}
+
+void BM_retrieve(benchmark::State& st) {
+  const int mode = int(st.range(0));
+  const int32_t n_items = int32_t(st.range(1));
+  const int64_t B = st.range(2);
+  if (mode == 2 && cuda_device_count() == 0) {
+    st.SkipWithError("no CUDA device");
+    return;
+  }
+  RetrieverOptions o;
+  o.device = mode == 2 ? "cuda" : "cpu";
+  o.shards = mode == 1 ? 4 : (mode == 2 ? 1 : 0);
+  AdaRetriever r = AdaRetriever::load(checkpoint_for(n_items), o);
+  const auto seqs = histories(B, n_items);
+  for (auto _ : st) benchmark::DoNotOptimize(r.retrieve_batch(seqs, 100, 5));
+  st.counters["users/s"] = benchmark::Counter(double(B), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void grid(benchmark::internal::Benchmark* b) {
+  for (int mode : {0, 1, 2})
+    for (int64_t N : {12101, 1000000})
+      for (int64_t B : {1, 64, 1024}) {
+        if (mode != 2 && N == 1000000 && B == 1024) continue;  // minutes per iteration on a small CPU
+        b->Args({mode, N, B});
+      }
+  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+}
+
+BENCHMARK(BM_retrieve)->Apply(grid);
+
+}  // namespace
+
+BENCHMARK_MAIN();
