@@ -1,7 +1,6 @@
 // `ada export`: the exported .npy arrays are the model's item table, item bias and the user vectors
 // AdaRetriever ranks with, so an external index over them finds what retrieve() finds; errors are
 // clear, exit non-zero and leave no partial outputs.
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +15,7 @@
 
 #include "ada/checkpoint.hpp"
 #include "ada/fileio.hpp"
+#include "tests/cli_run.hpp"
 #include "ada/npy.hpp"
 #include "ada/retriever.hpp"
 #include "ada/safetensors.hpp"
@@ -25,22 +25,8 @@ using namespace ada;
 
 namespace {
 
-struct Run {
-  int code;
-  std::string out;
-};
-
-Run run_ada(const std::string& args) {
-  const std::string cmd = std::string(ADA_CLI_PATH) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using ada_test::Run;
+using ada_test::run_ada;
 
 struct TempDir {
   std::string path;

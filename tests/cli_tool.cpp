@@ -1,6 +1,5 @@
 // The `ada` tool as a user meets it: help, outputs, clear errors with non-zero exits, and no lost or
 // half-written output when a run fails.
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -10,6 +9,7 @@
 #include <string>
 
 #include "ada/fileio.hpp"
+#include "tests/cli_run.hpp"
 
 namespace fs = std::filesystem;
 using ada::file_exists;
@@ -18,22 +18,8 @@ using ada::write_file_atomic;
 
 namespace {
 
-struct Run {
-  int code;
-  std::string out;
-};
-
-Run run_ada(const std::string& args) {
-  const std::string cmd = std::string(ADA_CLI_PATH) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  std::string out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
+using ada_test::Run;
+using ada_test::run_ada;
 
 std::string temp_dir(const std::string& name) {
   const fs::path p = fs::temp_directory_path() / ("ada_cli_" + name + "_" + std::to_string(::getpid()));
