@@ -124,6 +124,43 @@ __host__ __device__ constexpr size_t buffer_bytes(int queries, int cap) {
   return size_t(queries) * cap * (sizeof(float) + sizeof(int)) + size_t(queries) * 3 * sizeof(int);
 }
 
+// Items that beat query q's threshold and are not excluded go into its buffer.
+__device__ __forceinline__ void offer_item(const Buffers& bf, int q, float s, int gid, const int64_t* __restrict__ ex_off,
+                                           const int32_t* __restrict__ ex_ids, int row) {
+  if (before(s, gid, bf.thr_s[q], bf.thr_id[q]) && !is_excluded(ex_ids, ex_off[row], ex_off[row + 1], gid))
+    offer(bf, q, s, gid);
+}
+
+// After the last tile's barrier: before each tile a buffer may take up to `tile` appends.
+__device__ __forceinline__ void compact_full(const Buffers& bf, int nq, int k, int tile) {
+  for (int q = 0; q < nq; ++q)
+    if (bf.cnt[q] > bf.cap - tile) compact(bf, q, k);
+}
+
+// The end of a chunk: each query's best min(count, k), best first, into the chunk's partial list.
+__device__ void finish_chunk(const Buffers& bf, int nq, int q0, int chunk, int n_chunks, int k,
+                             float* __restrict__ part_s, int32_t* __restrict__ part_i, int32_t* __restrict__ part_c) {
+  __syncthreads();  // publishes the last appends (and the initial counts of a block that saw no tile)
+  for (int q = 0; q < nq; ++q) {
+    compact(bf, q, k);
+    const int kept = bf.cnt[q];
+    const int64_t row = int64_t(q0 + q) * n_chunks + chunk;
+    for (int i = threadIdx.x; i < k; i += blockDim.x) {
+      part_s[row * k + i] = i < kept ? bf.s[size_t(q) * bf.cap + i] : -INFINITY;
+      part_i[row * k + i] = i < kept ? bf.id[size_t(q) * bf.cap + i] : -1;
+    }
+    if (threadIdx.x == 0) part_c[row] = kept;
+  }
+}
+
+__device__ __forceinline__ void init_buffers(const Buffers& bf, int queries) {
+  for (int q = threadIdx.x; q < queries; q += blockDim.x) {
+    bf.cnt[q] = 0;
+    bf.thr_s[q] = -INFINITY;
+    bf.thr_id[q] = kNoId;
+  }
+}
+
 // Kernel 1. Block (x = query group, y = item chunk). Thread t scores item (t % kTile) of each tile
 // against queries (t / kTile) * QPT .. + QPT of the group.
 template <int QPT>
@@ -149,12 +186,7 @@ score_select_kernel(const float* __restrict__ U, int B, int D, const float* __re
     const int q = i / D;
     qs[i] = q < nq ? U[int64_t(q0 + q) * D + (i - q * D)] : 0.0f;
   }
-  if (threadIdx.x < QB) {
-    bf.cnt[threadIdx.x] = 0;
-    bf.thr_s[threadIdx.x] = -INFINITY;
-    bf.thr_id[threadIdx.x] = kNoId;
-  }
-  // (the first tile's barrier below publishes these)
+  init_buffers(bf, QB);  // (the first tile's barrier below publishes these)
 
   const int item = threadIdx.x % kTile;
   const int qg = threadIdx.x / kTile;
@@ -184,31 +216,107 @@ score_select_kernel(const float* __restrict__ U, int B, int D, const float* __re
 #pragma unroll
         for (int j = 0; j < QPT; ++j) {
           const int q = qg * QPT + j;
-          if (q < nq) {
-            const float s = acc[j] + b;
-            if (before(s, gid, bf.thr_s[q], bf.thr_id[q]) &&
-                !is_excluded(ex_ids, ex_off[q0 + q], ex_off[q0 + q + 1], gid))
-              offer(bf, q, s, gid);
-          }
+          if (q < nq) offer_item(bf, q, acc[j] + b, gid, ex_off, ex_ids, q0 + q);
         }
       }
     }
     __syncthreads();
-    // Room for the next tile: at most kTile appends per query.
-    for (int q = 0; q < nq; ++q)
-      if (bf.cnt[q] > cap - kTile) compact(bf, q, k);
+    compact_full(bf, nq, k, kTile);  // room for the next tile: at most kTile appends per query
   }
-  __syncthreads();  // an empty chunk skipped the loop: publish the initial counts
-  for (int q = 0; q < nq; ++q) {
-    compact(bf, q, k);
-    const int kept = bf.cnt[q];
-    const int64_t row = int64_t(q0 + q) * n_chunks + chunk;
-    for (int i = threadIdx.x; i < k; i += blockDim.x) {
-      part_s[row * k + i] = i < kept ? bf.s[size_t(q) * cap + i] : -INFINITY;
-      part_i[row * k + i] = i < kept ? bf.id[size_t(q) * cap + i] : -1;
+  finish_chunk(bf, nq, q0, chunk, n_chunks, k, part_s, part_i, part_c);
+}
+
+// Kernel 1, register-tiled (batches of 16 queries or more). A block takes QB = 16 * QPT queries; a
+// thread computes a QPT x 8 tile of scores (queries tq*QPT.., items ti*8..) per 128-item tile, with
+// the queries and the items transposed in shared memory ([D][QB] and [D][132]) so each step over d
+// is one vector load of queries and two of items for 8 * QPT fmas. Same arithmetic as kernel 1 (fmaf
+// over d in order from 0, then + bias), so the two give identical lists.
+constexpr int kTiledItems = 128;
+constexpr int kTiledLd = kTiledItems + 4;  // padded row: 528 bytes, 16-byte aligned
+
+template <int QPT>
+__global__ void __launch_bounds__(kThreads)
+score_select_tiled(const float* __restrict__ U, int B, int D, const float* __restrict__ E,
+                   const float* __restrict__ bias, int64_t lo, int64_t n, int64_t chunk_items, int k, int cap,
+                   const int64_t* __restrict__ ex_off, const int32_t* __restrict__ ex_ids,
+                   float* __restrict__ part_s, int32_t* __restrict__ part_i, int32_t* __restrict__ part_c,
+                   int n_chunks) {
+  constexpr int QB = 16 * QPT;
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* qT = reinterpret_cast<float*>(smem);  // [D][QB]
+  float* eT = qT + D * QB;                     // [D][kTiledLd]
+  const Buffers bf = carve(reinterpret_cast<unsigned char*>(eT + D * kTiledLd), QB, cap);
+
+  const int q0 = blockIdx.x * QB;
+  const int nq = min(QB, B - q0);
+  const int chunk = blockIdx.y;
+  const int64_t c_begin = int64_t(chunk) * chunk_items;
+  const int64_t c_end = min(n, c_begin + chunk_items);
+
+  for (int i = threadIdx.x; i < QB * D; i += blockDim.x) {
+    const int q = i / D, d = i - q * D;
+    qT[d * QB + q] = q < nq ? U[int64_t(q0 + q) * D + d] : 0.0f;
+  }
+  init_buffers(bf, QB);  // (the first tile's barrier publishes these)
+
+  const int tq = threadIdx.x / 16;  // query group: queries tq*QPT .. +QPT
+  const int ti = threadIdx.x % 16;  // item group: items ti*8 .. +8 of the tile
+  for (int64_t t0 = c_begin; t0 < c_end; t0 += kTiledItems) {
+    const int tile_n = c_end - t0 < kTiledItems ? int(c_end - t0) : kTiledItems;
+    const float* src = E + t0 * D;
+    for (int i = threadIdx.x; i < kTiledItems * D; i += blockDim.x) {
+      const int r = i / D, d = i - r * D;
+      eT[d * kTiledLd + r] = r < tile_n ? src[i] : 0.0f;
     }
-    if (threadIdx.x == 0) part_c[row] = kept;
+    __syncthreads();
+    float acc[QPT][8];
+#pragma unroll
+    for (int j = 0; j < QPT; ++j)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[j][i] = 0.0f;
+    for (int d = 0; d < D; ++d) {
+      const float* qd = qT + d * QB + tq * QPT;
+      float qv[QPT];
+      if constexpr (QPT == 4) {
+        const float4 v = *reinterpret_cast<const float4*>(qd);
+        qv[0] = v.x;
+        qv[1] = v.y;
+        qv[2] = v.z;
+        qv[3] = v.w;
+      } else if constexpr (QPT == 2) {
+        const float2 v = *reinterpret_cast<const float2*>(qd);
+        qv[0] = v.x;
+        qv[1] = v.y;
+      } else {
+#pragma unroll
+        for (int j = 0; j < QPT; ++j) qv[j] = qd[j];
+      }
+      const float4 e0 = *reinterpret_cast<const float4*>(eT + d * kTiledLd + ti * 8);
+      const float4 e1 = *reinterpret_cast<const float4*>(eT + d * kTiledLd + ti * 8 + 4);
+      const float ev[8] = {e0.x, e0.y, e0.z, e0.w, e1.x, e1.y, e1.z, e1.w};
+#pragma unroll
+      for (int j = 0; j < QPT; ++j)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[j][i] = fmaf(qv[j], ev[i], acc[j][i]);
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int r = ti * 8 + i;
+      const int64_t local = t0 + r;
+      const int gid = int(lo + local);
+      if (r < tile_n && gid != 0) {
+        const float b = bias ? bias[local] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < QPT; ++j) {
+          const int q = tq * QPT + j;
+          if (q < nq) offer_item(bf, q, acc[j][i] + b, gid, ex_off, ex_ids, q0 + q);
+        }
+      }
+    }
+    __syncthreads();
+    compact_full(bf, nq, k, kTiledItems);  // room for the next tile
   }
+  finish_chunk(bf, nq, q0, chunk, n_chunks, k, part_s, part_i, part_c);
 }
 
 // Kernel 2: one block per query merges its n_chunks lists.
@@ -236,7 +344,12 @@ merge_kernel(const float* __restrict__ part_s, const int32_t* __restrict__ part_
       if (int(i - int64_t(chunk) * k) < pc[chunk]) offer(bf, 0, ps[i], pi[i]);
     }
     __syncthreads();
-    if (bf.cnt[0] > cap - int(blockDim.x)) compact(bf, 0, k);
+    // Every thread reads cnt[0] here, so they all take the same branch; the barrier on both paths
+    // keeps the next round's appends (atomicAdd on cnt[0]) after every thread's read.
+    if (bf.cnt[0] > cap - int(blockDim.x))
+      compact(bf, 0, k);  // ends with a barrier
+    else
+      __syncthreads();
   }
   compact(bf, 0, k);
   const int kept = bf.cnt[0];
@@ -257,13 +370,22 @@ size_t score_smem(int qb, int D, int cap) {
   return size_t(qb) * D * sizeof(float) + size_t(kTile) * (D + 1) * sizeof(float) + buffer_bytes(qb, cap);
 }
 
+size_t tiled_smem(int qb, int D, int cap) {
+  return size_t(D) * qb * sizeof(float) + size_t(D) * kTiledLd * sizeof(float) + buffer_bytes(qb, cap);
+}
+
 size_t align_up(size_t x) { return (x + 255) / 256 * 256; }
 
-template <int QPT>
+template <int QPT, bool kTiledKernel>
 void launch_score(const TopkPlan& p, dim3 grid, cudaStream_t stream, const float* U, int64_t B, int D,
                   const float* E, const float* bias, int64_t lo, int64_t n, int k, const int64_t* ex_off,
                   const int32_t* ex_ids, float* ps, int32_t* pi, int32_t* pc) {
-  auto kern = score_select_kernel<QPT>;
+  auto kern = [] {  // only the variants that are launched get instantiated
+    if constexpr (kTiledKernel)
+      return score_select_tiled<QPT>;
+    else
+      return score_select_kernel<QPT>;
+  }();
   ADA_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(p.smem_score)));
   kern<<<grid, kThreads, p.smem_score, stream>>>(U, int(B), D, E, bias, lo, n, p.chunk_items, k, p.cap, ex_off,
                                                  ex_ids, ps, pi, pc, p.n_chunks);
@@ -298,18 +420,28 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
   TopkPlan p;
   p.cap = next_pow2(k + kTile);
   p.merge_cap = next_pow2(k + kMergeThreads);
-  // Most queries per block that fit (more queries per staged item tile = fewer table reads), but no
-  // more than the batch needs.
+  // Batches of 16 queries or more: the register-tiled kernel with the most queries per block that
+  // fit (more queries per staged item tile = fewer table reads and more fmas per load) but no more
+  // than the batch fills. Otherwise, or when it does not fit, the one-item-per-thread kernel.
+  for (int qb : {64, 32, 16}) {
+    if (B >= 16 && (qb == 16 || qb <= B) && tiled_smem(qb, D, p.cap) <= size_t(smem_optin)) {
+      p.queries_per_block = qb;
+      p.tiled = true;
+      p.smem_score = tiled_smem(qb, D, p.cap);
+      break;
+    }
+  }
   for (int qb : {32, 16, 8, 4, 2}) {
+    if (p.tiled) break;
     if (score_smem(qb, D, p.cap) <= size_t(smem_optin) && (qb == 2 || qb / 2 < B)) {
       p.queries_per_block = qb;
+      p.smem_score = score_smem(qb, D, p.cap);
       break;
     }
   }
   ADA_CHECK(p.queries_per_block > 0, "topk: D = " << D << " and k = " << k << " need "
                                                   << score_smem(2, D, p.cap) << " bytes of shared memory, the device has "
                                                   << smem_optin);
-  p.smem_score = score_smem(p.queries_per_block, D, p.cap);
   p.smem_merge = buffer_bytes(1, p.merge_cap);
   // Enough blocks for about four per multiprocessor, in chunks of whole tiles.
   const int64_t q_blocks = (B + p.queries_per_block - 1) / p.queries_per_block;
@@ -337,13 +469,24 @@ void topk_device(const float* U, int64_t B, int D, const float* E, const float* 
   auto* pi = reinterpret_cast<int32_t*>(base + align_up(parts * sizeof(float)));
   auto* pc = reinterpret_cast<int32_t*>(base + align_up(parts * sizeof(float)) + align_up(parts * sizeof(int32_t)));
   const dim3 grid(unsigned((B + p.queries_per_block - 1) / p.queries_per_block), unsigned(p.n_chunks));
-  switch (p.queries_per_block) {
-    case 32: launch_score<16>(p, grid, stream, U, B, D, E, bias, lo, n, k, ex_off, ex_ids, ps, pi, pc); break;
-    case 16: launch_score<8>(p, grid, stream, U, B, D, E, bias, lo, n, k, ex_off, ex_ids, ps, pi, pc); break;
-    case 8: launch_score<4>(p, grid, stream, U, B, D, E, bias, lo, n, k, ex_off, ex_ids, ps, pi, pc); break;
-    case 4: launch_score<2>(p, grid, stream, U, B, D, E, bias, lo, n, k, ex_off, ex_ids, ps, pi, pc); break;
-    default: launch_score<1>(p, grid, stream, U, B, D, E, bias, lo, n, k, ex_off, ex_ids, ps, pi, pc); break;
+#define ADA_TOPK_LAUNCH(QPT, TILED) \
+  launch_score<QPT, TILED>(p, grid, stream, U, B, D, E, bias, lo, n, k, ex_off, ex_ids, ps, pi, pc)
+  if (p.tiled) {
+    switch (p.queries_per_block) {
+      case 64: ADA_TOPK_LAUNCH(4, true); break;
+      case 32: ADA_TOPK_LAUNCH(2, true); break;
+      default: ADA_TOPK_LAUNCH(1, true); break;
+    }
+  } else {
+    switch (p.queries_per_block) {
+      case 32: ADA_TOPK_LAUNCH(16, false); break;
+      case 16: ADA_TOPK_LAUNCH(8, false); break;
+      case 8: ADA_TOPK_LAUNCH(4, false); break;
+      case 4: ADA_TOPK_LAUNCH(2, false); break;
+      default: ADA_TOPK_LAUNCH(1, false); break;
+    }
   }
+#undef ADA_TOPK_LAUNCH
   ADA_CUDA_OK(cudaFuncSetAttribute(merge_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(p.smem_merge)));
   merge_kernel<<<unsigned(B), kMergeThreads, p.smem_merge, stream>>>(ps, pi, pc, p.n_chunks, k, p.merge_cap,
                                                                      out_scores, out_ids, out_count);

@@ -7,7 +7,8 @@
 // fewer (out_count[b]); the tail holds id -1 and score -inf. The B x n score matrix is never written.
 //
 // Two kernels: (1) a grid of (query group, item chunk) blocks; each stages tiles of 128 item rows in
-// shared memory, scores them against its queries (exact FP32, fmaf over d in order) and keeps, per
+// shared memory, scores them against its queries (exact FP32, fmaf over d in order; register-tiled,
+// 8 items x up to 4 queries per thread, for batches of 16 queries or more) and keeps, per
 // query, a candidate buffer with a running threshold (the k-th best so far): only items that beat
 // it are appended, and a full buffer is bitonic-sorted and cut back to k. (2) one block per query
 // merges its chunks' lists the same way. Exclusions are looked up (binary search) only for items
@@ -37,7 +38,8 @@ class TopkWorkspace {
 
 // Launch parameters chosen for a problem (exposed for tests and benchmarks).
 struct TopkPlan {
-  int queries_per_block = 0;   // 2, 4, 8, 16 or 32
+  bool tiled = false;          // the register-tiled kernel (16, 32 or 64 queries per block)
+  int queries_per_block = 0;   // 2 .. 32 for the one-item-per-thread kernel
   int cap = 0;                 // candidate buffer per query (power of two >= k + 128)
   int merge_cap = 0;           // candidate buffer of the merge kernel (power of two >= k + 256)
   int64_t chunk_items = 0;     // items per block of kernel 1 (a multiple of 128)
