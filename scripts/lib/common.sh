@@ -5,10 +5,11 @@
 ADA_APT_PACKAGES=(cmake make g++ libopenblas-openmp-dev catch2 libbenchmark-dev libcli11-dev
                   nlohmann-json3-dev)
 
-# Installs whatever of ADA_APT_PACKAGES is missing (as root, or through sudo).
+# Installs whatever of ADA_APT_PACKAGES (and the packages named as arguments) is missing (as root,
+# or through sudo).
 ada_install_deps() {
   local missing=()
-  for p in "${ADA_APT_PACKAGES[@]}"; do
+  for p in "${ADA_APT_PACKAGES[@]}" "$@"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
   done
   ((${#missing[@]} == 0)) && return 0

@@ -1,0 +1,170 @@
+// Host emulation of CUDA device code (tools/cuda-emu/README.md). Force-included (-include) into the
+// sources that tools/cuda-emu/rewrite.py generated from kernels/*.cu: the CUDA keywords become plain
+// C++, threadIdx/blockIdx/... read the emulator's current fiber, and every block's threads run as
+// fibers on one OS thread so that __syncthreads, warp shuffles and shared-memory atomics behave as
+// on a GPU (threads really interleave at barriers; between barriers a thread runs alone).
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+// Static __shared__ arrays: one copy per kernel (blocks run one after another; their contents are
+// not reset between blocks, like a GPU's they are undefined at block start).
+#define __shared__ static
+#define __constant__ static
+#define __align__(n) alignas(n)
+// rewrite.py replaces __launch_bounds__(N) on a kernel by a check at the kernel's entry; any left
+// over (non-kernel use) is dropped.
+#define __launch_bounds__(...)
+
+struct uint3 {
+  unsigned x, y, z;
+};
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  constexpr dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+
+typedef struct CUstream_st* cudaStream_t;
+
+// Vector types with CUDA's sizes and alignments (a misaligned float4 load through a cast pointer is
+// a fault on a GPU; under --sanitize UBSan's alignment check reports it).
+struct alignas(8) float2 { float x, y; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) int2 { int x, y; };
+struct alignas(16) int4 { int x, y, z, w; };
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline int2 make_int2(int x, int y) { return {x, y}; }
+inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
+
+namespace emu {
+namespace detail {
+extern const uint3* cur_tid;  // the running fiber's threadIdx
+extern uint3 cur_bidx, cur_bdim, cur_gdim;
+}  // namespace detail
+inline const uint3& tidx() { return *detail::cur_tid; }
+inline const uint3& bidx() { return detail::cur_bidx; }
+inline const uint3& bdim() { return detail::cur_bdim; }
+inline const uint3& gdim() { return detail::cur_gdim; }
+void* dyn_smem();
+void syncthreads(const char* file, int line);
+void syncwarp(unsigned mask, const char* file, int line);
+void warp_put(const void* v, size_t n, unsigned mask, const char* file, int line);  // yields until the warp arrived
+void warp_get(void* v, size_t n, int lane);    // the partner lane's deposit
+void check_launch_bounds(long max_threads, const char* kernel, const char* file, int line);
+
+struct LaunchSite {
+  const char* kernel;
+  const char* file;
+  int line;
+};
+// Runs body for every thread of every block; returns a cudaError_t value (0: ran). A rejected
+// launch (bad configuration, too much shared memory) does not run and sets the last error.
+int launch(const LaunchSite& site, const void* func, dim3 g, dim3 b, size_t smem, cudaStream_t s,
+           const std::function<void()>& body);
+
+// What rewrite.py puts in place of kernel<<<g, b, smem, stream>>>(args...): the arguments are
+// converted to the kernel's parameter types at launch (by value, as CUDA copies them).
+struct Launcher {
+  LaunchSite site;
+  dim3 g, b;
+  size_t smem;
+  cudaStream_t stream;
+  Launcher(const char* kernel, const char* file, int line, dim3 g_, dim3 b_, size_t s = 0, cudaStream_t st = nullptr)
+      : site{kernel, file, line}, g(g_), b(b_), smem(s), stream(st) {}
+  template <class... P, class... A>
+  void run(void (*f)(P...), A&&... a) {
+    static_assert(sizeof...(P) == sizeof...(A), "kernel launch: wrong number of arguments");
+    std::tuple<std::decay_t<P>...> args(std::forward<A>(a)...);
+    launch(site, reinterpret_cast<const void*>(f), g, b, smem, stream, [f, &args]() { std::apply(f, args); });
+  }
+};
+
+// Device math the sources use that the host library lacks under the same name.
+template <class A, class B>
+inline std::common_type_t<A, B> min(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  return C(a) < C(b) ? C(a) : C(b);
+}
+template <class A, class B>
+inline std::common_type_t<A, B> max(A a, B b) {
+  using C = std::common_type_t<A, B>;
+  return C(a) > C(b) ? C(a) : C(b);
+}
+}  // namespace emu
+using emu::max;
+using emu::min;
+
+#define threadIdx (::emu::tidx())
+#define blockIdx (::emu::bidx())
+#define blockDim (::emu::bdim())
+#define gridDim (::emu::gdim())
+constexpr int warpSize = 32;
+
+// Barriers carry their source line: threads of a block waiting at different __syncthreads()
+// statements (divergent barrier) are reported and abort the run.
+#define __syncthreads() ::emu::syncthreads(__FILE__, __LINE__)
+#define __syncwarp(...) ::emu::syncwarp(::emu::detail_mask(__VA_ARGS__), __FILE__, __LINE__)
+#define __shfl_xor_sync(mask, v, o, ...) ::emu::shfl_xor(mask, v, o, __FILE__, __LINE__)
+#define __shfl_sync(mask, v, src, ...) ::emu::shfl_idx(mask, v, src, __FILE__, __LINE__)
+#define __shfl_down_sync(mask, v, d, ...) ::emu::shfl_down(mask, v, d, __FILE__, __LINE__)
+
+namespace emu {
+inline unsigned detail_mask(unsigned m = 0xffffffffu) { return m; }
+inline unsigned lane_id() { return unsigned((tidx().x + bdim().x * (tidx().y + bdim().y * tidx().z)) % 32u); }
+template <class T>
+T shfl_xor(unsigned mask, T v, int o, const char* file, int line) {
+  static_assert(sizeof(T) <= 16, "shuffle of a type over 16 bytes");
+  warp_put(&v, sizeof(T), mask, file, line);
+  T r;
+  warp_get(&r, sizeof(T), int(lane_id() ^ unsigned(o)));
+  return r;
+}
+template <class T>
+T shfl_idx(unsigned mask, T v, int src, const char* file, int line) {
+  warp_put(&v, sizeof(T), mask, file, line);
+  T r;
+  warp_get(&r, sizeof(T), src & 31);
+  return r;
+}
+template <class T>
+T shfl_down(unsigned mask, T v, unsigned d, const char* file, int line) {
+  warp_put(&v, sizeof(T), mask, file, line);
+  const unsigned l = lane_id() + d;
+  if (l >= 32) return v;
+  T r;
+  warp_get(&r, sizeof(T), int(l));
+  return r;
+}
+}  // namespace emu
+
+// Atomics: a fiber is never preempted between barriers, so a read-modify-write is atomic.
+inline float atomicAdd(float* p, float v) { const float o = *p; *p = o + v; return o; }
+inline double atomicAdd(double* p, double v) { const double o = *p; *p = o + v; return o; }
+inline int atomicAdd(int* p, int v) { const int o = *p; *p = int(unsigned(o) + unsigned(v)); return o; }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { const unsigned o = *p; *p = o + v; return o; }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  const unsigned long long o = *p; *p = o + v; return o;
+}
+inline int atomicMax(int* p, int v) { const int o = *p; if (v > o) *p = v; return o; }
+inline int atomicMin(int* p, int v) { const int o = *p; if (v < o) *p = v; return o; }
+inline int atomicExch(int* p, int v) { const int o = *p; *p = v; return o; }
+inline int atomicCAS(int* p, int cmp, int v) { const int o = *p; if (o == cmp) *p = v; return o; }
+inline unsigned atomicCAS(unsigned* p, unsigned cmp, unsigned v) { const unsigned o = *p; if (o == cmp) *p = v; return o; }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+template <class T>
+inline T __ldg(const T* p) { return *p; }
+inline void __threadfence() {}
+inline void __threadfence_block() {}
