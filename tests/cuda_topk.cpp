@@ -3,11 +3,17 @@
 // Without a CUDA device every case reports itself as skipped.
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
 #include <limits>
 
+#include "ada/ada_model.hpp"
 #include "ada/check.hpp"
+#include "ada/checkpoint.hpp"
 #include "ada/device.hpp"
+#include "ada/retriever.hpp"
 #include "ada/topk.hpp"
 #include "tests/test_util.hpp"
 #include "tests/topk_util.hpp"
@@ -113,4 +119,48 @@ TEST_CASE("cuda top-k rejects k above its limit and bad ranges with clear errors
   REQUIRE_THROWS_WITH(gpu->search(p.U.data(), p.B, ada::kGpuTopkMaxK + 1, p.exclude), Catch::Contains("k = 1025"));
   REQUIRE_THROWS_AS(gpu->search(p.U.data(), p.B, 0, p.exclude), ada::Error);
   REQUIRE_THROWS_AS(ada::make_gpu_searcher(p.E.data(), p.bias.data(), 10, 10, p.D, 0), ada::Error);
+}
+
+// Serving with the catalog searches on the GPU (RetrieverOptions{device = "cuda"}): the Ada model's
+// own context and the returned lists come from the fused kernel, and equal the CPU shards' bit for bit.
+TEST_CASE("AdaRetriever on device cuda returns the CPU shard searchers' lists", "[cuda][topk]") {
+  require_gpu();
+  ada::SasRecConfig c;
+  c.n_items = 301;
+  c.hidden = 16;
+  c.heads = 2;
+  c.inner = 24;
+  c.max_len = 10;
+  c.dropout = 0.0f;
+  ada::AdaConfig a;
+  a.rounds = 3;
+  a.total_k = 30;
+  auto be = ada::make_cpu_backend<float>();
+  ada::AdaSasRec<float> m(c, a, *be);
+  m.init(5);
+  ada::ModelInfo info;
+  info.sasrec = c;
+  info.ada = true;
+  info.ada_cfg = a;
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("ada_cuda_retr_" + std::to_string(::getpid()) + ".safetensors"))
+                               .string();
+  ada::save_checkpoint(path, m.params(), info);
+  ada::RetrieverOptions cpu, gpu;
+  cpu.shards = 2;
+  gpu.device = "cuda";
+  gpu.shards = 3;
+  ada::AdaRetriever rc = ada::AdaRetriever::load(path, cpu), rg = ada::AdaRetriever::load(path, gpu);
+  const std::vector<std::vector<ItemId>> seqs = {{3, 17, 42}, {}, {5}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}};
+  const auto want = rc.retrieve_batch(seqs, 40, 3), got = rg.retrieve_batch(seqs, 40, 3);
+  std::filesystem::remove(path);
+  for (size_t b = 0; b < seqs.size(); ++b) {
+    REQUIRE(got[b].size() == want[b].size());
+    for (size_t i = 0; i < got[b].size(); ++i) {
+      INFO("user " << b << " position " << i);
+      REQUIRE(got[b][i].item == want[b][i].item);
+      REQUIRE(got[b][i].score == want[b][i].score);
+      REQUIRE(got[b][i].round == want[b][i].round);
+    }
+  }
 }
