@@ -1,4 +1,5 @@
-// The `ada` command-line tool: train, eval, retrieve, export and demo. Every subcommand has --help. Errors print one line naming file/line/value and exit 1.
+// The `ada` command-line tool: train, eval, retrieve, export and demo. Every subcommand has --help.
+// Errors print one line naming file/line/value and exit 1.
 #include <cblas.h>
 #include <omp.h>
 #include <unistd.h>
