@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdarg>
+#include <iterator>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -82,16 +84,134 @@ cudaError_t set_error(cudaError_t e) {
 }
 
 // ---- device memory ----------------------------------------------------------------------------------
-std::map<uintptr_t, size_t> allocations;  // start -> bytes
+// Live allocations (cudaMalloc, cudaMallocManaged) and, in a quarantine, freed ones: cudaFree does not
+// hand the memory back to malloc at once but refills it with 0xff bytes (poisoned for AddressSanitizer
+// under --sanitize) and keeps it until EMU_FREED_MB (default 256) MiB of newer frees push it out, so a
+// pointer into it (use after free) is named as such instead of passing as host memory.
+struct Alloc {
+  size_t bytes;
+  bool managed;
+  unsigned long serial;  // the n-th allocation
+};
+struct FreedAlloc {
+  size_t bytes;
+  unsigned long serial, free_serial;  // the n-th allocation, the n-th cudaFree
+};
+std::map<uintptr_t, Alloc> allocations;  // start -> allocation
+std::map<uintptr_t, FreedAlloc> freed;   // the quarantine; disjoint from allocations
+std::vector<uintptr_t> freed_order;      // oldest first
+size_t freed_bytes = 0;
+unsigned long n_allocs = 0, n_frees = 0;
+unsigned long n_launches = 0, n_ptr_args = 0, n_null_args = 0;  // checked launches and arguments
+
+// EMU_STATS=1: at exit, how much the pointer checks saw (that they ran at all, for one).
+struct Stats {
+  ~Stats() {
+    if (!std::getenv("EMU_STATS")) return;
+    std::fprintf(stderr,
+                 "cuda-emu: stats: %lu launches checked, %lu pointer arguments (%lu null), %lu device allocations, "
+                 "%lu cudaFree, %zu bytes in the freed quarantine\n",
+                 n_launches, n_ptr_args, n_null_args, n_allocs, n_frees, freed_bytes);
+  }
+} stats;
+
+size_t freed_cap() {
+  static const size_t cap = [] {
+    const char* e = std::getenv("EMU_FREED_MB");
+    return (e ? size_t(std::strtoull(e, nullptr, 10)) : size_t(256)) << 20;
+  }();
+  return cap;
+}
+
+template <class M>
+typename M::const_iterator find_range(const M& m, uintptr_t a) {  // the entry with start <= a < end (or a == start)
+  auto it = m.upper_bound(a);
+  if (it == m.begin()) return m.end();
+  --it;
+  if (a == it->first || a - it->first < it->second.bytes) return it;
+  return m.end();
+}
 
 // The allocation holding [p, p + n), or nullptr.
-const std::pair<const uintptr_t, size_t>* find_alloc(const void* p, size_t n) {
+const std::pair<const uintptr_t, Alloc>* find_alloc(const void* p, size_t n) {
   const uintptr_t a = uintptr_t(p);
   auto it = allocations.upper_bound(a);
   if (it == allocations.begin()) return nullptr;
   --it;
-  if (a >= it->first && a + n <= it->first + std::max<size_t>(it->second, 1)) return &*it;
+  if (a >= it->first && a - it->first <= it->second.bytes && n <= it->second.bytes - (a - it->first)) return &*it;
   return nullptr;
+}
+
+[[noreturn]] void fault(const std::string& msg) {
+  std::fprintf(stderr, "cuda-emu: %s\n", msg.c_str());
+  std::fflush(stderr);
+  std::abort();
+}
+
+std::string fmt(const char* f, ...) __attribute__((format(printf, 1, 2)));
+std::string fmt(const char* f, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, f);
+  std::vsnprintf(buf, sizeof buf, f, ap);
+  va_end(ap);
+  return buf;
+}
+
+enum class Where { Null, Device, Overrun, Freed, Host };
+// What [p, p + n) is: null (n == 0 only), inside a live allocation, starting in one but running past
+// its end, in freed (quarantined) device memory, or host memory. p one past the end of an allocation
+// counts as inside it for n == 0 only.
+Where classify(const void* p, size_t n) {
+  if (!p && n == 0) return Where::Null;
+  if (find_alloc(p, n)) return Where::Device;
+  const uintptr_t a = uintptr_t(p);
+  auto it = allocations.upper_bound(a);
+  if (it != allocations.begin() && a - std::prev(it)->first <= std::prev(it)->second.bytes) return Where::Overrun;
+  if (find_range(freed, a) != freed.end()) return Where::Freed;
+  return Where::Host;
+}
+
+// "0x... (offset o in the allocation #s of b bytes at 0x..., freed by cudaFree #f)" and the like.
+std::string describe(const void* p) {
+  const uintptr_t a = uintptr_t(p);
+  auto it = allocations.upper_bound(a);
+  if (it != allocations.begin() && a - std::prev(it)->first <= std::prev(it)->second.bytes) {
+    --it;
+    return fmt("%p (offset %zu in device allocation #%lu of %zu bytes at %p)", p, size_t(a - it->first),
+               it->second.serial, it->second.bytes, reinterpret_cast<void*>(it->first));
+  }
+  auto f = find_range(freed, a);
+  if (f != freed.end())
+    return fmt("%p (offset %zu in device allocation #%lu of %zu bytes at %p, freed by cudaFree #%lu)", p,
+               size_t(a - f->first), f->second.serial, f->second.bytes, reinterpret_cast<void*>(f->first),
+               f->second.free_serial);
+  return fmt("%p (not inside any live device allocation)", p);
+}
+
+// Aborts unless [p, p + n) is device memory; names api and what.
+void need_device(const char* api, const char* what, const void* p, size_t n) {
+  switch (classify(p, n)) {
+    case Where::Null:
+    case Where::Device: return;
+    case Where::Overrun:
+      fault(fmt("%s: %s [%p, +%zu bytes) runs past the end of its device allocation: %s", api, what, p, n,
+                describe(p).c_str()));
+    case Where::Freed:
+      fault(fmt("%s: %s points into freed device memory (use after cudaFree): %s", api, what, describe(p).c_str()));
+    case Where::Host:
+      fault(fmt("%s: %s is a host pointer, device memory expected: %s", api, what, describe(p).c_str()));
+  }
+}
+// Aborts when p is device memory (live, not managed, or freed).
+void need_host(const char* api, const char* what, const void* p) {
+  const uintptr_t a = uintptr_t(p);
+  auto it = find_range(allocations, a);
+  if (it != allocations.end() && !it->second.managed)
+    fault(fmt("%s: %s is device memory, host memory expected: %s", api, what, describe(p).c_str()));
+  if (it == allocations.end() && find_range(freed, a) != freed.end())
+    fault(fmt("%s: %s points into freed device memory (use after cudaFree), host memory expected: %s", api, what,
+              describe(p).c_str()));
 }
 
 std::map<const void*, int> max_dyn_smem;  // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
@@ -424,7 +544,7 @@ cudaError_t func_set_attribute(const void* f, cudaFuncAttribute a, int v) {
 }
 
 int launch(const LaunchSite& site, const void* func, dim3 g, dim3 b, size_t sm, cudaStream_t,
-           const std::function<void()>& body) {
+           const std::function<void()>& body, const PtrArg* ptrs, int n_ptrs) {
   init_schedule();
   if (cur >= 0) die("kernel launch from device code (%s) is not emulated", site.kernel);
   auto reject = [&](cudaError_t e, const char* why) {
@@ -444,6 +564,19 @@ int launch(const LaunchSite& site, const void* func, dim3 g, dim3 b, size_t sm, 
                                              ? "dynamic shared memory above the device's opt-in limit"
                                              : "dynamic shared memory above 48 KiB without cudaFuncSetAttribute("
                                                "cudaFuncAttributeMaxDynamicSharedMemorySize) for this kernel");
+  // Pointer arguments: a GPU kernel can only dereference device memory; a host pointer or one into
+  // freed device memory is an illegal memory access there (it "works" here, everything is host memory).
+  ++n_launches;
+  for (int i = 0; i < n_ptrs; ++i) {
+    const Where w = classify(ptrs[i].p, 0);
+    ++n_ptr_args;
+    n_null_args += w == Where::Null;
+    if (w == Where::Null || w == Where::Device) continue;
+    fault(fmt("kernel %s (launched at %s:%d): argument #%d %s: %s; on a GPU this is an illegal memory access",
+              site.kernel, site.file, site.line, ptrs[i].index + 1,
+              w == Where::Freed ? "points into freed memory (use after cudaFree)" : "is a host pointer",
+              describe(ptrs[i].p).c_str()));
+  }
   detail::cur_gdim = {g.x, g.y, g.z};
   detail::cur_bdim = {b.x, b.y, b.z};
   // Exactly sm bytes (AddressSanitizer sees an overrun), 256-aligned, refilled with 0xff per block.
@@ -550,49 +683,98 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   return stream_ok(s) ? cudaSuccess : set_error(cudaErrorInvalidResourceHandle);
 }
 
-cudaError_t cudaMalloc(void** p, size_t n) {
+namespace emu {
+void check_device_range(const char* api, const char* what, const void* p, size_t n) { need_device(api, what, p, n); }
+void check_host_pointer(const char* api, const char* what, const void* p) { need_host(api, what, p); }
+}  // namespace emu
+
+namespace {
+cudaError_t device_alloc(void** p, size_t n, bool managed) {
   *p = std::malloc(n ? n : 1);
   if (!*p) return set_error(cudaErrorMemoryAllocation);
   std::memset(*p, 0xff, n);  // uninitialised device memory reads as NaN / -1
-  emu::allocations[uintptr_t(*p)] = n;
+  emu::allocations[uintptr_t(*p)] = emu::Alloc{n, managed, ++emu::n_allocs};
   return cudaSuccess;
-}
-cudaError_t cudaFree(void* p) {
-  if (!p) return cudaSuccess;
-  auto it = emu::allocations.find(uintptr_t(p));
-  if (it == emu::allocations.end()) {
-    std::fprintf(stderr, "cuda-emu: cudaFree(%p): not a cudaMalloc pointer\n", p);
-    return set_error(cudaErrorInvalidDevicePointer);
-  }
-  emu::allocations.erase(it);
-  std::free(p);
-  return cudaSuccess;
-}
-
-namespace {
-bool check_dev(const char* what, const void* p, size_t n) {
-  if (n == 0 || emu::find_alloc(p, n)) return true;
-  std::fprintf(stderr, "cuda-emu: %s: [%p, +%zu) is not inside one cudaMalloc allocation\n", what, p, n);
-  return false;
-}
-bool check_host(const char* what, const void* p, size_t n) {
-  if (n == 0 || !emu::find_alloc(p, 1)) return true;
-  std::fprintf(stderr, "cuda-emu: %s: %p is device memory, expected host memory\n", what, p);
-  return false;
 }
 }  // namespace
 
+cudaError_t cudaMalloc(void** p, size_t n) { return device_alloc(p, n, false); }
+cudaError_t cudaMallocManaged(void** p, size_t n, unsigned flags) {
+  if (flags != cudaMemAttachGlobal && flags != cudaMemAttachHost) return set_error(cudaErrorInvalidValue);
+  return device_alloc(p, n, true);
+}
+// Only the start of a live allocation may be freed: anything else (a second cudaFree of the same
+// pointer, a pointer into an allocation, a host pointer) aborts. The memory goes to the quarantine.
+cudaError_t cudaFree(void* p) {
+  using emu::fault;
+  using emu::fmt;
+  if (!p) return cudaSuccess;
+  auto it = emu::allocations.find(uintptr_t(p));
+  if (it == emu::allocations.end()) {
+    auto f = emu::freed.find(uintptr_t(p));
+    if (f != emu::freed.end())
+      fault(fmt("cudaFree(%p): double free: device allocation #%lu (%zu bytes) was already freed by cudaFree #%lu", p,
+                f->second.serial, f->second.bytes, f->second.free_serial));
+    fault(fmt("cudaFree(%p): not the start of a live device allocation: %s", p, emu::describe(p).c_str()));
+  }
+  const size_t n = it->second.bytes;
+  emu::freed[uintptr_t(p)] = emu::FreedAlloc{n, it->second.serial, ++emu::n_frees};
+  emu::allocations.erase(it);
+  std::memset(p, 0xff, n);  // poisoned: a read through a stale pointer gives NaN / -1
+#ifdef EMU_ASAN
+  __asan_poison_memory_region(p, std::max<size_t>(n, 1));
+#endif
+  emu::freed_order.push_back(uintptr_t(p));
+  emu::freed_bytes += n;
+  // Hand the oldest quarantined blocks back to malloc (from then on a stale pointer into them reads as
+  // a host pointer, or, once the memory is reused by cudaMalloc, goes unnoticed); the newest stays.
+  size_t drop = 0;
+  while (drop + 1 < emu::freed_order.size() && emu::freed_bytes > emu::freed_cap()) {
+    auto q = emu::freed.find(emu::freed_order[drop++]);
+    emu::freed_bytes -= q->second.bytes;
+#ifdef EMU_ASAN
+    __asan_unpoison_memory_region(reinterpret_cast<void*>(q->first), std::max<size_t>(q->second.bytes, 1));
+#endif
+    std::free(reinterpret_cast<void*>(q->first));
+    emu::freed.erase(q);
+  }
+  emu::freed_order.erase(emu::freed_order.begin(), emu::freed_order.begin() + std::ptrdiff_t(drop));
+  return cudaSuccess;
+}
+
+// cudaMemcpy checks the direction against the pointers: the device side must lie inside one live
+// allocation over all n bytes, the host side must not be device memory (managed memory counts as
+// both); a mismatch (a swapped direction, a host pointer where device memory belongs, a stale
+// pointer into freed memory) aborts with the pointer described.
 cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind k) {
-  bool ok = true;
+  using emu::need_device;
+  using emu::need_host;
   switch (k) {
-    case cudaMemcpyHostToDevice: ok = check_dev("cudaMemcpy H2D dst", d, n) && check_host("cudaMemcpy H2D src", s, n); break;
-    case cudaMemcpyDeviceToHost: ok = check_dev("cudaMemcpy D2H src", s, n) && check_host("cudaMemcpy D2H dst", d, n); break;
-    case cudaMemcpyDeviceToDevice: ok = check_dev("cudaMemcpy D2D dst", d, n) && check_dev("cudaMemcpy D2D src", s, n); break;
+    case cudaMemcpyHostToDevice:
+      need_device("cudaMemcpy(HostToDevice)", "the destination", d, n);
+      if (n) need_host("cudaMemcpy(HostToDevice)", "the source", s);
+      break;
+    case cudaMemcpyDeviceToHost:
+      need_device("cudaMemcpy(DeviceToHost)", "the source", s, n);
+      if (n) need_host("cudaMemcpy(DeviceToHost)", "the destination", d);
+      break;
+    case cudaMemcpyDeviceToDevice:
+      need_device("cudaMemcpy(DeviceToDevice)", "the destination", d, n);
+      need_device("cudaMemcpy(DeviceToDevice)", "the source", s, n);
+      break;
     case cudaMemcpyHostToHost:
-    case cudaMemcpyDefault: break;
+      if (n) need_host("cudaMemcpy(HostToHost)", "the destination", d);
+      if (n) need_host("cudaMemcpy(HostToHost)", "the source", s);
+      break;
+    case cudaMemcpyDefault:  // inferred from the pointers (UVA): only the device side's bounds are checked
+      for (auto [what, p] : {std::pair<const char*, const void*>{"the destination", d}, {"the source", s}}) {
+        if (!n) break;
+        const emu::Where w = emu::classify(p, 1);
+        if (w != emu::Where::Host) need_device("cudaMemcpy(Default)", what, p, n);
+      }
+      break;
     default: return set_error(cudaErrorInvalidMemcpyDirection);
   }
-  if (!ok) return set_error(cudaErrorInvalidValue);
   if (n) std::memmove(d, s, n);
   return cudaSuccess;
 }
@@ -601,7 +783,7 @@ cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, 
   return cudaMemcpy(d, s, n, k);
 }
 cudaError_t cudaMemset(void* p, int v, size_t n) {
-  if (!check_dev("cudaMemset", p, n)) return set_error(cudaErrorInvalidValue);
+  emu::need_device("cudaMemset", "the destination", p, n);
   if (n) std::memset(p, v, n);
   return cudaSuccess;
 }

@@ -33,6 +33,19 @@ inline cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOp
   if (m < 0 || n < 0 || k < 0 || lda < (rows_a > 1 ? rows_a : 1) || ldb < (rows_b > 1 ? rows_b : 1) ||
       ldc < (m > 1 ? m : 1))
     return CUBLAS_STATUS_INVALID_VALUE;
+  // The pointers a GPU would dereference: alpha and beta on the host (CUBLAS_POINTER_MODE_HOST, the
+  // only mode emulated), A, B and C in device memory over the whole extent the call reads or writes
+  // (a host pointer or one into freed device memory is an illegal address on a GPU).
+  emu::check_host_pointer("cublasSgemm", "alpha", alpha);
+  emu::check_host_pointer("cublasSgemm", "beta", beta);
+  if (m > 0 && n > 0) {
+    auto extent = [](int rows, int cols, int ld) { return (size_t(ld) * size_t(cols - 1) + size_t(rows)) * sizeof(float); };
+    if (k > 0) {
+      emu::check_device_range("cublasSgemm", "A", A, extent(rows_a, ta == CUBLAS_OP_N ? k : m, lda));
+      emu::check_device_range("cublasSgemm", "B", B, extent(rows_b, tb == CUBLAS_OP_N ? n : k, ldb));
+    }
+    emu::check_device_range("cublasSgemm", "C", C, extent(m, n, ldc));
+  }
   for (int j = 0; j < n; ++j)
     for (int i = 0; i < m; ++i) {
       double s = 0;

@@ -69,10 +69,31 @@ struct LaunchSite {
   const char* file;
   int line;
 };
+// A pointer-typed kernel argument (after conversion to the kernel's parameter type) and its
+// position (0-based) in the argument list.
+struct PtrArg {
+  int index;
+  const void* p;
+};
 // Runs body for every thread of every block; returns a cudaError_t value (0: ran). A rejected
-// launch (bad configuration, too much shared memory) does not run and sets the last error.
+// launch (bad configuration, too much shared memory) does not run and sets the last error. A launch
+// that passes the configuration checks then checks its pointer arguments (ptrs[0..n_ptrs)): each must
+// be null or point into a live device allocation (one past its end included), else the run aborts
+// (a host pointer or a pointer into freed device memory is an illegal memory access on a GPU).
 int launch(const LaunchSite& site, const void* func, dim3 g, dim3 b, size_t smem, cudaStream_t s,
-           const std::function<void()>& body);
+           const std::function<void()>& body, const PtrArg* ptrs = nullptr, int n_ptrs = 0);
+
+template <class T>
+constexpr bool is_data_pointer_v = std::is_pointer_v<T> && !std::is_function_v<std::remove_pointer_t<T>>;
+template <class Tuple, size_t... I>
+int collect_pointer_args(const Tuple& t, PtrArg* out, std::index_sequence<I...>) {
+  int n = 0;
+  auto note = [&](int i, const auto& v) {
+    if constexpr (is_data_pointer_v<std::decay_t<decltype(v)>>) out[n++] = PtrArg{i, (const void*)(v)};
+  };
+  (note(int(I), std::get<I>(t)), ...);
+  return n;
+}
 
 // What rewrite.py puts in place of kernel<<<g, b, smem, stream>>>(args...): the arguments are
 // converted to the kernel's parameter types at launch (by value, as CUDA copies them).
@@ -87,7 +108,10 @@ struct Launcher {
   void run(void (*f)(P...), A&&... a) {
     static_assert(sizeof...(P) == sizeof...(A), "kernel launch: wrong number of arguments");
     std::tuple<std::decay_t<P>...> args(std::forward<A>(a)...);
-    launch(site, reinterpret_cast<const void*>(f), g, b, smem, stream, [f, &args]() { std::apply(f, args); });
+    PtrArg ptrs[sizeof...(P) + 1];
+    const int n_ptrs = collect_pointer_args(args, ptrs, std::index_sequence_for<P...>{});
+    launch(site, reinterpret_cast<const void*>(f), g, b, smem, stream, [f, &args]() { std::apply(f, args); }, ptrs,
+           n_ptrs);
   }
 };
 

@@ -78,6 +78,14 @@ template <class T>
 cudaError_t cudaMalloc(T** p, size_t n) {
   return cudaMalloc(reinterpret_cast<void**>(p), n);
 }
+#define cudaMemAttachGlobal 0x01
+#define cudaMemAttachHost 0x02
+// Managed memory: a device allocation that host code may also read and write.
+cudaError_t cudaMallocManaged(void** p, size_t n, unsigned flags = cudaMemAttachGlobal);
+template <class T>
+cudaError_t cudaMallocManaged(T** p, size_t n, unsigned flags = cudaMemAttachGlobal) {
+  return cudaMallocManaged(reinterpret_cast<void**>(p), n, flags);
+}
 cudaError_t cudaFree(void* p);
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind k);
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind k, cudaStream_t s = nullptr);
@@ -86,6 +94,11 @@ cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t s = nullptr);
 
 namespace emu {
 cudaError_t func_set_attribute(const void* f, cudaFuncAttribute a, int v);
+// For the emulated libraries (cublas_v2.h): aborts with a fault naming api and what unless
+// [p, p + n) lies inside one live device allocation (n == 0: p null or inside one, one past its end
+// included) / unless p is not device memory (live or freed).
+void check_device_range(const char* api, const char* what, const void* p, size_t n);
+void check_host_pointer(const char* api, const char* what, const void* p);
 }
 template <class F>
 cudaError_t cudaFuncSetAttribute(F* f, cudaFuncAttribute a, int v) {

@@ -1,0 +1,160 @@
+// The emulator's self-test of its pointer checks (tools/cuda-emu/README.md), run by
+// `scripts/cuda-emu --selftest`: rewritten by rewrite.py like kernels/*.cu, then run once per case.
+//   selftest ok      correct uses (device, managed, null and one-past-the-end pointers): exits 0
+//   selftest CASE    one deliberate mistake: the emulator must abort with the expected fault, which
+//                    scripts/cuda-emu checks in the output (list: `selftest --list`, CASE<TAB>text)
+#include <cublas_v2.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+__global__ void k_axpy(float* y, const float* x, int n, float a) {
+  const int i = int(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i < n) y[i] += a * x[i];
+}
+
+namespace {
+
+constexpr int kN = 64;
+
+struct Case {
+  const char* name;
+  const char* expect;  // a substring of the fault
+};
+const Case kCases[] = {
+    {"host_arg", "argument #2 is a host pointer"},
+    {"stack_arg", "argument #1 is a host pointer"},
+    {"freed_arg", "argument #2 points into freed memory"},
+    {"memcpy_h2d_host_dst", "cudaMemcpy(HostToDevice): the destination is a host pointer"},
+    {"memcpy_h2d_device_src", "cudaMemcpy(HostToDevice): the source is device memory"},
+    {"memcpy_swapped", "cudaMemcpy(DeviceToHost): the source is a host pointer"},
+    {"memcpy_d2d_host_src", "cudaMemcpy(DeviceToDevice): the source is a host pointer"},
+    {"memcpy_overrun", "runs past the end of its device allocation"},
+    {"memcpy_freed", "cudaMemcpy(DeviceToHost): the source points into freed device memory"},
+    {"memset_host", "cudaMemset: the destination is a host pointer"},
+    {"double_free", "double free"},
+    {"free_interior", "not the start of a live device allocation"},
+    {"sgemm_host_a", "cublasSgemm: A is a host pointer"},
+    {"sgemm_freed_c", "cublasSgemm: C points into freed device memory"},
+    {"sgemm_device_alpha", "cublasSgemm: alpha is device memory"},
+};
+
+#define CHECK(x)                                                         \
+  do {                                                                   \
+    if (!(x)) {                                                          \
+      std::fprintf(stderr, "selftest: check failed at line %d: %s\n", __LINE__, #x); \
+      return 1;                                                          \
+    }                                                                    \
+  } while (0)
+
+float* dev(int n = kN) {
+  float* p = nullptr;
+  cudaMalloc(&p, sizeof(float) * size_t(n));
+  return p;
+}
+
+int ok_case() {
+  std::vector<float> hx(kN), hy(kN, 1.0f), out(kN);
+  for (int i = 0; i < kN; ++i) hx[size_t(i)] = float(i);
+  float *x = dev(), *y = dev();
+  CHECK(cudaMemcpy(x, hx.data(), sizeof(float) * kN, cudaMemcpyHostToDevice) == cudaSuccess);
+  CHECK(cudaMemcpyAsync(y, hy.data(), sizeof(float) * kN, cudaMemcpyHostToDevice, nullptr) == cudaSuccess);
+  k_axpy<<<2, 32>>>(y, x, kN, 2.0f);
+  k_axpy<<<1, 32>>>(y + kN, x + kN, 0, 1.0f);  // one past the end, nothing accessed: allowed
+  k_axpy<<<1, 32>>>(y, nullptr, 0, 1.0f);      // null: allowed
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK(cudaMemcpy(out.data(), y, sizeof(float) * kN, cudaMemcpyDeviceToHost) == cudaSuccess);
+  for (int i = 0; i < kN; ++i) CHECK(out[size_t(i)] == 1.0f + 2.0f * float(i));
+  CHECK(cudaMemcpy(x, y, sizeof(float) * kN, cudaMemcpyDeviceToDevice) == cudaSuccess);
+  CHECK(cudaMemcpy(x, hx.data(), 0, cudaMemcpyHostToDevice) == cudaSuccess);  // empty copy
+  // Managed memory: written by the host, read by a kernel, a valid H2D source.
+  float* m = nullptr;
+  CHECK(cudaMallocManaged(&m, sizeof(float) * kN) == cudaSuccess);
+  for (int i = 0; i < kN; ++i) m[i] = 1.0f;
+  k_axpy<<<2, 32>>>(m, x, kN, 1.0f);
+  CHECK(m[3] == 1.0f + 7.0f);
+  CHECK(cudaMemcpy(y, m, sizeof(float) * kN, cudaMemcpyHostToDevice) == cudaSuccess);
+  // cuBLAS: device A, B, C, host alpha and beta.
+  cublasHandle_t h;
+  CHECK(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS);
+  const float one = 1.0f, zero = 0.0f;
+  float* c = dev(16);
+  CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 16, &one, x, 4, y, 16, &zero, c, 4) == CUBLAS_STATUS_SUCCESS);
+  cublasDestroy(h);
+  // Freed memory is poisoned (0xff bytes) and stays reserved in the quarantine.
+  CHECK(cudaFree(x) == cudaSuccess);
+#if !defined(__SANITIZE_ADDRESS__)  // under AddressSanitizer it is also poisoned for reads
+  unsigned char b[4];
+  std::memcpy(b, x, 4);
+  CHECK(b[0] == 0xff && b[3] == 0xff);
+#endif
+  CHECK(cudaFree(y) == cudaSuccess && cudaFree(m) == cudaSuccess && cudaFree(c) == cudaSuccess);
+  CHECK(cudaFree(nullptr) == cudaSuccess);
+  std::printf("selftest ok: correct uses pass\n");
+  return 0;
+}
+
+// Each returns only if the emulator failed to catch the mistake.
+void bad_case(const std::string& c) {
+  std::vector<float> h(kN, 1.0f);
+  float* x = dev();
+  float* y = dev();
+  cublasHandle_t bh;
+  cublasCreate(&bh);
+  const float one = 1.0f;
+  if (c == "host_arg") k_axpy<<<1, 32>>>(y, h.data(), kN, 1.0f);
+  if (c == "stack_arg") {
+    float local[kN] = {};
+    k_axpy<<<1, 32>>>(local, x, kN, 1.0f);
+  }
+  if (c == "freed_arg") {
+    cudaFree(x);
+    k_axpy<<<1, 32>>>(y, x + 3, kN - 3, 1.0f);
+  }
+  if (c == "memcpy_h2d_host_dst") cudaMemcpy(h.data(), h.data() + 1, 4, cudaMemcpyHostToDevice);
+  if (c == "memcpy_h2d_device_src") cudaMemcpy(x, y, 4, cudaMemcpyHostToDevice);
+  if (c == "memcpy_swapped") cudaMemcpy(x, h.data(), sizeof(float) * kN, cudaMemcpyDeviceToHost);
+  if (c == "memcpy_d2d_host_src") cudaMemcpyAsync(x, h.data(), 4, cudaMemcpyDeviceToDevice, nullptr);
+  if (c == "memcpy_overrun") cudaMemcpy(x, h.data(), sizeof(float) * (kN + 1), cudaMemcpyHostToDevice);
+  if (c == "memcpy_freed") {
+    cudaFree(y);
+    cudaMemcpy(h.data(), y, 4, cudaMemcpyDeviceToHost);
+  }
+  if (c == "memset_host") cudaMemset(h.data(), 0, 4);
+  if (c == "double_free") {
+    cudaFree(x);
+    cudaFree(x);
+  }
+  if (c == "free_interior") cudaFree(x + 1);
+  if (c == "sgemm_host_a") cublasSgemm(bh, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, h.data(), 4, x, 4, &one, y, 4);
+  if (c == "sgemm_freed_c") {
+    cudaFree(y);
+    cublasSgemm(bh, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, &one, x, 4, x, 4, &one, y, 4);
+  }
+  if (c == "sgemm_device_alpha") {
+    cudaMemcpy(y, h.data(), 4, cudaMemcpyHostToDevice);
+    cublasSgemm(bh, CUBLAS_OP_N, CUBLAS_OP_N, 4, 4, 4, y, x, 4, x, 4, &one, x + 16, 4);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string c = argc > 1 ? argv[1] : "";
+  if (c == "ok") return ok_case();
+  if (c == "--list") {
+    for (const Case& k : kCases) std::printf("%s\t%s\n", k.name, k.expect);
+    return 0;
+  }
+  bool known = false;
+  for (const Case& k : kCases) known = known || c == k.name;
+  if (!known) {
+    std::fprintf(stderr, "selftest: unknown case '%s' (ok, --list, or a case of the list)\n", c.c_str());
+    return 2;
+  }
+  bad_case(c);
+  std::printf("selftest: case %s ran to the end: the emulator did NOT catch the mistake\n", c.c_str());
+  return 1;
+}
