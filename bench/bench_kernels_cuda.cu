@@ -22,18 +22,13 @@
 #include "ada/cuda_backend.hpp"
 #include "ada/device.hpp"
 
+#include "bench/cuda_bench_util.cuh"
+
 namespace {
 
-using ada::DeviceArray;
+using ada_bench::Timer;
 
-#define CK(x)                                                                                  \
-  do {                                                                                         \
-    cudaError_t e_ = (x);                                                                      \
-    if (e_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::abort();                                                                            \
-    }                                                                                          \
-  } while (0)
+using ada::DeviceArray;
 
 constexpr int64_t kB = 1024, kD = 64, kL = 50, kHeads = 16, kInner = 512, kCand = 101;
 constexpr int64_t kK = 20, kBlocks = 4 * kB, kNc = 80;
@@ -73,26 +68,6 @@ const Jagged& batch() {
   }();
   return j;
 }
-
-struct Timer {
-  cudaEvent_t a, b;
-  Timer() {
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-  }
-  ~Timer() {
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-  }
-  void start() { CK(cudaEventRecord(a)); }  // legacy stream: orders with the backend's blocking stream
-  double stop() {
-    CK(cudaEventRecord(b));
-    CK(cudaEventSynchronize(b));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    return ms / 1e3;
-  }
-};
 
 ada::Backend<float>* backend(benchmark::State& st) {
   static std::unique_ptr<ada::Backend<float>> be;

@@ -32,16 +32,11 @@
 
 #include "kernels/topk.cuh"
 
+#include "bench/cuda_bench_util.cuh"
+
 namespace {
 
-#define CK(x)                                                                                  \
-  do {                                                                                         \
-    cudaError_t e_ = (x);                                                                      \
-    if (e_ != cudaSuccess) {                                                                   \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-      std::abort();                                                                            \
-    }                                                                                          \
-  } while (0)
+using ada_bench::Timer;
 
 constexpr int kExcludedPerRow = 50;
 
@@ -169,26 +164,6 @@ Data& data(int64_t N, int D) {
   CK(cudaDeviceSynchronize());
   return d;
 }
-
-struct Timer {
-  cudaEvent_t a, b;
-  Timer() {
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-  }
-  ~Timer() {
-    cudaEventDestroy(a);
-    cudaEventDestroy(b);
-  }
-  void start() { CK(cudaEventRecord(a)); }
-  double stop() {
-    CK(cudaEventRecord(b));
-    CK(cudaEventSynchronize(b));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    return ms / 1e3;
-  }
-};
 
 void counters(benchmark::State& st, int64_t B, int64_t N, int D) {
   st.SetItemsProcessed(int64_t(st.iterations()) * B);
