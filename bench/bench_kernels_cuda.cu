@@ -21,7 +21,6 @@
 #include "ada/backend.hpp"
 #include "ada/cuda_backend.hpp"
 #include "ada/device.hpp"
-
 #include "bench/cuda_bench_util.cuh"
 
 namespace {

@@ -31,7 +31,6 @@
 #include <vector>
 
 #include "kernels/topk.cuh"
-
 #include "bench/cuda_bench_util.cuh"
 
 namespace {
