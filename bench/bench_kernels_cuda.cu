@@ -5,8 +5,8 @@
 //   BM_filter_fwd_baseline_cufft  the same filter through cuFFT: transpose [R,K,D] -> [R,D,K], batched
 //                               R2C, complex multiply by W, C2R, scale 1/K and transpose back
 //
-// Shapes: about 13.8k tokens per batch (Beauty-like history lengths, 15% empty histories that keep
-// all 50 padding tokens), 16 heads of 4, inner 512, 101 sampled items per sample; Ada round 4: four
+// Shapes: 1,024 sequences, about 15% of them empty histories that keep all 50 padding tokens and
+// the rest 1-20 items (BM_attention_fwd's "tokens" counter gives the count), 16 heads of 4, inner 512, 101 sampled items per sample; Ada round 4: four
 // earlier blocks of K = 20 context items per sample (R = 4096 blocks), Nc = 80 context rows.
 // Inputs are random; only the time matters here (tests/cuda_backend_ops.cpp checks the values).
 #include <benchmark/benchmark.h>

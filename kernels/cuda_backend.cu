@@ -261,15 +261,7 @@ __global__ void k_attn_fwd(float* out, float* probs, const float* q, const float
       ph[j] = sc;
       mx = fmaxf(mx, sc);
     }
-    mx = warp_max(mx);
-    float sum = 0.f;
-    for (int64_t j = lane; j < nk; j += 32) {
-      const float e = expf(ph[j] - mx);
-      ph[j] = e;
-      sum += e;
-    }
-    const float inv = 1.f / warp_sum(sum);
-    for (int64_t j = lane; j < nk; j += 32) ph[j] *= inv;
+    warp_softmax_own(ph, nk, lane, mx);
     float* oh = out + qrow * W + int64_t(h) * a.hd;
     for (int d0 = 0; d0 < a.hd; d0 += kChunk) {
       float acc[kChunk];
@@ -614,15 +606,7 @@ __global__ void k_ctx_fwd(float* out, float* probs, const float* X, const float*
       p[j] = sc;
       mx = fmaxf(mx, sc);
     }
-    mx = warp_max(mx);
-    float sum = 0.f;
-    for (int64_t j = lane; j < Nc; j += 32) {
-      const float e = expf(p[j] - mx);
-      p[j] = e;
-      sum += e;
-    }
-    const float inv = 1.f / warp_sum(sum);
-    for (int64_t j = lane; j < Nc; j += 32) p[j] *= inv;
+    warp_softmax_own(p, Nc, lane, mx);
     __syncwarp();
     for (int64_t d = lane; d < D; d += 32) {
       float o = 0.f;

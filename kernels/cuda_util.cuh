@@ -58,5 +58,20 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// Softmax in place over p[0..n) by one warp: lane l owns the entries l, l + 32, ... (it wrote them
+// and lane_max is its maximum of them) and touches only those; sync the warp before lanes read
+// each other's entries.
+__device__ __forceinline__ void warp_softmax_own(float* p, int64_t n, int lane, float lane_max) {
+  const float mx = warp_max(lane_max);
+  float sum = 0.f;
+  for (int64_t j = lane; j < n; j += 32) {
+    const float e = expf(p[j] - mx);
+    p[j] = e;
+    sum += e;
+  }
+  const float inv = 1.f / warp_sum(sum);
+  for (int64_t j = lane; j < n; j += 32) p[j] *= inv;
+}
+
 }  // namespace cuda
 }  // namespace ada
