@@ -298,7 +298,7 @@ void BM_adam_update(benchmark::State& st) {  // Ada-SASRec on Beauty: about 1.01
   st.SetBytesProcessed(int64_t(st.iterations()) * n * 4 * int64_t(sizeof(float)));
 }
 
-#define ADA_KERNEL_BENCH(fn) BENCHMARK(fn)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05)
+#define ADA_KERNEL_BENCH(fn) BENCHMARK(fn)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05)->MinWarmUpTime(0.01)
 ADA_KERNEL_BENCH(BM_attention_fwd);
 ADA_KERNEL_BENCH(BM_attention_bwd);
 ADA_KERNEL_BENCH(BM_layernorm_fwd_bwd);

@@ -315,7 +315,7 @@ bool is_acceptance_case(int64_t B, int64_t N, int64_t k) {
 
 void acceptance_cases(benchmark::internal::Benchmark* b) {
   b->Args({1024, 1000000, 100})->Args({1024, 12101, 100})->Args({1, 1000000, 100});
-  b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
+  b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05)->MinWarmUpTime(0.01);
 }
 
 void other_cases(benchmark::internal::Benchmark* b) {
@@ -323,7 +323,7 @@ void other_cases(benchmark::internal::Benchmark* b) {
     for (int64_t N : {12101, 1000000, 10000000})
       for (int64_t k : {20, 100, 1000})
         if (!is_acceptance_case(B, N, k)) b->Args({B, N, k});
-  b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05);
+  b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05)->MinWarmUpTime(0.01);
 }
 
 BENCHMARK(BM_topk)->Apply(acceptance_cases);
@@ -339,7 +339,7 @@ BENCHMARK(BM_topk_d)
     ->Args({1024, 1000000, 100, 128})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond)
-    ->MinTime(0.05);
+    ->MinTime(0.05)->MinWarmUpTime(0.01);
 
 }  // namespace
 

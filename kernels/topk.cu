@@ -18,10 +18,11 @@ namespace ada {
 namespace cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kTile = 128;               // items per tile: kThreads / kTile = 2 query groups
-constexpr int kNoId = 0x7fffffff;        // sentinel id, after every real id
-constexpr int kMergeThreads = 256;
+constexpr int kThreads = 256;        // kernel 1 blocks
+constexpr int kSelectThreads = 256;  // kernel 2 blocks
+constexpr int kNoId = 0x7fffffff;    // sentinel id, after every real id
+constexpr int kMaxGroups = 4096;     // groups per query at most (kernel 2 holds a row's bounds in shared memory)
+constexpr size_t kWorkspaceLimit = size_t(1) << 30;  // bounds per call; larger batches go in slices
 
 __device__ __forceinline__ float order_key(float s) { return s == s ? s : -INFINITY; }
 
@@ -29,6 +30,15 @@ __device__ __forceinline__ float order_key(float s) { return s == s ? s : -INFIN
 __device__ __forceinline__ bool before(float sa, int a, float sb, int b) {
   const float ka = order_key(sa), kb = order_key(sb);
   return ka > kb || (ka == kb && a < b);
+}
+
+// A NaN-free score as an unsigned key with the same order (-0 and +0 are one key, as they compare equal).
+__device__ __forceinline__ uint32_t ordered_bits(float key) {
+  const uint32_t u = __float_as_uint(key + 0.0f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+__device__ __forceinline__ float from_ordered_bits(uint32_t o) {
+  return __uint_as_float((o & 0x80000000u) ? (o & 0x7fffffffu) : ~o);
 }
 
 __device__ __forceinline__ bool is_excluded(const int32_t* __restrict__ ids, int64_t b, int64_t e, int x) {
@@ -44,12 +54,12 @@ __device__ __forceinline__ bool is_excluded(const int32_t* __restrict__ ids, int
   return false;
 }
 
-// Sorts cap (a power of two) entries best first; every thread of the block takes part. Ends with a
+// Sorts n (a power of two) entries best first; every thread of the block takes part. Ends with a
 // barrier.
-__device__ void bitonic_sort(float* s, int* id, int cap) {
-  for (int size = 2; size <= cap; size <<= 1) {
+__device__ void bitonic_sort(float* s, int* id, int n) {
+  for (int size = 2; size <= n; size <<= 1) {
     for (int stride = size >> 1; stride > 0; stride >>= 1) {
-      for (int i = threadIdx.x; i < cap / 2; i += blockDim.x) {
+      for (int i = threadIdx.x; i < n / 2; i += blockDim.x) {
         const int lo = 2 * i - (i & (stride - 1));
         const int hi = lo + stride;
         const bool best_first = (lo & size) == 0;
@@ -68,199 +78,167 @@ __device__ void bitonic_sort(float* s, int* id, int cap) {
   }
 }
 
-// Per-query candidate buffers in shared memory.
-struct Buffers {
-  float* s;     // [queries][cap]
-  int* id;      // [queries][cap]
-  int* cnt;     // [queries]
-  float* thr_s; // [queries]: the k-th best kept so far (sentinel until k are kept)
-  int* thr_id;  // [queries]
+// A candidate buffer in shared memory with a running threshold (the k-th best kept so far).
+struct Buffer {
+  float* s;      // [cap]
+  int* id;       // [cap]
+  int* cnt;      // appended so far
+  float* thr_s;  // entries must come before (thr_s, thr_id) to be appended
+  int* thr_id;
   int cap;
 };
 
-// Sorts query q's buffer and keeps its best min(count, k). Must be called by every thread, right
-// after a barrier that follows the last append. Ends with a barrier.
-__device__ void compact(const Buffers& bf, int q, int k) {
-  float* s = bf.s + size_t(q) * bf.cap;
-  int* id = bf.id + size_t(q) * bf.cap;
-  const int c = bf.cnt[q];
-  for (int i = c + threadIdx.x; i < bf.cap; i += blockDim.x) {
-    s[i] = -INFINITY;
-    id[i] = kNoId;
-  }
-  __syncthreads();
-  bitonic_sort(s, id, bf.cap);  // its barriers also order every thread's read of cnt[q] above
-  if (threadIdx.x == 0) {
-    const int kept = c < k ? c : k;
-    bf.cnt[q] = kept;
-    if (kept == k) {
-      bf.thr_s[q] = s[k - 1];
-      bf.thr_id[q] = id[k - 1];
-    }
-  }
-  __syncthreads();
+__host__ __device__ constexpr size_t buffer_bytes(int cap) {
+  return size_t(cap) * (sizeof(float) + sizeof(int)) + 3 * sizeof(int);
 }
 
-__device__ __forceinline__ void offer(const Buffers& bf, int q, float s, int id) {
-  if (before(s, id, bf.thr_s[q], bf.thr_id[q])) {
-    const int pos = atomicAdd(&bf.cnt[q], 1);
-    bf.s[size_t(q) * bf.cap + pos] = s;
-    bf.id[size_t(q) * bf.cap + pos] = id;
-  }
-}
-
-__device__ Buffers carve(unsigned char* base, int queries, int cap) {
-  Buffers bf;
+__device__ Buffer carve(unsigned char* base, int cap) {
+  Buffer bf;
   bf.cap = cap;
   bf.s = reinterpret_cast<float*>(base);
-  bf.id = reinterpret_cast<int*>(bf.s + size_t(queries) * cap);
-  bf.cnt = bf.id + size_t(queries) * cap;
-  bf.thr_s = reinterpret_cast<float*>(bf.cnt + queries);
-  bf.thr_id = reinterpret_cast<int*>(bf.thr_s + queries);
+  bf.id = reinterpret_cast<int*>(bf.s + cap);
+  bf.cnt = bf.id + cap;
+  bf.thr_s = reinterpret_cast<float*>(bf.cnt + 1);
+  bf.thr_id = reinterpret_cast<int*>(bf.thr_s + 1);
   return bf;
 }
 
-__host__ __device__ constexpr size_t buffer_bytes(int queries, int cap) {
-  return size_t(queries) * cap * (sizeof(float) + sizeof(int)) + size_t(queries) * 3 * sizeof(int);
-}
-
-// Items that beat query q's threshold and are not excluded go into its buffer.
-__device__ __forceinline__ void offer_item(const Buffers& bf, int q, float s, int gid, const int64_t* __restrict__ ex_off,
-                                           const int32_t* __restrict__ ex_ids, int row) {
-  if (before(s, gid, bf.thr_s[q], bf.thr_id[q]) && !is_excluded(ex_ids, ex_off[row], ex_off[row + 1], gid))
-    offer(bf, q, s, gid);
-}
-
-// After the last tile's barrier: before each tile a buffer may take up to `tile` appends.
-__device__ __forceinline__ void compact_full(const Buffers& bf, int nq, int k, int tile) {
-  for (int q = 0; q < nq; ++q)
-    if (bf.cnt[q] > bf.cap - tile) compact(bf, q, k);
-}
-
-// The end of a chunk: each query's best min(count, k), best first, into the chunk's partial list.
-__device__ void finish_chunk(const Buffers& bf, int nq, int q0, int chunk, int n_chunks, int k,
-                             float* __restrict__ part_s, int32_t* __restrict__ part_i, int32_t* __restrict__ part_c) {
-  __syncthreads();  // publishes the last appends (and the initial counts of a block that saw no tile)
-  for (int q = 0; q < nq; ++q) {
-    compact(bf, q, k);
-    const int kept = bf.cnt[q];
-    const int64_t row = int64_t(q0 + q) * n_chunks + chunk;
-    for (int i = threadIdx.x; i < k; i += blockDim.x) {
-      part_s[row * k + i] = i < kept ? bf.s[size_t(q) * bf.cap + i] : -INFINITY;
-      part_i[row * k + i] = i < kept ? bf.id[size_t(q) * bf.cap + i] : -1;
+// Sorts the buffer (its first power of two >= count entries) and keeps its best min(count, k); from k
+// kept on, the k-th becomes the threshold. Must be called by every thread, right after a barrier
+// that follows the last append. Ends with a barrier.
+__device__ void compact(const Buffer& bf, int k) {
+  const int c = *bf.cnt;
+  int n = 1;
+  while (n < c) n <<= 1;
+  for (int i = c + threadIdx.x; i < n; i += blockDim.x) {
+    bf.s[i] = -INFINITY;
+    bf.id[i] = kNoId;
+  }
+  __syncthreads();
+  bitonic_sort(bf.s, bf.id, n);  // its barriers also order every thread's read of cnt above
+  if (threadIdx.x == 0) {
+    const int kept = c < k ? c : k;
+    *bf.cnt = kept;
+    if (kept == k) {
+      *bf.thr_s = bf.s[k - 1];
+      *bf.thr_id = bf.id[k - 1];
     }
-    if (threadIdx.x == 0) part_c[row] = kept;
   }
+  __syncthreads();
 }
 
-__device__ __forceinline__ void init_buffers(const Buffers& bf, int queries) {
-  for (int q = threadIdx.x; q < queries; q += blockDim.x) {
-    bf.cnt[q] = 0;
-    bf.thr_s[q] = -INFINITY;
-    bf.thr_id[q] = kNoId;
-  }
-}
-
-// Kernel 1. Block (x = query group, y = item chunk). Thread t scores item (t % kTile) of each tile
-// against queries (t / kTile) * QPT .. + QPT of the group.
-template <int QPT>
-__global__ void __launch_bounds__(kThreads)
-score_select_kernel(const float* __restrict__ U, int B, int D, const float* __restrict__ E,
-                    const float* __restrict__ bias, int64_t lo, int64_t n, int64_t chunk_items, int k, int cap,
-                    const int64_t* __restrict__ ex_off, const int32_t* __restrict__ ex_ids,
-                    float* __restrict__ part_s, int32_t* __restrict__ part_i, int32_t* __restrict__ part_c,
-                    int n_chunks) {
-  constexpr int QB = 2 * QPT;
-  extern __shared__ __align__(16) unsigned char smem[];
-  float* qs = reinterpret_cast<float*>(smem);  // [QB][D]
-  float* es = qs + QB * D;                     // [kTile][D + 1] (padded: conflict-free column reads)
-  const Buffers bf = carve(reinterpret_cast<unsigned char*>(es + kTile * (D + 1)), QB, cap);
-
-  const int q0 = blockIdx.x * QB;
-  const int nq = min(QB, B - q0);
-  const int chunk = blockIdx.y;
-  const int64_t c_begin = int64_t(chunk) * chunk_items;
-  const int64_t c_end = min(n, c_begin + chunk_items);
-
-  for (int i = threadIdx.x; i < QB * D; i += blockDim.x) {
-    const int q = i / D;
-    qs[i] = q < nq ? U[int64_t(q0 + q) * D + (i - q * D)] : 0.0f;
-  }
-  init_buffers(bf, QB);  // (the first tile's barrier below publishes these)
-
-  const int item = threadIdx.x % kTile;
-  const int qg = threadIdx.x / kTile;
-  const float* qrow = qs + qg * QPT * D;
-  for (int64_t t0 = c_begin; t0 < c_end; t0 += kTile) {
-    const int tile_n = c_end - t0 < kTile ? int(c_end - t0) : kTile;
-    const float* src = E + t0 * D;  // tile rows are contiguous
-    for (int i = threadIdx.x; i < tile_n * D; i += blockDim.x) {
-      const int r = i / D;
-      es[r * (D + 1) + (i - r * D)] = src[i];
-    }
+// After a round of at most blockDim.x appends per thread block: compacts when the next round might
+// not fit. Every thread reads cnt here and takes the same branch; the barrier on both paths keeps the
+// next round's appends after every thread's read.
+__device__ __forceinline__ void end_round(const Buffer& bf, int k) {
+  if (*bf.cnt > bf.cap - int(blockDim.x))
+    compact(bf, k);
+  else
     __syncthreads();
-    if (item < tile_n) {
-      float acc[QPT];
-#pragma unroll
-      for (int j = 0; j < QPT; ++j) acc[j] = 0.0f;
-      const float* er = es + item * (D + 1);
-      for (int d = 0; d < D; ++d) {
-        const float ev = er[d];
-#pragma unroll
-        for (int j = 0; j < QPT; ++j) acc[j] = fmaf(qrow[j * D + d], ev, acc[j]);
-      }
-      const int64_t local = t0 + item;
-      const int gid = int(lo + local);
-      if (gid != 0) {
-        const float b = bias ? bias[local] : 0.0f;
-#pragma unroll
-        for (int j = 0; j < QPT; ++j) {
-          const int q = qg * QPT + j;
-          if (q < nq) offer_item(bf, q, acc[j] + b, gid, ex_off, ex_ids, q0 + q);
-        }
-      }
-    }
-    __syncthreads();
-    compact_full(bf, nq, k, kTile);  // room for the next tile: at most kTile appends per query
-  }
-  finish_chunk(bf, nq, q0, chunk, n_chunks, k, part_s, part_i, part_c);
 }
 
-// Kernel 1, register-tiled (batches of 16 queries or more). A block takes QB = 16 * QPT queries; a
-// thread computes a QPT x 8 tile of scores (queries tq*QPT.., items ti*8..) per 128-item tile, with
-// the queries and the items transposed in shared memory ([D][QB] and [D][132]) so each step over d
-// is one vector load of queries and two of items for 8 * QPT fmas. Same arithmetic as kernel 1 (fmaf
-// over d in order from 0, then + bias), so the two give identical lists.
+__device__ __forceinline__ void offer(const Buffer& bf, float s, int id) {
+  if (before(s, id, *bf.thr_s, *bf.thr_id)) {
+    const int pos = atomicAdd(bf.cnt, 1);
+    bf.s[pos] = s;
+    bf.id[pos] = id;
+  }
+}
+
+// The best item of a group of items and a bound on the rest: s1 and s2 are order keys (NaN as -inf),
+// s1 >= s2; (s1, id1) is the group's best by the order of topk.hpp, s2 the highest key of the others.
+struct Top2 {
+  float s1, s2;
+  int id1;
+};
+
+__device__ __forceinline__ Top2 top2_empty() { return Top2{-INFINITY, -INFINITY, kNoId}; }
+
+__device__ __forceinline__ void top2_add(Top2& t, float s, int id) {
+  const float key = order_key(s);
+  if (key > t.s1 || (key == t.s1 && id < t.id1)) {
+    t.s2 = t.s1;
+    t.s1 = key;
+    t.id1 = id;
+  } else {
+    t.s2 = fmaxf(t.s2, key);
+  }
+}
+
+// a := the Top2 of a's and b's items together (symmetric, so both lanes of a shuffle agree).
+__device__ __forceinline__ void top2_merge(Top2& a, const Top2& b) {
+  if (b.s1 > a.s1 || (b.s1 == a.s1 && b.id1 < a.id1)) {
+    a.s2 = fmaxf(a.s1, b.s2);
+    a.s1 = b.s1;
+    a.id1 = b.id1;
+  } else {
+    a.s2 = fmaxf(a.s2, b.s1);
+  }
+}
+
+// Merges the Top2s of each aligned segment of `seg` lanes (a power of two <= 32); all 32 lanes call.
+__device__ __forceinline__ void top2_reduce(Top2& t, int seg) {
+  for (int o = 1; o < seg; o <<= 1) {
+    Top2 u;
+    u.s1 = __shfl_xor_sync(0xffffffffu, t.s1, o);
+    u.s2 = __shfl_xor_sync(0xffffffffu, t.s2, o);
+    u.id1 = __shfl_xor_sync(0xffffffffu, t.id1, o);
+    top2_merge(t, u);
+  }
+}
+
+__device__ __forceinline__ int warp_sum_int(int v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Per (query, group) bounds written by kernel 1, [B][G] each.
+struct Bounds {
+  float* s1;
+  int32_t* id1;
+  float* s2;
+};
+
+__device__ __forceinline__ void write_bounds(const Bounds& o, int64_t row, int64_t G, int64_t group, const Top2& t) {
+  const int64_t at = row * G + group;
+  o.s1[at] = t.s1;
+  o.id1[at] = t.id1;
+  o.s2[at] = t.s2;
+}
+
+// Kernel 1, register-tiled (batches of 16 queries or more). Block (x = query group of QB = 16 * QPT
+// queries, y = item chunk). Each 128-item tile is staged transposed in shared memory; thread
+// (tq, ti) computes the scores of queries tq*QPT.. x items ti*8.. (fmaf over d in order from 0, then
+// + bias: the CPU's arithmetic) and folds them into a Top2 per query. The lanes of a group (g / 8 of
+// them, g <= 128) merge by shuffles at the end of the tile; larger groups carry the Top2 over tiles.
 constexpr int kTiledItems = 128;
 constexpr int kTiledLd = kTiledItems + 4;  // padded row: 528 bytes, 16-byte aligned
 
 template <int QPT>
 __global__ void __launch_bounds__(kThreads)
-score_select_tiled(const float* __restrict__ U, int B, int D, const float* __restrict__ E,
-                   const float* __restrict__ bias, int64_t lo, int64_t n, int64_t chunk_items, int k, int cap,
-                   const int64_t* __restrict__ ex_off, const int32_t* __restrict__ ex_ids,
-                   float* __restrict__ part_s, int32_t* __restrict__ part_i, int32_t* __restrict__ part_c,
-                   int n_chunks) {
+bounds_tiled(const float* __restrict__ U, int B, int D, const float* __restrict__ E, const float* __restrict__ bias,
+             int64_t lo, int64_t n, int64_t chunk_items, int g, int64_t G, Bounds out) {
   constexpr int QB = 16 * QPT;
   extern __shared__ __align__(16) unsigned char smem[];
   float* qT = reinterpret_cast<float*>(smem);  // [D][QB]
   float* eT = qT + D * QB;                     // [D][kTiledLd]
-  const Buffers bf = carve(reinterpret_cast<unsigned char*>(eT + D * kTiledLd), QB, cap);
 
   const int q0 = blockIdx.x * QB;
   const int nq = min(QB, B - q0);
-  const int chunk = blockIdx.y;
-  const int64_t c_begin = int64_t(chunk) * chunk_items;
+  const int64_t c_begin = int64_t(blockIdx.y) * chunk_items;
   const int64_t c_end = min(n, c_begin + chunk_items);
 
   for (int i = threadIdx.x; i < QB * D; i += blockDim.x) {
     const int q = i / D, d = i - q * D;
     qT[d * QB + q] = q < nq ? U[int64_t(q0 + q) * D + d] : 0.0f;
   }
-  init_buffers(bf, QB);  // (the first tile's barrier publishes these)
-
   const int tq = threadIdx.x / 16;  // query group: queries tq*QPT .. +QPT
   const int ti = threadIdx.x % 16;  // item group: items ti*8 .. +8 of the tile
+  const int seg = g / 8 < 16 ? g / 8 : 16;
+  Top2 run[QPT];
+#pragma unroll
+  for (int j = 0; j < QPT; ++j) run[j] = top2_empty();
+
   for (int64_t t0 = c_begin; t0 < c_end; t0 += kTiledItems) {
     const int tile_n = c_end - t0 < kTiledItems ? int(c_end - t0) : kTiledItems;
     const float* src = E + t0 * D;
@@ -302,57 +280,196 @@ score_select_tiled(const float* __restrict__ U, int B, int D, const float* __res
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int r = ti * 8 + i;
-      const int64_t local = t0 + r;
-      const int gid = int(lo + local);
-      if (r < tile_n && gid != 0) {
+      if (r < tile_n) {
+        const int64_t local = t0 + r;
         const float b = bias ? bias[local] : 0.0f;
+        const int gid = int(lo + local);
+#pragma unroll
+        for (int j = 0; j < QPT; ++j) top2_add(run[j], acc[j][i] + b, gid);
+      }
+    }
+    // the end of a group: every tile for g <= 128; for larger groups their last tile (chunks hold
+    // whole groups) or the chunk's last. The same for every thread of the block.
+    if (g <= kTiledItems || (t0 + kTiledItems) % g == 0 || t0 + kTiledItems >= c_end) {
+#pragma unroll
+      for (int j = 0; j < QPT; ++j) top2_reduce(run[j], seg);
+      const int64_t group = (t0 + ti * 8) / g;
+      if (ti % seg == 0 && group < G) {
+#pragma unroll
+        for (int j = 0; j < QPT; ++j)
+          if (tq * QPT + j < nq) write_bounds(out, q0 + tq * QPT + j, G, group, run[j]);
+      }
+#pragma unroll
+      for (int j = 0; j < QPT; ++j) run[j] = top2_empty();
+    }
+    __syncthreads();  // before the next tile overwrites eT
+  }
+}
+
+// Kernel 1 for small batches: one warp per group of g (a multiple of 32) items and QPT queries;
+// lane l scores items l, l + 32, ... of the group, reading each row straight from global memory
+// (float4 loads when D % 4 == 0), with the same arithmetic. Block (x = query group, y = groups).
+template <int QPT, bool kVec4>
+__global__ void __launch_bounds__(kThreads)
+bounds_warp(const float* __restrict__ U, int B, int D, const float* __restrict__ E, const float* __restrict__ bias,
+            int64_t lo, int64_t n, int g, int64_t G, Bounds out) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* qs = reinterpret_cast<float*>(smem);  // [QPT][D]
+  const int q0 = blockIdx.x * QPT;
+  const int nq = min(QPT, B - q0);
+  for (int i = threadIdx.x; i < QPT * D; i += blockDim.x) {
+    const int q = i / D;
+    qs[i] = q < nq ? U[int64_t(q0 + q) * D + (i - q * D)] : 0.0f;
+  }
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int64_t group = int64_t(blockIdx.y) * (kThreads / 32) + threadIdx.x / 32;
+  if (group >= G) return;  // the whole warp; no barrier follows
+  Top2 run[QPT];
+#pragma unroll
+  for (int j = 0; j < QPT; ++j) run[j] = top2_empty();
+  const int64_t j_end = min(n, (group + 1) * g);
+  for (int64_t item = group * g + lane; item < j_end; item += 32) {
+    const float* row = E + item * D;
+    float acc[QPT];
+#pragma unroll
+    for (int j = 0; j < QPT; ++j) acc[j] = 0.0f;
+    if constexpr (kVec4) {
+#pragma unroll 4
+      for (int d = 0; d < D; d += 4) {
+        const float4 e = __ldg(reinterpret_cast<const float4*>(row + d));
 #pragma unroll
         for (int j = 0; j < QPT; ++j) {
-          const int q = tq * QPT + j;
-          if (q < nq) offer_item(bf, q, acc[j][i] + b, gid, ex_off, ex_ids, q0 + q);
+          const float* q = qs + j * D + d;
+          acc[j] = fmaf(q[0], e.x, acc[j]);
+          acc[j] = fmaf(q[1], e.y, acc[j]);
+          acc[j] = fmaf(q[2], e.z, acc[j]);
+          acc[j] = fmaf(q[3], e.w, acc[j]);
         }
+      }
+    } else {
+      for (int d = 0; d < D; ++d) {
+        const float e = __ldg(row + d);
+#pragma unroll
+        for (int j = 0; j < QPT; ++j) acc[j] = fmaf(qs[j * D + d], e, acc[j]);
+      }
+    }
+    const float b = bias ? __ldg(bias + item) : 0.0f;
+    const int gid = int(lo + item);
+#pragma unroll
+    for (int j = 0; j < QPT; ++j) top2_add(run[j], acc[j] + b, gid);
+  }
+#pragma unroll
+  for (int j = 0; j < QPT; ++j) top2_reduce(run[j], 32);
+  if (lane == 0) {
+#pragma unroll
+    for (int j = 0; j < QPT; ++j)
+      if (j < nq) write_bounds(out, q0 + j, G, group, run[j]);
+  }
+}
+
+// Kernel 2: one block per query.
+//  1. tau: a score that at least r = k + (excluded ids in range) + 1 (item 0) group bests reach,
+//     found by bisection over the ordered keys (stopping once at most r + r/8 + 8 reach it). At most
+//     r - k of those bests are excluded or item 0, so at least k allowed items score >= tau: no item
+//     below tau is in the top k. With fewer than r groups, tau = -inf.
+//  2. Groups whose best reaches tau offer it, unless the group's other items may too (s2 >= tau) or
+//     the best is not allowed (excluded, item 0, or -inf/NaN, whose real score the bound lost): those
+//     groups are rescored item by item, with the same arithmetic as kernel 1 and the CPU.
+//  3. The candidates go through a buffer with a running threshold; the best k are the result.
+__global__ void __launch_bounds__(kSelectThreads)
+select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, const float* __restrict__ bias,
+              int64_t lo, int64_t n, int g, int64_t G, int k, int cap, Bounds in, const int64_t* __restrict__ ex_off,
+              const int32_t* __restrict__ ex_ids, float* __restrict__ out_s, int32_t* __restrict__ out_i,
+              int32_t* __restrict__ out_c) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  uint32_t* keys = reinterpret_cast<uint32_t*>(smem);  // [G]: ordered_bits of s1
+  int* rescan = reinterpret_cast<int*>(keys + G);      // [G]: groups to rescore
+  float* qv = reinterpret_cast<float*>(rescan + G);    // [D]
+  int* ctl = reinterpret_cast<int*>(qv + D);           // [4]: three rotating counters, rescan count
+  const Buffer bf = carve(reinterpret_cast<unsigned char*>(ctl + 4), cap);
+
+  const int64_t row = blockIdx.x;
+  const int64_t e0 = ex_off[row], e1 = ex_off[row + 1];
+  const float* s1p = in.s1 + row * G;
+  const int32_t* id1p = in.id1 + row * G;
+  const float* s2p = in.s2 + row * G;
+  for (int64_t i = threadIdx.x; i < G; i += blockDim.x) keys[i] = ordered_bits(s1p[i]);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) qv[d] = U[row * D + d];
+  if (threadIdx.x == 0) {
+    ctl[0] = ctl[1] = ctl[2] = ctl[3] = 0;
+    *bf.cnt = 0;
+  }
+  __syncthreads();
+
+  // 1. tau (as an ordered key): count(keys >= lo_u) >= r holds throughout, count(keys >= hi_u) < r.
+  const uint32_t minus_inf = ordered_bits(-INFINITY);
+  uint32_t tau_u = minus_inf;
+  const int64_t r = int64_t(k) + (e1 - e0) + (lo == 0 ? 1 : 0);
+  if (r <= G) {
+    uint64_t lo_u = minus_inf, hi_u = uint64_t(1) << 32;
+    for (int it = 0; hi_u - lo_u > 1; ++it) {
+      const uint64_t mid = (lo_u + hi_u) >> 1;
+      int c = 0;
+      for (int64_t i = threadIdx.x; i < G; i += blockDim.x) c += keys[i] >= mid;
+      c = warp_sum_int(c);
+      if ((threadIdx.x & 31) == 0 && c) atomicAdd(&ctl[it % 3], c);
+      if (threadIdx.x == 0) ctl[(it + 1) % 3] = 0;  // last read before the previous barrier
+      __syncthreads();
+      const int64_t total = ctl[it % 3];
+      if (total >= r) {
+        lo_u = mid;
+        if (total <= r + r / 8 + 8) break;
+      } else {
+        hi_u = mid;
+      }
+    }
+    tau_u = uint32_t(lo_u);
+  }
+  const float tau = from_ordered_bits(tau_u);
+  if (threadIdx.x == 0) {
+    *bf.thr_s = tau;  // (tau, kNoId): every score >= tau comes before it
+    *bf.thr_id = kNoId;
+  }
+  __syncthreads();
+
+  // 2. The groups' bests.
+  for (int64_t t0 = 0; t0 < G; t0 += blockDim.x) {
+    const int64_t i = t0 + threadIdx.x;
+    if (i < G && keys[i] >= tau_u) {
+      const float s1 = s1p[i], s2 = s2p[i];
+      const int id = id1p[i];
+      const bool allowed = id != 0 && s1 != -INFINITY && !is_excluded(ex_ids, e0, e1, id);
+      if (!allowed || ordered_bits(s2) >= tau_u)
+        rescan[atomicAdd(&ctl[3], 1)] = int(i);
+      else
+        offer(bf, s1, id);
+    }
+    __syncthreads();
+    end_round(bf, k);
+  }
+
+  // 3. Rescoring, item by item, the groups that need it.
+  const int64_t total = int64_t(ctl[3]) * g;
+  for (int64_t t0 = 0; t0 < total; t0 += blockDim.x) {
+    const int64_t f = t0 + threadIdx.x;
+    if (f < total) {
+      const int64_t item = int64_t(rescan[f / g]) * g + f % g;
+      const int gid = int(lo + item);
+      if (item < n && gid != 0) {
+        const float* e = E + item * D;
+        float acc = 0.0f;
+        for (int d = 0; d < D; ++d) acc = fmaf(qv[d], __ldg(e + d), acc);
+        const float s = acc + (bias ? __ldg(bias + item) : 0.0f);
+        if (before(s, gid, *bf.thr_s, *bf.thr_id) && !is_excluded(ex_ids, e0, e1, gid)) offer(bf, s, gid);
       }
     }
     __syncthreads();
-    compact_full(bf, nq, k, kTiledItems);  // room for the next tile
+    end_round(bf, k);
   }
-  finish_chunk(bf, nq, q0, chunk, n_chunks, k, part_s, part_i, part_c);
-}
 
-// Kernel 2: one block per query merges its n_chunks lists.
-__global__ void __launch_bounds__(kMergeThreads)
-merge_kernel(const float* __restrict__ part_s, const int32_t* __restrict__ part_i,
-             const int32_t* __restrict__ part_c, int n_chunks, int k, int cap, float* __restrict__ out_s,
-             int32_t* __restrict__ out_i, int32_t* __restrict__ out_c) {
-  extern __shared__ __align__(16) unsigned char smem[];
-  const Buffers bf = carve(smem, 1, cap);
-  const int64_t row = blockIdx.x;
-  if (threadIdx.x == 0) {
-    bf.cnt[0] = 0;
-    bf.thr_s[0] = -INFINITY;
-    bf.thr_id[0] = kNoId;
-  }
-  __syncthreads();
-  const int64_t total = int64_t(n_chunks) * k;
-  const float* ps = part_s + row * total;
-  const int32_t* pi = part_i + row * total;
-  const int32_t* pc = part_c + row * n_chunks;
-  for (int64_t t0 = 0; t0 < total; t0 += blockDim.x) {
-    const int64_t i = t0 + threadIdx.x;
-    if (i < total) {
-      const int chunk = int(i / k);
-      if (int(i - int64_t(chunk) * k) < pc[chunk]) offer(bf, 0, ps[i], pi[i]);
-    }
-    __syncthreads();
-    // Every thread reads cnt[0] here, so they all take the same branch; the barrier on both paths
-    // keeps the next round's appends (atomicAdd on cnt[0]) after every thread's read.
-    if (bf.cnt[0] > cap - int(blockDim.x))
-      compact(bf, 0, k);  // ends with a barrier
-    else
-      __syncthreads();
-  }
-  compact(bf, 0, k);
-  const int kept = bf.cnt[0];
+  compact(bf, k);
+  const int kept = *bf.cnt;
   for (int i = threadIdx.x; i < k; i += blockDim.x) {
     out_s[row * k + i] = i < kept ? bf.s[i] : -INFINITY;
     out_i[row * k + i] = i < kept ? bf.id[i] : -1;
@@ -360,36 +477,38 @@ merge_kernel(const float* __restrict__ part_s, const int32_t* __restrict__ part_
   if (threadIdx.x == 0) out_c[row] = kept;
 }
 
-int next_pow2(int x) {
-  int p = 1;
+int64_t next_pow2(int64_t x) {
+  int64_t p = 1;
   while (p < x) p <<= 1;
   return p;
 }
 
-size_t score_smem(int qb, int D, int cap) {
-  return size_t(qb) * D * sizeof(float) + size_t(kTile) * (D + 1) * sizeof(float) + buffer_bytes(qb, cap);
-}
+size_t tiled_smem(int qb, int D) { return size_t(D) * qb * sizeof(float) + size_t(D) * kTiledLd * sizeof(float); }
 
-size_t tiled_smem(int qb, int D, int cap) {
-  return size_t(D) * qb * sizeof(float) + size_t(D) * kTiledLd * sizeof(float) + buffer_bytes(qb, cap);
+size_t select_smem(int64_t G, int D, int cap) {
+  return size_t(G) * 2 * sizeof(uint32_t) + size_t(D) * sizeof(float) + 4 * sizeof(int) + buffer_bytes(cap);
 }
 
 size_t align_up(size_t x) { return (x + 255) / 256 * 256; }
 
-template <int QPT, bool kTiledKernel>
-void launch_score(const TopkPlan& p, dim3 grid, cudaStream_t stream, const float* U, int64_t B, int D,
-                  const float* E, const float* bias, int64_t lo, int64_t n, int k, const int64_t* ex_off,
-                  const int32_t* ex_ids, float* ps, int32_t* pi, int32_t* pc) {
-  auto kern = [] {  // only the variants that are launched get instantiated
-    if constexpr (kTiledKernel)
-      return score_select_tiled<QPT>;
-    else
-      return score_select_kernel<QPT>;
-  }();
-  ADA_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(p.smem_score)));
-  kern<<<grid, kThreads, p.smem_score, stream>>>(U, int(B), D, E, bias, lo, n, p.chunk_items, k, p.cap, ex_off,
-                                                 ex_ids, ps, pi, pc, p.n_chunks);
-  ADA_CUDA_OK(cudaGetLastError());
+size_t bounds_bytes(int64_t B, int64_t G) {
+  const size_t e = size_t(B) * size_t(G);
+  return 2 * align_up(e * sizeof(float)) + align_up(e * sizeof(int32_t));
+}
+
+Bounds carve_bounds(void* base, int64_t B, int64_t G) {
+  auto* p = static_cast<unsigned char*>(base);
+  const size_t e = size_t(B) * size_t(G);
+  Bounds b;
+  b.s1 = reinterpret_cast<float*>(p);
+  b.s2 = reinterpret_cast<float*>(p + align_up(e * sizeof(float)));
+  b.id1 = reinterpret_cast<int32_t*>(p + 2 * align_up(e * sizeof(float)));
+  return b;
+}
+
+template <class Kernel>
+void set_smem(Kernel kern, size_t bytes) {
+  ADA_CUDA_OK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
 }  // namespace
@@ -411,48 +530,59 @@ void* TopkWorkspace::get(size_t bytes) {
 
 TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
   ADA_CHECK(B >= 1 && B <= INT32_MAX, "topk: B = " << B << " out of range");
-  ADA_CHECK(n >= 1, "topk: empty item range");
+  ADA_CHECK(n >= 1 && n <= INT32_MAX, "topk: item range of " << n << " items");
   ADA_CHECK(D >= 1, "topk: D = " << D);
   ADA_CHECK(k >= 1 && k <= kGpuTopkMaxK, "topk: k = " << k << " outside 1.." << kGpuTopkMaxK << " on the GPU");
   int smem_optin = 0, sms = 0;
   ADA_CUDA_OK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   ADA_CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   TopkPlan p;
-  p.cap = next_pow2(k + kTile);
-  p.merge_cap = next_pow2(k + kMergeThreads);
   // Batches of 16 queries or more: the register-tiled kernel with the most queries per block that
-  // fit (more queries per staged item tile = fewer table reads and more fmas per load) but no more
-  // than the batch fills. Otherwise, or when it does not fit, the one-item-per-thread kernel.
+  // fit (more queries per staged item tile = fewer table reads per fma) but no more than the batch
+  // fills. Otherwise, or when it does not fit, one warp per group.
   for (int qb : {64, 32, 16}) {
-    if (B >= 16 && (qb == 16 || qb <= B) && tiled_smem(qb, D, p.cap) <= size_t(smem_optin)) {
+    if (B >= 16 && (qb == 16 || qb <= B) && tiled_smem(qb, D) <= size_t(smem_optin)) {
       p.queries_per_block = qb;
       p.tiled = true;
-      p.smem_score = tiled_smem(qb, D, p.cap);
+      p.smem_bounds = tiled_smem(qb, D);
       break;
     }
   }
-  for (int qb : {32, 16, 8, 4, 2}) {
-    if (p.tiled) break;
-    if (score_smem(qb, D, p.cap) <= size_t(smem_optin) && (qb == 2 || qb / 2 < B)) {
-      p.queries_per_block = qb;
-      p.smem_score = score_smem(qb, D, p.cap);
-      break;
-    }
+  if (!p.tiled) {
+    int qb = int(std::min<int64_t>(16, next_pow2(B)));
+    while (qb > 1 && size_t(qb) * D * sizeof(float) > size_t(smem_optin)) qb /= 2;
+    ADA_CHECK(size_t(qb) * D * sizeof(float) <= size_t(smem_optin),
+              "topk: D = " << D << " needs more shared memory than the device has (" << smem_optin << " bytes)");
+    p.queries_per_block = qb;
+    p.smem_bounds = size_t(qb) * D * sizeof(float);
   }
-  ADA_CHECK(p.queries_per_block > 0, "topk: D = " << D << " and k = " << k << " need "
-                                                  << score_smem(2, D, p.cap) << " bytes of shared memory, the device has "
-                                                  << smem_optin);
-  p.smem_merge = buffer_bytes(1, p.merge_cap);
-  // Enough blocks for about four per multiprocessor, in chunks of whole tiles.
-  const int64_t q_blocks = (B + p.queries_per_block - 1) / p.queries_per_block;
-  const int64_t tiles = (n + kTile - 1) / kTile;
-  int64_t chunks = std::max<int64_t>(1, (4 * int64_t(sms) + q_blocks - 1) / q_blocks);
-  chunks = std::min<int64_t>({chunks, tiles, 65535});
-  p.chunk_items = (tiles + chunks - 1) / chunks * kTile;
-  p.n_chunks = int((n + p.chunk_items - 1) / p.chunk_items);
-  const size_t parts = size_t(B) * size_t(p.n_chunks) * size_t(k);
-  p.workspace_bytes = align_up(parts * sizeof(float)) + align_up(parts * sizeof(int32_t)) +
-                      align_up(size_t(B) * p.n_chunks * sizeof(int32_t));
+  // Groups: a power of two of items, at least one tiled thread's 8 items (or a warp's 32), with at
+  // most kMaxGroups per query.
+  const int64_t g_min = p.tiled ? 8 : 32;
+  p.group = int(std::max<int64_t>(g_min, next_pow2((n + kMaxGroups - 1) / kMaxGroups)));
+  p.n_groups = (n + p.group - 1) / p.group;
+  if (p.tiled) {
+    // Enough blocks for about four per multiprocessor, in chunks of whole groups and tiles.
+    const int64_t q_blocks = (B + p.queries_per_block - 1) / p.queries_per_block;
+    const int64_t unit = std::max<int64_t>(p.group, kTiledItems);
+    const int64_t units = (n + unit - 1) / unit;
+    int64_t chunks = std::max<int64_t>(1, (4 * int64_t(sms) + q_blocks - 1) / q_blocks);
+    chunks = std::min<int64_t>({chunks, units, 65535});
+    p.chunk_items = (units + chunks - 1) / chunks * unit;
+    p.n_chunks = int((n + p.chunk_items - 1) / p.chunk_items);
+  } else {
+    p.chunk_items = n;
+    p.n_chunks = 1;
+  }
+  p.cap = int(next_pow2(k + kSelectThreads));
+  p.smem_select = select_smem(p.n_groups, D, p.cap);
+  ADA_CHECK(p.smem_select <= size_t(smem_optin), "topk: D = " << D << " and k = " << k << " need "
+                                                               << p.smem_select << " bytes of shared memory, the device has "
+                                                               << smem_optin);
+  // Query slices whose bounds fit the workspace limit (one slice for every realistic batch).
+  const size_t per_query = bounds_bytes(1, p.n_groups);
+  p.slice = std::max<int64_t>(1, std::min<int64_t>(B, int64_t(kWorkspaceLimit / per_query)));
+  p.workspace_bytes = bounds_bytes(p.slice, p.n_groups);
   return p;
 }
 
@@ -463,34 +593,46 @@ void topk_device(const float* U, int64_t B, int D, const float* E, const float* 
   int device = 0;
   ADA_CUDA_OK(cudaGetDevice(&device));
   const TopkPlan p = plan_topk(B, n, D, k, device);
-  auto* base = static_cast<unsigned char*>(ws.get(p.workspace_bytes));
-  const size_t parts = size_t(B) * size_t(p.n_chunks) * size_t(k);
-  auto* ps = reinterpret_cast<float*>(base);
-  auto* pi = reinterpret_cast<int32_t*>(base + align_up(parts * sizeof(float)));
-  auto* pc = reinterpret_cast<int32_t*>(base + align_up(parts * sizeof(float)) + align_up(parts * sizeof(int32_t)));
-  const dim3 grid(unsigned((B + p.queries_per_block - 1) / p.queries_per_block), unsigned(p.n_chunks));
-#define ADA_TOPK_LAUNCH(QPT, TILED) \
-  launch_score<QPT, TILED>(p, grid, stream, U, B, D, E, bias, lo, n, k, ex_off, ex_ids, ps, pi, pc)
-  if (p.tiled) {
-    switch (p.queries_per_block) {
-      case 64: ADA_TOPK_LAUNCH(4, true); break;
-      case 32: ADA_TOPK_LAUNCH(2, true); break;
-      default: ADA_TOPK_LAUNCH(1, true); break;
+  const int64_t G = p.n_groups;
+  void* base = ws.get(p.workspace_bytes);
+  for (int64_t b0 = 0; b0 < B; b0 += p.slice) {
+    const int64_t nb = std::min(p.slice, B - b0);
+    const Bounds bounds = carve_bounds(base, nb, G);
+    const float* Us = U + b0 * D;
+    const unsigned q_blocks = unsigned((nb + p.queries_per_block - 1) / p.queries_per_block);
+    if (p.tiled) {
+      auto launch = [&](auto kern) {
+        set_smem(kern, p.smem_bounds);
+        kern<<<dim3(q_blocks, unsigned(p.n_chunks)), kThreads, p.smem_bounds, stream>>>(
+            Us, int(nb), D, E, bias, lo, n, p.chunk_items, p.group, G, bounds);
+      };
+      switch (p.queries_per_block) {
+        case 64: launch(bounds_tiled<4>); break;
+        case 32: launch(bounds_tiled<2>); break;
+        default: launch(bounds_tiled<1>); break;
+      }
+    } else {
+      const dim3 grid(q_blocks, unsigned((G + kThreads / 32 - 1) / (kThreads / 32)));
+      auto launch = [&](auto kern) {
+        set_smem(kern, p.smem_bounds);
+        kern<<<grid, kThreads, p.smem_bounds, stream>>>(Us, int(nb), D, E, bias, lo, n, p.group, G, bounds);
+      };
+      const bool vec4 = D % 4 == 0;
+      switch (p.queries_per_block) {
+        case 16: vec4 ? launch(bounds_warp<16, true>) : launch(bounds_warp<16, false>); break;
+        case 8: vec4 ? launch(bounds_warp<8, true>) : launch(bounds_warp<8, false>); break;
+        case 4: vec4 ? launch(bounds_warp<4, true>) : launch(bounds_warp<4, false>); break;
+        case 2: vec4 ? launch(bounds_warp<2, true>) : launch(bounds_warp<2, false>); break;
+        default: vec4 ? launch(bounds_warp<1, true>) : launch(bounds_warp<1, false>); break;
+      }
     }
-  } else {
-    switch (p.queries_per_block) {
-      case 32: ADA_TOPK_LAUNCH(16, false); break;
-      case 16: ADA_TOPK_LAUNCH(8, false); break;
-      case 8: ADA_TOPK_LAUNCH(4, false); break;
-      case 4: ADA_TOPK_LAUNCH(2, false); break;
-      default: ADA_TOPK_LAUNCH(1, false); break;
-    }
+    ADA_CUDA_OK(cudaGetLastError());
+    set_smem(select_kernel, p.smem_select);
+    select_kernel<<<unsigned(nb), kSelectThreads, p.smem_select, stream>>>(
+        Us, D, E, bias, lo, n, p.group, G, k, p.cap, bounds, ex_off + b0, ex_ids, out_scores + b0 * k,
+        out_ids + b0 * k, out_count + b0);
+    ADA_CUDA_OK(cudaGetLastError());
   }
-#undef ADA_TOPK_LAUNCH
-  ADA_CUDA_OK(cudaFuncSetAttribute(merge_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(p.smem_merge)));
-  merge_kernel<<<unsigned(B), kMergeThreads, p.smem_merge, stream>>>(ps, pi, pc, p.n_chunks, k, p.merge_cap,
-                                                                     out_scores, out_ids, out_count);
-  ADA_CUDA_OK(cudaGetLastError());
 }
 
 }  // namespace cuda

@@ -6,13 +6,18 @@
 // ex_ids[ex_off[b] .. ex_off[b+1]) (sorted ascending; global ids). Rows with fewer candidates get
 // fewer (out_count[b]); the tail holds id -1 and score -inf. The B x n score matrix is never written.
 //
-// Two kernels: (1) a grid of (query group, item chunk) blocks; each stages tiles of 128 item rows in
-// shared memory, scores them against its queries (exact FP32, fmaf over d in order; register-tiled,
-// 8 items x up to 4 queries per thread, for batches of 16 queries or more) and keeps, per
-// query, a candidate buffer with a running threshold (the k-th best so far): only items that beat
-// it are appended, and a full buffer is bitonic-sorted and cut back to k. (2) one block per query
-// merges its chunks' lists the same way. Exclusions are looked up (binary search) only for items
-// that beat the threshold.
+// Two kernels, exact at every step (the scores are FP32 fmaf over d in order, then + bias, the CPU
+// searcher's arithmetic, so lists and scores equal the CPU's bit for bit):
+//  (1) bounds: the items are cut into groups of g (a power of two, at most 4096 groups); for each
+//      query and group one pass writes the group's best item (score, id) and the best score of the
+//      rest. Batches of 16 queries or more use a register-tiled kernel (8 items x up to 4 queries per
+//      thread, item tiles staged in shared memory); smaller ones one warp per group.
+//  (2) select, one block per query: tau = a score reached by the bests of k + (excluded) + 1 groups
+//      (bisection over the group bests), so no item below tau can be in the top k; the groups whose
+//      best reaches tau offer it, and the few whose other items might reach tau too (or whose best is
+//      excluded) are rescored item by item; a candidate buffer with a running threshold keeps the k
+//      best. Exclusions are looked up (binary search) only there.
+// Neither writes the B x n score matrix: kernel 1 writes 12 bytes per query and group.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -38,13 +43,15 @@ class TopkWorkspace {
 
 // Launch parameters chosen for a problem (exposed for tests and benchmarks).
 struct TopkPlan {
-  bool tiled = false;          // the register-tiled kernel (16, 32 or 64 queries per block)
-  int queries_per_block = 0;   // 2 .. 32 for the one-item-per-thread kernel
-  int cap = 0;                 // candidate buffer per query (power of two >= k + 128)
-  int merge_cap = 0;           // candidate buffer of the merge kernel (power of two >= k + 256)
-  int64_t chunk_items = 0;     // items per block of kernel 1 (a multiple of 128)
+  bool tiled = false;          // the register-tiled bounds kernel (16, 32 or 64 queries per block)
+  int queries_per_block = 0;   // 1 .. 16 for the warp-per-group kernel
+  int group = 0;               // items per group (power of two; >= 8 tiled, >= 32 warp kernel)
+  int64_t n_groups = 0;        // groups per query (<= 4096)
+  int64_t chunk_items = 0;     // items per block of the tiled kernel (whole groups and tiles)
   int n_chunks = 0;
-  size_t smem_score = 0, smem_merge = 0;  // dynamic shared memory bytes
+  int cap = 0;                 // candidate buffer of the select kernel (power of two >= k + 256)
+  size_t smem_bounds = 0, smem_select = 0;  // dynamic shared memory bytes
+  int64_t slice = 0;           // queries per pass (bounds the workspace)
   size_t workspace_bytes = 0;
 };
 

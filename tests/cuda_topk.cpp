@@ -91,6 +91,38 @@ TEST_CASE("cuda top-k: ties by id, extra exclusions, k equal to the candidates, 
   for (int64_t b = 0; b < p.B; ++b) check_row_topk(p, b, 599, got, 1e-3, &extra);
 }
 
+// The kernel bounds groups of items by their best and second-best scores and rescores a group item
+// by item only when its other items may reach the threshold: these problems put the winners next to
+// each other (whole groups of them), make every score a signed zero (all ties, decided by id), and
+// exclude the best items of the best groups.
+TEST_CASE("cuda top-k: adjacent winners, signed-zero ties, excluded group bests", "[cuda][topk]") {
+  require_gpu();
+  for (int64_t B : {3, 20}) {
+    // score grows with the id (u . e_j = j * |u|^2 / N): the top k are the last k items, side by side
+    Problem p = random_problem(B, 40001, 16, uint32_t(11 + B), 30);
+    for (int64_t j = 0; j < p.N; ++j)
+      for (int64_t d = 0; d < p.D; ++d) p.E[size_t(j * p.D + d)] = float(j) / float(p.N) * p.U[size_t(d)];
+    std::fill(p.bias.begin(), p.bias.end(), 0.0f);
+    for (int k : {1, 100, 1000}) compare(p, 0, p.N, k);
+    compare(p, 7, p.N, 100);
+
+    // every score +0 or -0 (zero embeddings, biases of either sign): the order is by id alone
+    Problem z = random_problem(B, 9000, 8, uint32_t(13 + B), 20);
+    std::fill(z.E.begin(), z.E.end(), 0.0f);
+    for (size_t j = 0; j < z.bias.size(); ++j) z.bias[j] = j % 3 == 1 ? -0.0f : 0.0f;
+    for (int k : {5, 300}) compare(z, 0, z.N, k);
+    compare(z, 4000, 9000, 64);
+
+    // the best items of many groups excluded: every row excludes the CPU's own top 600
+    Problem x = random_problem(B, 30000, 32, uint32_t(17 + B), 0);
+    auto cpu = ada::make_cpu_searcher(x.E.data(), x.bias.data(), 0, x.N, x.D);
+    const ada::TopkLists top = cpu->search(x.U.data(), x.B, 600, x.exclude);
+    Ragged extra;
+    for (int64_t b = 0; b < B; ++b) extra.push_row(top.ids.data() + b * 600, top.ids.data() + (b + 1) * 600);
+    for (int k : {10, 700}) compare(x, 0, x.N, k, &extra);
+  }
+}
+
 TEST_CASE("several shards on one GPU merge to the unsharded GPU result", "[cuda][topk]") {
   require_gpu();
   const Problem p = random_problem(65, 50001, 64, 17, 80);

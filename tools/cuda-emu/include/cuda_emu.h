@@ -190,5 +190,9 @@ inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 template <class T>
 inline T __ldg(const T* p) { return *p; }
+inline unsigned __float_as_uint(float x) { unsigned u; std::memcpy(&u, &x, sizeof u); return u; }
+inline float __uint_as_float(unsigned u) { float x; std::memcpy(&x, &u, sizeof x); return x; }
+inline int __float_as_int(float x) { int u; std::memcpy(&u, &x, sizeof u); return u; }
+inline float __int_as_float(int u) { float x; std::memcpy(&x, &u, sizeof x); return x; }
 inline void __threadfence() {}
 inline void __threadfence_block() {}
