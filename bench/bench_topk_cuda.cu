@@ -1,11 +1,14 @@
 // Batched top-k retrieval on the GPU: the fused kernel (kernels/topk.cu) against its baselines.
 //
-//   BM_topk/B/N/k                 fused exact-FP32 score + exclusions + top-k (no B x N matrix)
+//   BM_topk/B/N/k                 exact score + exclusions + top-k (no B x N matrix; from B = 64
+//                                 TF32 bounds on tensor cores, then exact FP32 rescoring)
 //   BM_topk_baseline_sgemm/B/N/k  cuBLAS SGEMM writing the B x N scores (FP32, no TF32): the floor
 //   BM_topk_baseline_cub/B/N/k    SGEMM + bias/exclusion kernels + CUB segmented radix sort of every
 //                                 row + gather of the first k (the composed baseline)
 //   BM_topk_baseline_thrust/B/N/k SGEMM + the same kernels + Thrust's segmented-sort idiom (stable
 //                                 sort of all scores, then a stable sort by row) + gather
+//   BM_topk_bounds_only/B/N/k     the first of BM_topk's two kernels alone (scores -> group bounds)
+//   BM_topk_fp32_bounds/B/N/k     BM_topk without tensor cores (FP32 bounds; identical lists)
 // (scripts/gpu-check prints BM_topk's speed-up over each BM_topk_baseline_* with the same arguments.)
 // The acceptance cases (B, N, k) = (1024, 1M, 100), (1024, 12101, 100), (1, 1M, 100) run first.
 //
@@ -196,6 +199,28 @@ void run_fused(benchmark::State& st, int D) {
 }
 
 void BM_topk(benchmark::State& st) { run_fused(st, 64); }
+
+// BM_topk with the tensor cores switched off (FP32 bounds kernel; the same lists).
+void BM_topk_fp32_bounds(benchmark::State& st) {
+  ada::cuda::topk_allow_tensor_cores(false);
+  run_fused(st, 64);
+  ada::cuda::topk_allow_tensor_cores(true);
+}
+
+// Kernel 1 of BM_topk alone (the per-group bounds): the rest of BM_topk's time is the select kernel.
+void BM_topk_bounds_only(benchmark::State& st) {
+  if (!gpu_present(st)) return;
+  const int64_t B = st.range(0), N = st.range(1);
+  const int k = int(st.range(2));
+  Data& d = data(N, 64);
+  Timer t;
+  for (auto _ : st) {
+    t.start();
+    ada::cuda::topk_device_bounds_only(d.U, B, 64, d.E, d.bias, 0, N, k, d.ws, nullptr);
+    st.SetIterationTime(t.stop());
+  }
+  counters(st, B, N, 64);
+}
 void BM_topk_d(benchmark::State& st) { run_fused(st, int(st.range(3))); }
 
 // C[B, N] (row-major) = U [B, D] E[N, D]^T: column-major C^T = E U^T.
@@ -330,6 +355,8 @@ BENCHMARK(BM_topk)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_baseline_sgemm)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_baseline_cub)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_baseline_thrust)->Apply(acceptance_cases);
+BENCHMARK(BM_topk_bounds_only)->Apply(acceptance_cases);
+BENCHMARK(BM_topk_fp32_bounds)->Apply(acceptance_cases);
 BENCHMARK(BM_topk)->Apply(other_cases);
 BENCHMARK(BM_topk_baseline_sgemm)->Apply(other_cases);
 BENCHMARK(BM_topk_baseline_cub)->Apply(other_cases);

@@ -1,6 +1,8 @@
 // Fused batched score + top-k (see topk.cuh) and the GPU shard searcher of topk.hpp.
 #include "kernels/topk.cuh"
 
+#include <mma.h>
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -19,9 +21,9 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;        // kernel 1 blocks
-constexpr int kSelectThreads = 256;  // kernel 2 blocks
+constexpr int kMaxSelectThreads = 1024;  // kernel 2 blocks: 1024 threads for small batches, else 256
 constexpr int kNoId = 0x7fffffff;    // sentinel id, after every real id
-constexpr int kMaxGroups = 4096;     // groups per query at most (kernel 2 holds a row's bounds in shared memory)
+constexpr int kMinGroups = 2048, kMaxGroups = 16384;  // groups per query (kernel 2 holds a row's bounds in shared memory)
 constexpr size_t kWorkspaceLimit = size_t(1) << 30;  // bounds per call; larger batches go in slices
 
 __device__ __forceinline__ float order_key(float s) { return s == s ? s : -INFINITY; }
@@ -193,10 +195,14 @@ __device__ __forceinline__ int warp_sum_int(int v) {
 }
 
 // Per (query, group) bounds written by kernel 1, [B][G] each.
+// With approximate scores (the tensor-core kernel) also, per group, the largest item norm and |bias|,
+// [G] each, from which kernel 2 bounds the approximation error.
 struct Bounds {
   float* s1;
   int32_t* id1;
   float* s2;
+  float* norm;  // null when the scores are exact
+  float* absb;
 };
 
 __device__ __forceinline__ void write_bounds(const Bounds& o, int64_t row, int64_t G, int64_t group, const Top2& t) {
@@ -306,9 +312,10 @@ bounds_tiled(const float* __restrict__ U, int B, int D, const float* __restrict_
   }
 }
 
-// Kernel 1 for small batches: one warp per group of g (a multiple of 32) items and QPT queries;
-// lane l scores items l, l + 32, ... of the group, reading each row straight from global memory
-// (float4 loads when D % 4 == 0), with the same arithmetic. Block (x = query group, y = groups).
+// Kernel 1 for small batches: each warp takes a span of max(g, 32) items and QPT queries; lane l
+// scores items l, l + 32, ... of the span, reading each row straight from global memory (float4
+// loads when D % 4 == 0), with the same arithmetic; the lanes of a group (min(g, 32) of them) merge
+// by shuffles. Block (x = query group, y = spans).
 template <int QPT, bool kVec4>
 __global__ void __launch_bounds__(kThreads)
 bounds_warp(const float* __restrict__ U, int B, int D, const float* __restrict__ E, const float* __restrict__ bias,
@@ -323,13 +330,14 @@ bounds_warp(const float* __restrict__ U, int B, int D, const float* __restrict__
   }
   __syncthreads();
   const int lane = threadIdx.x & 31;
-  const int64_t group = int64_t(blockIdx.y) * (kThreads / 32) + threadIdx.x / 32;
-  if (group >= G) return;  // the whole warp; no barrier follows
+  const int64_t span = g > 32 ? g : 32;
+  const int64_t start = (int64_t(blockIdx.y) * (kThreads / 32) + threadIdx.x / 32) * span;
+  if (start >= n) return;  // the whole warp; no barrier follows
   Top2 run[QPT];
 #pragma unroll
   for (int j = 0; j < QPT; ++j) run[j] = top2_empty();
-  const int64_t j_end = min(n, (group + 1) * g);
-  for (int64_t item = group * g + lane; item < j_end; item += 32) {
+  const int64_t end = min(n, start + span);
+  for (int64_t item = start + lane; item < end; item += 32) {
     const float* row = E + item * D;
     float acc[QPT];
 #pragma unroll
@@ -359,25 +367,193 @@ bounds_warp(const float* __restrict__ U, int B, int D, const float* __restrict__
 #pragma unroll
     for (int j = 0; j < QPT; ++j) top2_add(run[j], acc[j] + b, gid);
   }
+  const int seg = g < 32 ? g : 32;
 #pragma unroll
-  for (int j = 0; j < QPT; ++j) top2_reduce(run[j], 32);
-  if (lane == 0) {
+  for (int j = 0; j < QPT; ++j) top2_reduce(run[j], seg);
+  if (lane % seg == 0 && start + lane < n) {
+    const int64_t group = (start + lane) / g;
 #pragma unroll
     for (int j = 0; j < QPT; ++j)
       if (j < nq) write_bounds(out, q0 + j, G, group, run[j]);
   }
 }
 
+// Kernel 1 on tensor cores (batches of 64 queries or more, D = 32, 64 or 128): TF32
+// products with FP32 accumulation (wmma m16n16k8), so the bounds are approximate: for each score
+// |approx - exact| <= 2^-8 (|u| |e| + |b|) (TF32 rounds each operand to 11 significant bits:
+// product error <= 2^-10 |u_d e_d|; both FP32 sums add less than 2^-17 sum |u_d e_d|; then
+// Cauchy-Schwarz; |b| covers the rounding of "+ b"), and kernel 2 widens every bound by that
+// margin and rescores exactly whatever it then cannot rule out. Block (x = 64 queries, y = item
+// chunk): each 128-item tile is staged (rounded to TF32) in shared memory; warp w multiplies
+// queries (w % 4) * 16.. by items (w / 4) * 64..; the products go through shared memory to thread
+// t, which folds query t / 4's items (t % 4) * 32.. into Top2s (visiting them rotated by t % 4 so
+// the lanes of a warp read 32 different banks).
+constexpr int kTcQueries = 64;
+constexpr int kTcLdc = kTiledItems + 4;  // products [64][132]
+
+// An operand for the tensor cores: rounded to TF32, subnormals flushed to 0 (tc_margin covers both).
+__device__ __forceinline__ float tf32(float x) {
+  return fabsf(x) < 0x1p-126f ? 0.0f : nvcuda::wmma::__float_to_tf32(x);
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+bounds_tc(const float* __restrict__ U, int B, const float* __restrict__ E, const float* __restrict__ bias,
+          int64_t lo, int64_t n, int64_t chunk_items, int g, int64_t G, Bounds out) {
+  namespace wmma = nvcuda::wmma;
+  static_assert(D % 8 == 0 && D <= 128, "tensor-core bounds: D a multiple of 8 up to 128");
+  constexpr int ld = D + 4;   // 16-byte multiple; 16-row steps stay 32-byte aligned
+  constexpr int NV = D / 4;   // float4 per row
+  extern __shared__ __align__(128) unsigned char smem[];
+  float* Qs = reinterpret_cast<float*>(smem);   // [64][ld]
+  float* Es = Qs + kTcQueries * ld;             // [128][ld]
+  float* Cs = Es + kTiledItems * ld;            // [64][kTcLdc]
+  float* Bs2 = Cs + kTcQueries * kTcLdc;        // [2][128]: the tile's biases (by tile parity: a thread
+                                                //  stages the next while others still read these)
+
+  const int q0 = blockIdx.x * kTcQueries;
+  const int nq = min(kTcQueries, B - q0);
+  const int64_t c_begin = int64_t(blockIdx.y) * chunk_items;
+  const int64_t c_end = min(n, c_begin + chunk_items);
+  for (int i = threadIdx.x; i < kTcQueries * NV; i += blockDim.x) {
+    const int q = i / NV, c = i % NV;
+    float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (q < nq) v = __ldg(reinterpret_cast<const float4*>(U + int64_t(q0 + q) * D) + c);
+    *reinterpret_cast<float4*>(Qs + q * ld + 4 * c) = make_float4(tf32(v.x), tf32(v.y), tf32(v.z), tf32(v.w));
+  }
+  const int warp = threadIdx.x / 32;
+  const int wq = (warp % 4) * 16, wn = (warp / 4) * 64;
+  const int eq = threadIdx.x / 4, es = (threadIdx.x % 4) * 32, rot = threadIdx.x % 4;
+  const int h = g < 32 ? g : 32;         // a thread's 32 items hold 32 / h groups (g <= 32) or part of one
+  const int seg = g >= 128 ? 4 : (g >= 64 ? 2 : 1);  // lanes per group for g >= 64
+  Top2 run = top2_empty();
+
+  for (int64_t t0 = c_begin; t0 < c_end; t0 += kTiledItems) {
+    const int tile_n = c_end - t0 < kTiledItems ? int(c_end - t0) : kTiledItems;
+    const float4* src = reinterpret_cast<const float4*>(E + t0 * D);
+    for (int i = threadIdx.x; i < kTiledItems * NV; i += blockDim.x) {
+      const int r = i / NV, c = i % NV;
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (r < tile_n) v = __ldg(src + i);
+      *reinterpret_cast<float4*>(Es + r * ld + 4 * c) = make_float4(tf32(v.x), tf32(v.y), tf32(v.z), tf32(v.w));
+    }
+    float* Bs = Bs2 + (((t0 - c_begin) / kTiledItems) & 1) * kTiledItems;
+    if (threadIdx.x < kTiledItems) Bs[threadIdx.x] = bias && int(threadIdx.x) < tile_n ? bias[t0 + threadIdx.x] : 0.0f;
+    __syncthreads();  // (also every thread is done with the tile before last's biases and the last's Cs)
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) wmma::fill_fragment(acc[j], 0.0f);
+#pragma unroll
+    for (int k0 = 0; k0 < D; k0 += 8) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
+      wmma::load_matrix_sync(a, Qs + wq * ld + k0, ld);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major> b;
+        wmma::load_matrix_sync(b, Es + (wn + 16 * j) * ld + k0, ld);
+        wmma::mma_sync(acc[j], a, b, acc[j]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) wmma::store_matrix_sync(Cs + wq * kTcLdc + wn + 16 * j, acc[j], kTcLdc, wmma::mem_row_major);
+    __syncthreads();
+
+    const float* crow = Cs + eq * kTcLdc;
+    const int id0 = int(lo + t0);
+    for (int sub = 0; sub < 32 / h; ++sub) {
+      Top2 t = top2_empty();
+      const int base = es + sub * h;
+      if (base + h <= tile_n) {
+        for (int i = 0; i < h; ++i) {
+          const int r = base + ((i + rot) & (h - 1));
+          top2_add(t, crow[r] + Bs[r], id0 + r);
+        }
+      } else {
+        for (int i = 0; i < h; ++i) {
+          const int r = base + ((i + rot) & (h - 1));
+          if (r < tile_n) top2_add(t, crow[r] + Bs[r], id0 + r);
+        }
+      }
+      if (g <= 32) {  // a whole group
+        if (eq < nq && base < tile_n) write_bounds(out, q0 + eq, G, (t0 + base) / g, t);
+      } else {
+        top2_merge(run, t);
+      }
+    }
+    if (g > 32 && (g <= kTiledItems || (t0 + kTiledItems) % g == 0 || t0 + kTiledItems >= c_end)) {
+      top2_reduce(run, seg);  // the lanes t % 4 of one query are adjacent
+      const int64_t group = (t0 + es) / g;
+      if ((threadIdx.x % 4) % seg == 0 && eq < nq && group < G) write_bounds(out, q0 + eq, G, group, run);
+      run = top2_empty();
+    }
+  }
+}
+
+// Per group, the largest item norm and |bias| (a NaN counts as +inf): one warp per group.
+__global__ void __launch_bounds__(kThreads)
+group_norms(const float* __restrict__ E, const float* __restrict__ bias, int D, int64_t n, int g, int64_t G,
+            float* __restrict__ norm, float* __restrict__ absb) {
+  const int lane = threadIdx.x & 31;
+  const int64_t group = int64_t(blockIdx.x) * (kThreads / 32) + threadIdx.x / 32;
+  if (group >= G) return;
+  float nm = 0.0f, bm = 0.0f;
+  const int64_t end = min(n, (group + 1) * g);
+  for (int64_t item = group * g + lane; item < end; item += 32) {
+    const float* e = E + item * D;
+    float ss = 0.0f;
+    if (D % 4 == 0) {
+      const float4* e4 = reinterpret_cast<const float4*>(e);
+      for (int c = 0; c < D / 4; ++c) {
+        const float4 v = __ldg(e4 + c);
+        ss = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
+      }
+    } else {
+      for (int d = 0; d < D; ++d) ss = fmaf(e[d], e[d], ss);
+    }
+    const float b = bias ? fabsf(bias[item]) : 0.0f;
+    nm = fmaxf(nm, ss == ss ? sqrtf(ss) : INFINITY);
+    bm = fmaxf(bm, b == b ? b : INFINITY);
+  }
+  for (int o = 16; o > 0; o >>= 1) {
+    nm = fmaxf(nm, __shfl_xor_sync(0xffffffffu, nm, o));
+    bm = fmaxf(bm, __shfl_xor_sync(0xffffffffu, bm, o));
+  }
+  if (lane == 0) {
+    norm[group] = nm;
+    absb[group] = bm;
+  }
+}
+
+// The bound on |approx - exact| of kernel 1 on tensor cores for a group (see bounds_tc), plus
+// 2^-100 (|u| + |e| + 1) for what underflows or was flushed (subnormal operands count as 0 there);
+// +inf when it is not a small finite number (then the group is always rescored).
+__device__ __forceinline__ float tc_margin(float unorm, float norm, float absb) {
+  const float m = 0x1p-8f * (unorm * norm + absb) + 0x1p-100f * (unorm + norm + 1.0f);
+  return m <= 1e30f ? m : INFINITY;
+}
+
+// The CPU's score of item `item` (local index): fmaf over d in order from 0, then + bias.
+__device__ __forceinline__ float exact_score(const float* __restrict__ qv, const float* __restrict__ E,
+                                             const float* __restrict__ bias, int D, int64_t item) {
+  const float* e = E + item * D;
+  float acc = 0.0f;
+  for (int d = 0; d < D; ++d) acc = fmaf(qv[d], __ldg(e + d), acc);
+  return acc + (bias ? __ldg(bias + item) : 0.0f);
+}
+
 // Kernel 2: one block per query.
 //  1. tau: a score that at least r = k + (excluded ids in range) + 1 (item 0) group bests reach,
 //     found by bisection over the ordered keys (stopping once at most r + r/8 + 8 reach it). At most
 //     r - k of those bests are excluded or item 0, so at least k allowed items score >= tau: no item
-//     below tau is in the top k. With fewer than r groups, tau = -inf.
+//     below tau is in the top k. With fewer than r groups, tau = -inf. (Approximate bounds: a group
+//     best counts with its score less the margin, a lower bound on its exact score.)
 //  2. Groups whose best reaches tau offer it, unless the group's other items may too (s2 >= tau) or
 //     the best is not allowed (excluded, item 0, or -inf/NaN, whose real score the bound lost): those
 //     groups are rescored item by item, with the same arithmetic as kernel 1 and the CPU.
+//     (Approximate bounds: groups whose best plus the margin reaches tau; the best is rescored
+//     exactly, and the whole group when its second plus the margin reaches tau too.)
 //  3. The candidates go through a buffer with a running threshold; the best k are the result.
-__global__ void __launch_bounds__(kSelectThreads)
+__global__ void __launch_bounds__(kMaxSelectThreads)
 select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, const float* __restrict__ bias,
               int64_t lo, int64_t n, int g, int64_t G, int k, int cap, Bounds in, const int64_t* __restrict__ ex_off,
               const int32_t* __restrict__ ex_ids, float* __restrict__ out_s, int32_t* __restrict__ out_i,
@@ -394,12 +570,20 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
   const float* s1p = in.s1 + row * G;
   const int32_t* id1p = in.id1 + row * G;
   const float* s2p = in.s2 + row * G;
-  for (int64_t i = threadIdx.x; i < G; i += blockDim.x) keys[i] = ordered_bits(s1p[i]);
+  const bool approx = in.norm != nullptr;
   for (int d = threadIdx.x; d < D; d += blockDim.x) qv[d] = U[row * D + d];
   if (threadIdx.x == 0) {
     ctl[0] = ctl[1] = ctl[2] = ctl[3] = 0;
     *bf.cnt = 0;
   }
+  __syncthreads();
+  float unorm = 0.0f;
+  if (approx) {  // every thread sums every d in the same order: the same |u| everywhere
+    for (int d = 0; d < D; ++d) unorm = fmaf(qv[d], qv[d], unorm);
+    unorm = unorm == unorm ? sqrtf(unorm) : INFINITY;
+  }
+  for (int64_t i = threadIdx.x; i < G; i += blockDim.x)
+    keys[i] = ordered_bits(approx ? order_key(s1p[i] - tc_margin(unorm, in.norm[i], in.absb[i])) : s1p[i]);
   __syncthreads();
 
   // 1. tau (as an ordered key): count(keys >= lo_u) >= r holds throughout, count(keys >= hi_u) < r.
@@ -436,7 +620,18 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
   // 2. The groups' bests.
   for (int64_t t0 = 0; t0 < G; t0 += blockDim.x) {
     const int64_t i = t0 + threadIdx.x;
-    if (i < G && keys[i] >= tau_u) {
+    if (i < G && approx) {
+      const float m = tc_margin(unorm, in.norm[i], in.absb[i]);
+      const float s1 = s1p[i] + m, s2 = s2p[i] + m;  // upper bounds (NaN from -inf + inf: no bound)
+      if (!(s1 < tau)) {
+        if (!(s2 < tau)) {
+          rescan[atomicAdd(&ctl[3], 1)] = int(i);
+        } else {  // only the best may reach tau
+          const int id = id1p[i];
+          if (id != 0 && !is_excluded(ex_ids, e0, e1, id)) offer(bf, exact_score(qv, E, bias, D, id - lo), id);
+        }
+      }
+    } else if (i < G && keys[i] >= tau_u) {
       const float s1 = s1p[i], s2 = s2p[i];
       const int id = id1p[i];
       const bool allowed = id != 0 && s1 != -INFINITY && !is_excluded(ex_ids, e0, e1, id);
@@ -457,10 +652,7 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
       const int64_t item = int64_t(rescan[f / g]) * g + f % g;
       const int gid = int(lo + item);
       if (item < n && gid != 0) {
-        const float* e = E + item * D;
-        float acc = 0.0f;
-        for (int d = 0; d < D; ++d) acc = fmaf(qv[d], __ldg(e + d), acc);
-        const float s = acc + (bias ? __ldg(bias + item) : 0.0f);
+        const float s = exact_score(qv, E, bias, D, item);
         if (before(s, gid, *bf.thr_s, *bf.thr_id) && !is_excluded(ex_ids, e0, e1, gid)) offer(bf, s, gid);
       }
     }
@@ -491,20 +683,30 @@ size_t select_smem(int64_t G, int D, int cap) {
 
 size_t align_up(size_t x) { return (x + 255) / 256 * 256; }
 
-size_t bounds_bytes(int64_t B, int64_t G) {
+size_t bounds_bytes(int64_t B, int64_t G, bool approx) {
   const size_t e = size_t(B) * size_t(G);
-  return 2 * align_up(e * sizeof(float)) + align_up(e * sizeof(int32_t));
+  return 2 * align_up(e * sizeof(float)) + align_up(e * sizeof(int32_t)) +
+         (approx ? 2 * align_up(size_t(G) * sizeof(float)) : 0);
 }
 
-Bounds carve_bounds(void* base, int64_t B, int64_t G) {
+Bounds carve_bounds(void* base, int64_t B, int64_t G, bool approx) {
   auto* p = static_cast<unsigned char*>(base);
   const size_t e = size_t(B) * size_t(G);
   Bounds b;
   b.s1 = reinterpret_cast<float*>(p);
   b.s2 = reinterpret_cast<float*>(p + align_up(e * sizeof(float)));
   b.id1 = reinterpret_cast<int32_t*>(p + 2 * align_up(e * sizeof(float)));
+  p += 2 * align_up(e * sizeof(float)) + align_up(e * sizeof(int32_t));
+  b.norm = approx ? reinterpret_cast<float*>(p) : nullptr;
+  b.absb = approx ? reinterpret_cast<float*>(p + align_up(size_t(G) * sizeof(float))) : nullptr;
   return b;
 }
+
+size_t tc_smem(int D) {
+  return (size_t(kTcQueries + kTiledItems) * (D + 4) + size_t(kTcQueries) * kTcLdc + 2 * kTiledItems) * sizeof(float);
+}
+
+bool g_allow_tensor_cores = true;
 
 template <class Kernel>
 void set_smem(Kernel kern, size_t bytes) {
@@ -540,7 +742,15 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
   // Batches of 16 queries or more: the register-tiled kernel with the most queries per block that
   // fit (more queries per staged item tile = fewer table reads per fma) but no more than the batch
   // fills. Otherwise, or when it does not fit, one warp per group.
+  // Batches of 64 or more with D = 32, 64 or 128: tensor cores (TF32 bounds, exact
+  // rescoring), unless switched off.
+  if (g_allow_tensor_cores && B >= kTcQueries && (D == 32 || D == 64 || D == 128) && tc_smem(D) <= size_t(smem_optin)) {
+    p.tensor_cores = true;
+    p.queries_per_block = kTcQueries;
+    p.smem_bounds = tc_smem(D);
+  }
   for (int qb : {64, 32, 16}) {
+    if (p.tensor_cores) break;
     if (B >= 16 && (qb == 16 || qb <= B) && tiled_smem(qb, D) <= size_t(smem_optin)) {
       p.queries_per_block = qb;
       p.tiled = true;
@@ -548,7 +758,7 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
       break;
     }
   }
-  if (!p.tiled) {
+  if (!p.tiled && !p.tensor_cores) {
     int qb = int(std::min<int64_t>(16, next_pow2(B)));
     while (qb > 1 && size_t(qb) * D * sizeof(float) > size_t(smem_optin)) qb /= 2;
     ADA_CHECK(size_t(qb) * D * sizeof(float) <= size_t(smem_optin),
@@ -556,12 +766,13 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
     p.queries_per_block = qb;
     p.smem_bounds = size_t(qb) * D * sizeof(float);
   }
-  // Groups: a power of two of items, at least one tiled thread's 8 items (or a warp's 32), with at
-  // most kMaxGroups per query.
-  const int64_t g_min = p.tiled ? 8 : 32;
-  p.group = int(std::max<int64_t>(g_min, next_pow2((n + kMaxGroups - 1) / kMaxGroups)));
+  // Groups: a power of two of items (at least 8: one tiled thread's items), about 16 (k + 64) of
+  // them per query (at least kMinGroups, at most kMaxGroups): tau then sits among the best few
+  // percent of the group bests, and few groups hold two items above it.
+  const int64_t target = std::min<int64_t>(kMaxGroups, std::max<int64_t>(kMinGroups, next_pow2(16 * (int64_t(k) + 64))));
+  p.group = int(std::max<int64_t>(8, next_pow2((n + target - 1) / target)));
   p.n_groups = (n + p.group - 1) / p.group;
-  if (p.tiled) {
+  if (p.tiled || p.tensor_cores) {
     // Enough blocks for about four per multiprocessor, in chunks of whole groups and tiles.
     const int64_t q_blocks = (B + p.queries_per_block - 1) / p.queries_per_block;
     const int64_t unit = std::max<int64_t>(p.group, kTiledItems);
@@ -574,17 +785,73 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
     p.chunk_items = n;
     p.n_chunks = 1;
   }
-  p.cap = int(next_pow2(k + kSelectThreads));
+  // Kernel 2: 1024 threads per query while the batch leaves multiprocessors idle, else 256.
+  p.select_threads = B <= 2 * int64_t(sms) ? kMaxSelectThreads : 256;
+  p.cap = int(next_pow2(k + p.select_threads));
   p.smem_select = select_smem(p.n_groups, D, p.cap);
   ADA_CHECK(p.smem_select <= size_t(smem_optin), "topk: D = " << D << " and k = " << k << " need "
                                                                << p.smem_select << " bytes of shared memory, the device has "
                                                                << smem_optin);
   // Query slices whose bounds fit the workspace limit (one slice for every realistic batch).
-  const size_t per_query = bounds_bytes(1, p.n_groups);
+  const size_t per_query = bounds_bytes(1, p.n_groups, false);
   p.slice = std::max<int64_t>(1, std::min<int64_t>(B, int64_t(kWorkspaceLimit / per_query)));
-  p.workspace_bytes = bounds_bytes(p.slice, p.n_groups);
+  p.workspace_bytes = bounds_bytes(p.slice, p.n_groups, p.tensor_cores);
   return p;
 }
+
+namespace {
+
+// Kernel 1 for queries [b0, b0 + nb) of U into `bounds`.
+void launch_bounds_kernel(const TopkPlan& p, const float* Us, int64_t nb, int D, const float* E, const float* bias,
+                          int64_t lo, int64_t n, const Bounds& bounds, cudaStream_t stream) {
+  const int64_t G = p.n_groups;
+  const unsigned q_blocks = unsigned((nb + p.queries_per_block - 1) / p.queries_per_block);
+  if (p.tensor_cores) {
+    group_norms<<<unsigned((G + kThreads / 32 - 1) / (kThreads / 32)), kThreads, 0, stream>>>(
+        E, bias, D, n, p.group, G, bounds.norm, bounds.absb);
+    ADA_CUDA_OK(cudaGetLastError());
+    auto launch = [&](auto kern) {
+      set_smem(kern, p.smem_bounds);
+      kern<<<dim3(q_blocks, unsigned(p.n_chunks)), kThreads, p.smem_bounds, stream>>>(
+          Us, int(nb), E, bias, lo, n, p.chunk_items, p.group, G, bounds);
+    };
+    switch (D) {
+      case 32: launch(bounds_tc<32>); break;
+      case 64: launch(bounds_tc<64>); break;
+      default: launch(bounds_tc<128>); break;
+    }
+  } else if (p.tiled) {
+    auto launch = [&](auto kern) {
+      set_smem(kern, p.smem_bounds);
+      kern<<<dim3(q_blocks, unsigned(p.n_chunks)), kThreads, p.smem_bounds, stream>>>(
+          Us, int(nb), D, E, bias, lo, n, p.chunk_items, p.group, G, bounds);
+    };
+    switch (p.queries_per_block) {
+      case 64: launch(bounds_tiled<4>); break;
+      case 32: launch(bounds_tiled<2>); break;
+      default: launch(bounds_tiled<1>); break;
+    }
+  } else {
+    const int64_t span = std::max(p.group, 32);
+    const int64_t spans = (n + span - 1) / span;
+    const dim3 grid(q_blocks, unsigned((spans + kThreads / 32 - 1) / (kThreads / 32)));
+    auto launch = [&](auto kern) {
+      set_smem(kern, p.smem_bounds);
+      kern<<<grid, kThreads, p.smem_bounds, stream>>>(Us, int(nb), D, E, bias, lo, n, p.group, G, bounds);
+    };
+    const bool vec4 = D % 4 == 0;
+    switch (p.queries_per_block) {
+      case 16: vec4 ? launch(bounds_warp<16, true>) : launch(bounds_warp<16, false>); break;
+      case 8: vec4 ? launch(bounds_warp<8, true>) : launch(bounds_warp<8, false>); break;
+      case 4: vec4 ? launch(bounds_warp<4, true>) : launch(bounds_warp<4, false>); break;
+      case 2: vec4 ? launch(bounds_warp<2, true>) : launch(bounds_warp<2, false>); break;
+      default: vec4 ? launch(bounds_warp<1, true>) : launch(bounds_warp<1, false>); break;
+    }
+  }
+  ADA_CUDA_OK(cudaGetLastError());
+}
+
+}  // namespace
 
 void topk_device(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo, int64_t n, int k,
                  const int64_t* ex_off, const int32_t* ex_ids, float* out_scores, int32_t* out_ids,
@@ -593,46 +860,32 @@ void topk_device(const float* U, int64_t B, int D, const float* E, const float* 
   int device = 0;
   ADA_CUDA_OK(cudaGetDevice(&device));
   const TopkPlan p = plan_topk(B, n, D, k, device);
-  const int64_t G = p.n_groups;
   void* base = ws.get(p.workspace_bytes);
+  set_smem(select_kernel, p.smem_select);
   for (int64_t b0 = 0; b0 < B; b0 += p.slice) {
     const int64_t nb = std::min(p.slice, B - b0);
-    const Bounds bounds = carve_bounds(base, nb, G);
+    const Bounds bounds = carve_bounds(base, nb, p.n_groups, p.tensor_cores);
     const float* Us = U + b0 * D;
-    const unsigned q_blocks = unsigned((nb + p.queries_per_block - 1) / p.queries_per_block);
-    if (p.tiled) {
-      auto launch = [&](auto kern) {
-        set_smem(kern, p.smem_bounds);
-        kern<<<dim3(q_blocks, unsigned(p.n_chunks)), kThreads, p.smem_bounds, stream>>>(
-            Us, int(nb), D, E, bias, lo, n, p.chunk_items, p.group, G, bounds);
-      };
-      switch (p.queries_per_block) {
-        case 64: launch(bounds_tiled<4>); break;
-        case 32: launch(bounds_tiled<2>); break;
-        default: launch(bounds_tiled<1>); break;
-      }
-    } else {
-      const dim3 grid(q_blocks, unsigned((G + kThreads / 32 - 1) / (kThreads / 32)));
-      auto launch = [&](auto kern) {
-        set_smem(kern, p.smem_bounds);
-        kern<<<grid, kThreads, p.smem_bounds, stream>>>(Us, int(nb), D, E, bias, lo, n, p.group, G, bounds);
-      };
-      const bool vec4 = D % 4 == 0;
-      switch (p.queries_per_block) {
-        case 16: vec4 ? launch(bounds_warp<16, true>) : launch(bounds_warp<16, false>); break;
-        case 8: vec4 ? launch(bounds_warp<8, true>) : launch(bounds_warp<8, false>); break;
-        case 4: vec4 ? launch(bounds_warp<4, true>) : launch(bounds_warp<4, false>); break;
-        case 2: vec4 ? launch(bounds_warp<2, true>) : launch(bounds_warp<2, false>); break;
-        default: vec4 ? launch(bounds_warp<1, true>) : launch(bounds_warp<1, false>); break;
-      }
-    }
-    ADA_CUDA_OK(cudaGetLastError());
-    set_smem(select_kernel, p.smem_select);
-    select_kernel<<<unsigned(nb), kSelectThreads, p.smem_select, stream>>>(
-        Us, D, E, bias, lo, n, p.group, G, k, p.cap, bounds, ex_off + b0, ex_ids, out_scores + b0 * k,
+    launch_bounds_kernel(p, Us, nb, D, E, bias, lo, n, bounds, stream);
+    select_kernel<<<unsigned(nb), unsigned(p.select_threads), p.smem_select, stream>>>(
+        Us, D, E, bias, lo, n, p.group, p.n_groups, k, p.cap, bounds, ex_off + b0, ex_ids, out_scores + b0 * k,
         out_ids + b0 * k, out_count + b0);
     ADA_CUDA_OK(cudaGetLastError());
   }
+}
+
+void topk_allow_tensor_cores(bool allow) { g_allow_tensor_cores = allow; }
+
+void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo,
+                             int64_t n, int k, TopkWorkspace& ws, cudaStream_t stream) {
+  if (B == 0) return;
+  int device = 0;
+  ADA_CUDA_OK(cudaGetDevice(&device));
+  const TopkPlan p = plan_topk(B, n, D, k, device);
+  void* base = ws.get(p.workspace_bytes);
+  for (int64_t b0 = 0; b0 < B; b0 += p.slice)
+    launch_bounds_kernel(p, U + b0 * D, std::min(p.slice, B - b0), D, E, bias, lo, n,
+                         carve_bounds(base, std::min(p.slice, B - b0), p.n_groups, p.tensor_cores), stream);
 }
 
 }  // namespace cuda
@@ -755,6 +1008,8 @@ class GpuSearcher final : public TopkSearcher {
 };
 
 }  // namespace
+
+void set_gpu_topk_tensor_cores(bool allow) { cuda::topk_allow_tensor_cores(allow); }
 
 std::unique_ptr<TopkSearcher> make_gpu_searcher(const float* E, const float* bias, int64_t lo, int64_t hi, int64_t D,
                                                 int device) {

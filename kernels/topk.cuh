@@ -5,13 +5,18 @@
 // topk.hpp (higher score, then smaller id), skipping global id 0 and the query's excluded ids
 // ex_ids[ex_off[b] .. ex_off[b+1]) (sorted ascending; global ids). Rows with fewer candidates get
 // fewer (out_count[b]); the tail holds id -1 and score -inf. The B x n score matrix is never written.
+// U and E are read as float4 where D % 4 == 0: they must then be 16-byte aligned (cudaMalloc is).
 //
-// Two kernels, exact at every step (the scores are FP32 fmaf over d in order, then + bias, the CPU
-// searcher's arithmetic, so lists and scores equal the CPU's bit for bit):
-//  (1) bounds: the items are cut into groups of g (a power of two, at most 4096 groups); for each
+// Two kernels whose results are exact (every score that reaches the output, and every comparison
+// that decides it, is FP32 fmaf over d in order, then + bias: the CPU searcher's arithmetic, so
+// lists and scores equal the CPU's bit for bit):
+//  (1) bounds: the items are cut into groups of g (a power of two, 2k-16k groups); for each
 //      query and group one pass writes the group's best item (score, id) and the best score of the
-//      rest. Batches of 16 queries or more use a register-tiled kernel (8 items x up to 4 queries per
-//      thread, item tiles staged in shared memory); smaller ones one warp per group.
+//      rest. Batches of 64 queries or more (D = 32, 64 or 128) use tensor cores: TF32
+//      products, so the bounds are approximate, with a proven error margin that kernel 2 adds
+//      (and a small pass writes each group's largest item norm and |bias| for it). Batches of 16
+//      or more otherwise use a register-tiled FP32 kernel (8 items x up to 4 queries per thread,
+//      item tiles staged in shared memory); smaller ones a warp per span of items.
 //  (2) select, one block per query: tau = a score reached by the bests of k + (excluded) + 1 groups
 //      (bisection over the group bests), so no item below tau can be in the top k; the groups whose
 //      best reaches tau offer it, and the few whose other items might reach tau too (or whose best is
@@ -43,13 +48,15 @@ class TopkWorkspace {
 
 // Launch parameters chosen for a problem (exposed for tests and benchmarks).
 struct TopkPlan {
+  bool tensor_cores = false;   // the TF32 bounds kernel (64 queries per block)
   bool tiled = false;          // the register-tiled bounds kernel (16, 32 or 64 queries per block)
-  int queries_per_block = 0;   // 1 .. 16 for the warp-per-group kernel
-  int group = 0;               // items per group (power of two; >= 8 tiled, >= 32 warp kernel)
-  int64_t n_groups = 0;        // groups per query (<= 4096)
+  int queries_per_block = 0;   // 1 .. 16 for the warp kernel
+  int group = 0;               // items per group (a power of two >= 8)
+  int64_t n_groups = 0;        // groups per query (<= 16384)
   int64_t chunk_items = 0;     // items per block of the tiled kernel (whole groups and tiles)
   int n_chunks = 0;
-  int cap = 0;                 // candidate buffer of the select kernel (power of two >= k + 256)
+  int select_threads = 0;      // threads per block of the select kernel (256 or 1024)
+  int cap = 0;                 // candidate buffer of the select kernel (power of two >= k + select_threads)
   size_t smem_bounds = 0, smem_select = 0;  // dynamic shared memory bytes
   int64_t slice = 0;           // queries per pass (bounds the workspace)
   size_t workspace_bytes = 0;
@@ -61,6 +68,14 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device);
 void topk_device(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo, int64_t n,
                  int k, const int64_t* ex_off, const int32_t* ex_ids, float* out_scores, int32_t* out_ids,
                  int32_t* out_count, TopkWorkspace& ws, cudaStream_t stream);
+
+// Whether batches of 64 or more may use the tensor-core bounds kernel (default true; process-wide,
+// for tests and benchmarks that compare it with the exact FP32 kernel). Results are identical.
+void topk_allow_tensor_cores(bool allow);
+
+// Kernel 1 alone (its output stays in ws): for benchmarks that split the time between the kernels.
+void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo,
+                             int64_t n, int k, TopkWorkspace& ws, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace ada

@@ -59,9 +59,16 @@ TEST_CASE("cuda top-k equals the CPU searcher on random problems", "[cuda][topk]
                        Case{7, 70001, 128, 128, 0}, Case{1, 1000003, 64, 100, 100},
                        // the register-tiled kernel (B >= 16): odd D, 16/32/64 queries per block, D = 128
                        Case{40, 1000, 17, 50, 20}, Case{16, 5000, 64, 300, 10}, Case{100, 777, 128, 128, 5},
-                       Case{65, 20000, 32, 1, 3}}) {
+                       Case{65, 20000, 32, 1, 3},
+                       // groups of 64 items (within a tile) and of 256 (carried across tiles)
+                       Case{20, 100000, 8, 3, 5}, Case{17, 300001, 8, 5, 10}}) {
     const Problem p = random_problem(c.B, c.N, c.D, uint32_t(c.B * 7919 + c.N + c.k), c.max_excl);
     compare(p, 0, c.N, c.k);
+    if (c.B >= 64) {  // the FP32 bounds kernel too (64 queries or more go to the tensor cores)
+      ada::set_gpu_topk_tensor_cores(false);
+      compare(p, 0, c.N, c.k);
+      ada::set_gpu_topk_tensor_cores(true);
+    }
     if (c.B <= 8 || c.N <= 1000) {  // against exact double scores too, where that is cheap
       auto gpu = ada::make_gpu_searcher(p.E.data(), p.bias.data(), 0, c.N, c.D, 0);
       const ada::TopkLists got = gpu->search(p.U.data(), c.B, c.k, p.exclude);
@@ -97,7 +104,7 @@ TEST_CASE("cuda top-k: ties by id, extra exclusions, k equal to the candidates, 
 // exclude the best items of the best groups.
 TEST_CASE("cuda top-k: adjacent winners, signed-zero ties, excluded group bests", "[cuda][topk]") {
   require_gpu();
-  for (int64_t B : {3, 20}) {
+  for (int64_t B : {3, 20, 70}) {  // the warp, register-tiled and tensor-core bounds kernels
     // score grows with the id (u . e_j = j * |u|^2 / N): the top k are the last k items, side by side
     Problem p = random_problem(B, 40001, 16, uint32_t(11 + B), 30);
     for (int64_t j = 0; j < p.N; ++j)
@@ -120,6 +127,24 @@ TEST_CASE("cuda top-k: adjacent winners, signed-zero ties, excluded group bests"
     Ragged extra;
     for (int64_t b = 0; b < B; ++b) extra.push_row(top.ids.data() + b * 600, top.ids.data() + (b + 1) * 600);
     for (int k : {10, 700}) compare(x, 0, x.N, k, &extra);
+  }
+}
+
+// Scores that differ far below TF32's resolution (one shared embedding plus 1e-6 noise): the
+// tensor-core bounds cannot order them, so the error margin must send the close groups to exact
+// rescoring, and the lists still equal the CPU's.
+TEST_CASE("cuda top-k: near ties below TF32 resolution", "[cuda][topk]") {
+  require_gpu();
+  for (int64_t D : {64, 24}) {  // the tensor-core and the FP32 register-tiled bounds kernels
+    Problem p = random_problem(70, 6000, D, uint32_t(19 + D), 10);
+    std::vector<float> c(p.E.begin() + D, p.E.begin() + 2 * D);
+    for (int64_t j = 0; j < p.N; ++j)
+      for (int64_t d = 0; d < D; ++d) {
+        float& e = p.E[size_t(j * D + d)];
+        e = c[size_t(d)] * (1.0f + 1e-6f * e);
+      }
+    std::fill(p.bias.begin(), p.bias.end(), 0.25f);
+    for (int k : {1, 50, 600}) compare(p, 0, p.N, k);
   }
 }
 
