@@ -202,9 +202,9 @@ void BM_topk(benchmark::State& st) { run_fused(st, 64); }
 
 // BM_topk with the tensor cores switched off (FP32 bounds kernel; the same lists).
 void BM_topk_fp32_bounds(benchmark::State& st) {
-  ada::cuda::topk_allow_tensor_cores(false);
+  ada::cuda::topk_tensor_cores(2);
   run_fused(st, 64);
-  ada::cuda::topk_allow_tensor_cores(true);
+  ada::cuda::topk_tensor_cores(0);
 }
 
 // Kernel 1 of BM_topk alone (the per-group bounds): the rest of BM_topk's time is the select kernel.

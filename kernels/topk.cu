@@ -706,7 +706,8 @@ size_t tc_smem(int D) {
   return (size_t(kTcQueries + kTiledItems) * (D + 4) + size_t(kTcQueries) * kTcLdc + 2 * kTiledItems) * sizeof(float);
 }
 
-bool g_allow_tensor_cores = true;
+int g_tensor_cores = 0;  // TensorCores of topk.hpp: 0 auto, 1 always, 2 never
+constexpr int64_t kTcAutoMinItems = 65536;
 
 template <class Kernel>
 void set_smem(Kernel kern, size_t bytes) {
@@ -742,9 +743,10 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
   // Batches of 16 queries or more: the register-tiled kernel with the most queries per block that
   // fit (more queries per staged item tile = fewer table reads per fma) but no more than the batch
   // fills. Otherwise, or when it does not fit, one warp per group.
-  // Batches of 64 or more with D = 32, 64 or 128: tensor cores (TF32 bounds, exact
-  // rescoring), unless switched off.
-  if (g_allow_tensor_cores && B >= kTcQueries && (D == 32 || D == 64 || D == 128) && tc_smem(D) <= size_t(smem_optin)) {
+  // Batches of 64 or more with D = 32, 64 or 128: tensor cores (TF32 bounds, exact rescoring),
+  // by default for 2^16 items or more (see TensorCores in topk.hpp).
+  const bool tc_wanted = g_tensor_cores == 1 || (g_tensor_cores == 0 && n >= kTcAutoMinItems);
+  if (tc_wanted && B >= kTcQueries && (D == 32 || D == 64 || D == 128) && tc_smem(D) <= size_t(smem_optin)) {
     p.tensor_cores = true;
     p.queries_per_block = kTcQueries;
     p.smem_bounds = tc_smem(D);
@@ -874,7 +876,7 @@ void topk_device(const float* U, int64_t B, int D, const float* E, const float* 
   }
 }
 
-void topk_allow_tensor_cores(bool allow) { g_allow_tensor_cores = allow; }
+void topk_tensor_cores(int mode) { g_tensor_cores = mode; }
 
 void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo,
                              int64_t n, int k, TopkWorkspace& ws, cudaStream_t stream) {
@@ -1009,7 +1011,7 @@ class GpuSearcher final : public TopkSearcher {
 
 }  // namespace
 
-void set_gpu_topk_tensor_cores(bool allow) { cuda::topk_allow_tensor_cores(allow); }
+void set_gpu_topk_tensor_cores(TensorCores mode) { cuda::topk_tensor_cores(int(mode)); }
 
 std::unique_ptr<TopkSearcher> make_gpu_searcher(const float* E, const float* bias, int64_t lo, int64_t hi, int64_t D,
                                                 int device) {

@@ -12,7 +12,7 @@
 // lists and scores equal the CPU's bit for bit):
 //  (1) bounds: the items are cut into groups of g (a power of two, 2k-16k groups); for each
 //      query and group one pass writes the group's best item (score, id) and the best score of the
-//      rest. Batches of 64 queries or more (D = 32, 64 or 128) use tensor cores: TF32
+//      rest. Batches of 64 queries or more (D = 32, 64 or 128; by default over 2^16 items or more) use tensor cores: TF32
 //      products, so the bounds are approximate, with a proven error margin that kernel 2 adds
 //      (and a small pass writes each group's largest item norm and |bias| for it). Batches of 16
 //      or more otherwise use a register-tiled FP32 kernel (8 items x up to 4 queries per thread,
@@ -69,9 +69,9 @@ void topk_device(const float* U, int64_t B, int D, const float* E, const float* 
                  int k, const int64_t* ex_off, const int32_t* ex_ids, float* out_scores, int32_t* out_ids,
                  int32_t* out_count, TopkWorkspace& ws, cudaStream_t stream);
 
-// Whether batches of 64 or more may use the tensor-core bounds kernel (default true; process-wide,
-// for tests and benchmarks that compare it with the exact FP32 kernel). Results are identical.
-void topk_allow_tensor_cores(bool allow);
+// When the tensor-core bounds kernel is used: 0 = auto (the default), 1 = always, 2 = never (the
+// values of ada::TensorCores in topk.hpp; process-wide, for tests and benchmarks). Results are identical.
+void topk_tensor_cores(int mode);
 
 // Kernel 1 alone (its output stays in ws): for benchmarks that split the time between the kernels.
 void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo,

@@ -45,6 +45,14 @@ void compare(const Problem& p, int64_t lo, int64_t hi, int k, const Ragged* extr
   }
 }
 
+// Sets the tensor-core mode of the GPU searches for a scope (back to kAuto at its end).
+struct TensorCoreMode {
+  explicit TensorCoreMode(ada::TensorCores m) { ada::set_gpu_topk_tensor_cores(m); }
+  ~TensorCoreMode() { ada::set_gpu_topk_tensor_cores(ada::TensorCores::kAuto); }
+  TensorCoreMode(const TensorCoreMode&) = delete;
+  TensorCoreMode& operator=(const TensorCoreMode&) = delete;
+};
+
 }  // namespace
 
 TEST_CASE("cuda top-k equals the CPU searcher on random problems", "[cuda][topk]") {
@@ -64,11 +72,11 @@ TEST_CASE("cuda top-k equals the CPU searcher on random problems", "[cuda][topk]
                        Case{20, 100000, 8, 3, 5}, Case{17, 300001, 8, 5, 10}}) {
     const Problem p = random_problem(c.B, c.N, c.D, uint32_t(c.B * 7919 + c.N + c.k), c.max_excl);
     compare(p, 0, c.N, c.k);
-    if (c.B >= 64) {  // the FP32 bounds kernel too (64 queries or more go to the tensor cores)
-      ada::set_gpu_topk_tensor_cores(false);
-      compare(p, 0, c.N, c.k);
-      ada::set_gpu_topk_tensor_cores(true);
-    }
+    if (c.B >= 64)  // both bounds kernels for 64 queries or more: tensor cores and FP32
+      for (auto mode : {ada::TensorCores::kAlways, ada::TensorCores::kNever}) {
+        const TensorCoreMode scope(mode);
+        compare(p, 0, c.N, c.k);
+      }
     if (c.B <= 8 || c.N <= 1000) {  // against exact double scores too, where that is cheap
       auto gpu = ada::make_gpu_searcher(p.E.data(), p.bias.data(), 0, c.N, c.D, 0);
       const ada::TopkLists got = gpu->search(p.U.data(), c.B, c.k, p.exclude);
@@ -104,9 +112,10 @@ TEST_CASE("cuda top-k: ties by id, extra exclusions, k equal to the candidates, 
 // exclude the best items of the best groups.
 TEST_CASE("cuda top-k: adjacent winners, signed-zero ties, excluded group bests", "[cuda][topk]") {
   require_gpu();
+  const TensorCoreMode scope(ada::TensorCores::kAlways);  // also below 2^16 items
   for (int64_t B : {3, 20, 70}) {  // the warp, register-tiled and tensor-core bounds kernels
     // score grows with the id (u . e_j = j * |u|^2 / N): the top k are the last k items, side by side
-    Problem p = random_problem(B, 40001, 16, uint32_t(11 + B), 30);
+    Problem p = random_problem(B, 40001, 32, uint32_t(11 + B), 30);
     for (int64_t j = 0; j < p.N; ++j)
       for (int64_t d = 0; d < p.D; ++d) p.E[size_t(j * p.D + d)] = float(j) / float(p.N) * p.U[size_t(d)];
     std::fill(p.bias.begin(), p.bias.end(), 0.0f);
@@ -114,7 +123,7 @@ TEST_CASE("cuda top-k: adjacent winners, signed-zero ties, excluded group bests"
     compare(p, 7, p.N, 100);
 
     // every score +0 or -0 (zero embeddings, biases of either sign): the order is by id alone
-    Problem z = random_problem(B, 9000, 8, uint32_t(13 + B), 20);
+    Problem z = random_problem(B, 9000, 32, uint32_t(13 + B), 20);
     std::fill(z.E.begin(), z.E.end(), 0.0f);
     for (size_t j = 0; j < z.bias.size(); ++j) z.bias[j] = j % 3 == 1 ? -0.0f : 0.0f;
     for (int k : {5, 300}) compare(z, 0, z.N, k);
@@ -135,6 +144,7 @@ TEST_CASE("cuda top-k: adjacent winners, signed-zero ties, excluded group bests"
 // rescoring, and the lists still equal the CPU's.
 TEST_CASE("cuda top-k: near ties below TF32 resolution", "[cuda][topk]") {
   require_gpu();
+  const TensorCoreMode scope(ada::TensorCores::kAlways);  // also below 2^16 items
   for (int64_t D : {64, 24}) {  // the tensor-core and the FP32 register-tiled bounds kernels
     Problem p = random_problem(70, 6000, D, uint32_t(19 + D), 10);
     std::vector<float> c(p.E.begin() + D, p.E.begin() + 2 * D);

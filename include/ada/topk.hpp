@@ -82,11 +82,14 @@ std::unique_ptr<TopkSearcher> make_gpu_searcher(const float* E, const float* bia
                                                 int64_t hi, int64_t D, int device = 0);
 // The largest k the GPU kernel supports.
 constexpr int kGpuTopkMaxK = 1024;
-// Whether GPU searches of 64 queries or more may bound scores on tensor cores (TF32, then exact FP32
-// rescoring of whatever the bounds cannot rule out; the default) or must use the FP32 kernel only.
-// The results are the same either way; this is for tests and benchmarks. Process-wide; a no-op
+// Whether GPU searches bound scores on tensor cores (TF32, then exact FP32 rescoring of whatever
+// the bounds cannot rule out) or with the FP32 kernels. kAuto (the default): tensor cores for 64
+// queries or more over 65,536 items or more (on an H100 they were faster at 1M items and slower at
+// 12k; the cut between is not measured); kAlways: from 64 queries on, whatever the items; kNever.
+// The lists are the same in every mode; this is for tests and benchmarks. Process-wide; a no-op
 // without CUDA.
-void set_gpu_topk_tensor_cores(bool allow);
+enum class TensorCores { kAuto, kAlways, kNever };
+void set_gpu_topk_tensor_cores(TensorCores mode);
 
 // Exact merge of shard results for the same rows: the best k of the union, in the order above.
 // Shards must cover disjoint item ranges (a repeated id is an error).
