@@ -55,7 +55,23 @@ struct TensorCoreMode {
 
 }  // namespace
 
-TEST_CASE("cuda top-k equals the CPU searcher on random problems", "[cuda][topk]") {
+// Every kernel variant on problems small enough for compute-sanitizer (scripts/gpu-check runs the
+// tests not tagged [large] under memcheck and racecheck): the warp kernel, the register-tiled FP32
+// kernel, the tensor-core kernel; group rescoring (winners side by side) and exclusions in each.
+TEST_CASE("cuda top-k: every bounds kernel on small problems", "[cuda][topk]") {
+  require_gpu();
+  const TensorCoreMode scope(ada::TensorCores::kAlways);
+  for (int64_t B : {3, 20, 70}) {
+    Problem p = random_problem(B, 700, 32, uint32_t(23 + B), 40);
+    compare(p, 0, p.N, 10);
+    compare(p, 100, p.N, 33);
+    for (int64_t j = 0; j < p.N; ++j)  // score grows with the id: the winners share groups
+      for (int64_t d = 0; d < p.D; ++d) p.E[size_t(j * p.D + d)] = float(j) / float(p.N) * p.U[size_t(d)];
+    compare(p, 0, p.N, 50);
+  }
+}
+
+TEST_CASE("cuda top-k equals the CPU searcher on random problems", "[cuda][topk][large]") {
   require_gpu();
   struct Case {
     int64_t B, N, D;
@@ -110,7 +126,7 @@ TEST_CASE("cuda top-k: ties by id, extra exclusions, k equal to the candidates, 
 // by item only when its other items may reach the threshold: these problems put the winners next to
 // each other (whole groups of them), make every score a signed zero (all ties, decided by id), and
 // exclude the best items of the best groups.
-TEST_CASE("cuda top-k: adjacent winners, signed-zero ties, excluded group bests", "[cuda][topk]") {
+TEST_CASE("cuda top-k: adjacent winners, signed-zero ties, excluded group bests", "[cuda][topk][large]") {
   require_gpu();
   const TensorCoreMode scope(ada::TensorCores::kAlways);  // also below 2^16 items
   for (int64_t B : {3, 20, 70}) {  // the warp, register-tiled and tensor-core bounds kernels
@@ -158,7 +174,7 @@ TEST_CASE("cuda top-k: near ties below TF32 resolution", "[cuda][topk]") {
   }
 }
 
-TEST_CASE("several shards on one GPU merge to the unsharded GPU result", "[cuda][topk]") {
+TEST_CASE("several shards on one GPU merge to the unsharded GPU result", "[cuda][topk][large]") {
   require_gpu();
   const Problem p = random_problem(65, 50001, 64, 17, 80);
   ada::ShardedSearcher one, many, mixed;
