@@ -740,11 +740,11 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
   ADA_CUDA_OK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   ADA_CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   TopkPlan p;
-  // Batches of 16 queries or more: the register-tiled kernel with the most queries per block that
-  // fit (more queries per staged item tile = fewer table reads per fma) but no more than the batch
-  // fills. Otherwise, or when it does not fit, one warp per group.
   // Batches of 64 or more with D = 32, 64 or 128: tensor cores (TF32 bounds, exact rescoring),
-  // by default for 2^16 items or more (see TensorCores in topk.hpp).
+  // by default for 2^16 items or more (see TensorCores in topk.hpp). Otherwise batches of 16 or
+  // more: the register-tiled kernel with the most queries per block that fit (more queries per
+  // staged item tile = fewer table reads per fma) but no more than the batch fills. Otherwise, or
+  // when that does not fit, a warp per span of items.
   const bool tc_wanted = g_tensor_cores == 1 || (g_tensor_cores == 0 && n >= kTcAutoMinItems);
   if (tc_wanted && B >= kTcQueries && (D == 32 || D == 64 || D == 128) && tc_smem(D) <= size_t(smem_optin)) {
     p.tensor_cores = true;
