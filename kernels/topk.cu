@@ -288,7 +288,7 @@ bounds_tiled(const float* __restrict__ U, int B, int D, const float* __restrict_
       const int r = ti * 8 + i;
       if (r < tile_n) {
         const int64_t local = t0 + r;
-        const float b = bias ? bias[local] : 0.0f;
+        const float b = bias ? bias[local] : -0.0f;  // x + -0 == x, -0 included (the CPU adds nothing)
         const int gid = int(lo + local);
 #pragma unroll
         for (int j = 0; j < QPT; ++j) top2_add(run[j], acc[j][i] + b, gid);
@@ -362,7 +362,7 @@ bounds_warp(const float* __restrict__ U, int B, int D, const float* __restrict__
         for (int j = 0; j < QPT; ++j) acc[j] = fmaf(qs[j * D + d], e, acc[j]);
       }
     }
-    const float b = bias ? __ldg(bias + item) : 0.0f;
+    const float b = bias ? __ldg(bias + item) : -0.0f;  // x + -0 == x bit for bit
     const int gid = int(lo + item);
 #pragma unroll
     for (int j = 0; j < QPT; ++j) top2_add(run[j], acc[j] + b, gid);
@@ -381,7 +381,8 @@ bounds_warp(const float* __restrict__ U, int B, int D, const float* __restrict__
 // Kernel 1 on tensor cores (batches of 64 queries or more, D = 32, 64 or 128): TF32
 // products with FP32 accumulation (wmma m16n16k8), so the bounds are approximate: for each score
 // |approx - exact| <= 2^-8 (|u| |e| + |b|) (TF32 rounds each operand to 11 significant bits:
-// product error <= 2^-10 |u_d e_d|; both FP32 sums add less than 2^-17 sum |u_d e_d|; then
+// product error <= 2^-10 |u_d e_d|; both FP32 sums add less than 2^-16 sum |u_d e_d| for D <= 128
+// (the tensor cores' accumulation order and rounding are not documented: assumed FP32-like); then
 // Cauchy-Schwarz; |b| covers the rounding of "+ b"), and kernel 2 widens every bound by that
 // margin and rescores exactly whatever it then cannot rule out. Block (x = 64 queries, y = item
 // chunk): each 128-item tile is staged (rounded to TF32) in shared memory; warp w multiplies
@@ -438,7 +439,8 @@ bounds_tc(const float* __restrict__ U, int B, const float* __restrict__ E, const
       *reinterpret_cast<float4*>(Es + r * ld + 4 * c) = make_float4(tf32(v.x), tf32(v.y), tf32(v.z), tf32(v.w));
     }
     float* Bs = Bs2 + (((t0 - c_begin) / kTiledItems) & 1) * kTiledItems;
-    if (threadIdx.x < kTiledItems) Bs[threadIdx.x] = bias && int(threadIdx.x) < tile_n ? bias[t0 + threadIdx.x] : 0.0f;
+    if (threadIdx.x < kTiledItems)  // no bias: -0, since x + -0 == x bit for bit
+      Bs[threadIdx.x] = !bias ? -0.0f : int(threadIdx.x) < tile_n ? bias[t0 + threadIdx.x] : 0.0f;
     __syncthreads();  // (also every thread is done with the tile before last's biases and the last's Cs)
     wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[4];
 #pragma unroll
@@ -489,6 +491,15 @@ bounds_tc(const float* __restrict__ U, int B, const float* __restrict__ E, const
   }
 }
 
+// sqrt of a sum of squares, as a float rounded up (a bound must not shrink in the conversion; a
+// norm beyond the float range becomes +inf, one below it the smallest subnormal or 0, which
+// tc_margin's 2^-100 term covers).
+__device__ __forceinline__ float norm_up(double ss) {
+  const double n = sqrt(ss);
+  const float f = float(n);
+  return double(f) >= n ? f : nextafterf(f, INFINITY);
+}
+
 // Per group, the largest item norm and |bias| (a NaN counts as +inf): one warp per group.
 __global__ void __launch_bounds__(kThreads)
 group_norms(const float* __restrict__ E, const float* __restrict__ bias, int D, int64_t n, int g, int64_t G,
@@ -500,18 +511,18 @@ group_norms(const float* __restrict__ E, const float* __restrict__ bias, int D, 
   const int64_t end = min(n, (group + 1) * g);
   for (int64_t item = group * g + lane; item < end; item += 32) {
     const float* e = E + item * D;
-    float ss = 0.0f;
+    double ss = 0.0;  // in double: squares of tiny or huge floats neither underflow nor overflow
     if (D % 4 == 0) {
       const float4* e4 = reinterpret_cast<const float4*>(e);
       for (int c = 0; c < D / 4; ++c) {
         const float4 v = __ldg(e4 + c);
-        ss = fmaf(v.x, v.x, fmaf(v.y, v.y, fmaf(v.z, v.z, fmaf(v.w, v.w, ss))));
+        ss += double(v.x) * v.x + double(v.y) * v.y + double(v.z) * v.z + double(v.w) * v.w;
       }
     } else {
-      for (int d = 0; d < D; ++d) ss = fmaf(e[d], e[d], ss);
+      for (int d = 0; d < D; ++d) ss += double(e[d]) * e[d];
     }
     const float b = bias ? fabsf(bias[item]) : 0.0f;
-    nm = fmaxf(nm, ss == ss ? sqrtf(ss) : INFINITY);
+    nm = fmaxf(nm, ss == ss ? norm_up(ss) : INFINITY);
     bm = fmaxf(bm, b == b ? b : INFINITY);
   }
   for (int o = 16; o > 0; o >>= 1) {
@@ -538,7 +549,7 @@ __device__ __forceinline__ float exact_score(const float* __restrict__ qv, const
   const float* e = E + item * D;
   float acc = 0.0f;
   for (int d = 0; d < D; ++d) acc = fmaf(qv[d], __ldg(e + d), acc);
-  return acc + (bias ? __ldg(bias + item) : 0.0f);
+  return bias ? acc + __ldg(bias + item) : acc;
 }
 
 // Kernel 2: one block per query.
@@ -579,8 +590,9 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
   __syncthreads();
   float unorm = 0.0f;
   if (approx) {  // every thread sums every d in the same order: the same |u| everywhere
-    for (int d = 0; d < D; ++d) unorm = fmaf(qv[d], qv[d], unorm);
-    unorm = unorm == unorm ? sqrtf(unorm) : INFINITY;
+    double ss = 0.0;  // in double (see group_norms)
+    for (int d = 0; d < D; ++d) ss += double(qv[d]) * qv[d];
+    unorm = ss == ss ? norm_up(ss) : INFINITY;
   }
   for (int64_t i = threadIdx.x; i < G; i += blockDim.x)
     keys[i] = ordered_bits(approx ? order_key(s1p[i] - tc_margin(unorm, in.norm[i], in.absb[i])) : s1p[i]);
@@ -774,6 +786,14 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
   const int64_t target = std::min<int64_t>(kMaxGroups, std::max<int64_t>(kMinGroups, next_pow2(16 * (int64_t(k) + 64))));
   p.group = int(std::max<int64_t>(8, next_pow2((n + target - 1) / target)));
   p.n_groups = (n + p.group - 1) / p.group;
+  // Kernel 2: 1024 threads per query while the batch leaves multiprocessors idle, else 256. Its
+  // shared memory grows with the groups: on devices with less of it, fewer and larger groups.
+  p.select_threads = B <= 2 * int64_t(sms) ? kMaxSelectThreads : 256;
+  p.cap = int(next_pow2(k + p.select_threads));
+  while (select_smem(p.n_groups, D, p.cap) > size_t(smem_optin) && p.n_groups > 1 && p.group < (1 << 29)) {
+    p.group *= 2;
+    p.n_groups = (n + p.group - 1) / p.group;
+  }
   if (p.tiled || p.tensor_cores) {
     // Enough blocks for about four per multiprocessor, in chunks of whole groups and tiles.
     const int64_t q_blocks = (B + p.queries_per_block - 1) / p.queries_per_block;
@@ -787,9 +807,6 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
     p.chunk_items = n;
     p.n_chunks = 1;
   }
-  // Kernel 2: 1024 threads per query while the batch leaves multiprocessors idle, else 256.
-  p.select_threads = B <= 2 * int64_t(sms) ? kMaxSelectThreads : 256;
-  p.cap = int(next_pow2(k + p.select_threads));
   p.smem_select = select_smem(p.n_groups, D, p.cap);
   ADA_CHECK(p.smem_select <= size_t(smem_optin), "topk: D = " << D << " and k = " << k << " need "
                                                                << p.smem_select << " bytes of shared memory, the device has "

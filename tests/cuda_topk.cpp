@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 
@@ -27,10 +28,12 @@ void require_gpu() {
   if (ada::cuda_device_count() == 0) ada_test::skip("no CUDA device visible");
 }
 
-// GPU and CPU searchers over the same range give the same lists, bit for bit.
-void compare(const Problem& p, int64_t lo, int64_t hi, int k, const Ragged* extra = nullptr) {
-  auto cpu = ada::make_cpu_searcher(p.E.data(), p.bias.data(), lo, hi, p.D);
-  auto gpu = ada::make_gpu_searcher(p.E.data(), p.bias.data(), lo, hi, p.D, 0);
+// GPU and CPU searchers over the same range give the same lists, bit for bit (the sign of a zero
+// score included). Without `with_bias` both searchers get no bias.
+void compare(const Problem& p, int64_t lo, int64_t hi, int k, const Ragged* extra = nullptr, bool with_bias = true) {
+  const float* bias = with_bias ? p.bias.data() : nullptr;
+  auto cpu = ada::make_cpu_searcher(p.E.data(), bias, lo, hi, p.D);
+  auto gpu = ada::make_gpu_searcher(p.E.data(), bias, lo, hi, p.D, 0);
   const ada::TopkLists want = cpu->search(p.U.data(), p.B, k, p.exclude, extra);
   const ada::TopkLists got = gpu->search(p.U.data(), p.B, k, p.exclude, extra);
   INFO("B " << p.B << " N " << p.N << " D " << p.D << " k " << k << " range [" << lo << ", " << hi << ")");
@@ -41,7 +44,7 @@ void compare(const Problem& p, int64_t lo, int64_t hi, int k, const Ragged* extr
     if (std::isinf(want.scores[i]))
       REQUIRE(std::isinf(got.scores[i]));
     else
-      REQUIRE(got.scores[i] == want.scores[i]);
+      REQUIRE(std::memcmp(&got.scores[i], &want.scores[i], sizeof(float)) == 0);
   }
 }
 
@@ -69,6 +72,39 @@ TEST_CASE("cuda top-k: every bounds kernel on small problems", "[cuda][topk]") {
       for (int64_t d = 0; d < p.D; ++d) p.E[size_t(j * p.D + d)] = float(j) / float(p.N) * p.U[size_t(d)];
     compare(p, 0, p.N, 50);
   }
+}
+
+// Coordinates so small that their squares underflow in float: the tensor-core error margin must
+// still cover the TF32 rounding (norms are summed in double). Item 5 wins by 2^-86 (exactly), but
+// TF32 rounds its coordinates down and every other item's first one up, so the approximate scores
+// rank it last. And with no bias, a score of -0 (an underflowing negative product) stays -0.
+TEST_CASE("cuda top-k: tiny coordinates under tensor cores, negative-zero scores without bias", "[cuda][topk]") {
+  require_gpu();
+  const TensorCoreMode scope(ada::TensorCores::kAlways);
+  Problem p = random_problem(64, 700, 32, 29u, 0);
+  std::fill(p.U.begin(), p.U.end(), 1.0f);
+  std::fill(p.bias.begin(), p.bias.end(), 0.0f);
+  const float t = std::ldexp(1.0f, -80);
+  for (int64_t j = 0; j < p.N; ++j)
+    for (int64_t d = 0; d < p.D; ++d) {
+      float v = t;
+      if (j == 5)
+        v = t * (1.0f + std::ldexp(1.0f, -11) - std::ldexp(1.0f, -23));
+      else if (j < 8)
+        v = 0.0f;  // item 5's group-mates
+      else if (d == 0)
+        v = t * (1.0f + std::ldexp(1.0f, -11));
+      p.E[size_t(j * p.D + d)] = v;
+    }
+  compare(p, 0, p.N, 1);
+  compare(p, 0, p.N, 20);
+
+  Problem z = random_problem(3, 300, 8, 31u, 5);
+  for (auto& u : z.U) u = -t;
+  for (auto& e : z.E) e = t;  // every product -2^-160: every score -0
+  compare(z, 0, z.N, 10, nullptr, /*with_bias=*/false);
+  for (size_t j = 0; j < z.bias.size(); ++j) z.bias[j] = j % 2 ? 0.0f : -0.0f;
+  compare(z, 0, z.N, 10);
 }
 
 TEST_CASE("cuda top-k equals the CPU searcher on random problems", "[cuda][topk][large]") {
