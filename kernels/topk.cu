@@ -701,16 +701,17 @@ size_t bounds_bytes(int64_t B, int64_t G, bool approx) {
          (approx ? 2 * align_up(size_t(G) * sizeof(float)) : 0);
 }
 
+// The group norms first (one set for every query slice), then the slice's per-query bounds.
 Bounds carve_bounds(void* base, int64_t B, int64_t G, bool approx) {
   auto* p = static_cast<unsigned char*>(base);
-  const size_t e = size_t(B) * size_t(G);
+  const size_t e = size_t(B) * size_t(G), gb = align_up(size_t(G) * sizeof(float));
   Bounds b;
+  b.norm = approx ? reinterpret_cast<float*>(p) : nullptr;
+  b.absb = approx ? reinterpret_cast<float*>(p + gb) : nullptr;
+  if (approx) p += 2 * gb;
   b.s1 = reinterpret_cast<float*>(p);
   b.s2 = reinterpret_cast<float*>(p + align_up(e * sizeof(float)));
   b.id1 = reinterpret_cast<int32_t*>(p + 2 * align_up(e * sizeof(float)));
-  p += 2 * align_up(e * sizeof(float)) + align_up(e * sizeof(int32_t));
-  b.norm = approx ? reinterpret_cast<float*>(p) : nullptr;
-  b.absb = approx ? reinterpret_cast<float*>(p + align_up(size_t(G) * sizeof(float))) : nullptr;
   return b;
 }
 
@@ -820,15 +821,17 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
 
 namespace {
 
-// Kernel 1 for queries [b0, b0 + nb) of U into `bounds`.
-void launch_bounds_kernel(const TopkPlan& p, const float* Us, int64_t nb, int D, const float* E, const float* bias,
-                          int64_t lo, int64_t n, const Bounds& bounds, cudaStream_t stream) {
+// Kernel 1 for queries [b0, b0 + nb) of U into `bounds` (and, for the first slice, the group norms).
+void launch_bounds_kernel(const TopkPlan& p, const float* Us, int64_t nb, bool first_slice, int D, const float* E,
+                          const float* bias, int64_t lo, int64_t n, const Bounds& bounds, cudaStream_t stream) {
   const int64_t G = p.n_groups;
   const unsigned q_blocks = unsigned((nb + p.queries_per_block - 1) / p.queries_per_block);
   if (p.tensor_cores) {
-    group_norms<<<unsigned((G + kThreads / 32 - 1) / (kThreads / 32)), kThreads, 0, stream>>>(
-        E, bias, D, n, p.group, G, bounds.norm, bounds.absb);
-    ADA_CUDA_OK(cudaGetLastError());
+    if (first_slice) {
+      group_norms<<<unsigned((G + kThreads / 32 - 1) / (kThreads / 32)), kThreads, 0, stream>>>(
+          E, bias, D, n, p.group, G, bounds.norm, bounds.absb);
+      ADA_CUDA_OK(cudaGetLastError());
+    }
     auto launch = [&](auto kern) {
       set_smem(kern, p.smem_bounds);
       kern<<<dim3(q_blocks, unsigned(p.n_chunks)), kThreads, p.smem_bounds, stream>>>(
@@ -872,20 +875,24 @@ void launch_bounds_kernel(const TopkPlan& p, const float* Us, int64_t nb, int D,
 
 }  // namespace
 
-void topk_device(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo, int64_t n, int k,
-                 const int64_t* ex_off, const int32_t* ex_ids, float* out_scores, int32_t* out_ids,
-                 int32_t* out_count, TopkWorkspace& ws, cudaStream_t stream) {
+namespace {
+
+// Both kernels over every query slice (only kernel 1 without `select`).
+void run_topk(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo, int64_t n, int k,
+              const int64_t* ex_off, const int32_t* ex_ids, float* out_scores, int32_t* out_ids, int32_t* out_count,
+              TopkWorkspace& ws, cudaStream_t stream, bool select) {
   if (B == 0) return;
   int device = 0;
   ADA_CUDA_OK(cudaGetDevice(&device));
   const TopkPlan p = plan_topk(B, n, D, k, device);
   void* base = ws.get(p.workspace_bytes);
-  set_smem(select_kernel, p.smem_select);
+  if (select) set_smem(select_kernel, p.smem_select);
   for (int64_t b0 = 0; b0 < B; b0 += p.slice) {
     const int64_t nb = std::min(p.slice, B - b0);
     const Bounds bounds = carve_bounds(base, nb, p.n_groups, p.tensor_cores);
     const float* Us = U + b0 * D;
-    launch_bounds_kernel(p, Us, nb, D, E, bias, lo, n, bounds, stream);
+    launch_bounds_kernel(p, Us, nb, b0 == 0, D, E, bias, lo, n, bounds, stream);
+    if (!select) continue;
     select_kernel<<<unsigned(nb), unsigned(p.select_threads), p.smem_select, stream>>>(
         Us, D, E, bias, lo, n, p.group, p.n_groups, k, p.cap, bounds, ex_off + b0, ex_ids, out_scores + b0 * k,
         out_ids + b0 * k, out_count + b0);
@@ -893,19 +900,20 @@ void topk_device(const float* U, int64_t B, int D, const float* E, const float* 
   }
 }
 
-void topk_tensor_cores(int mode) { g_tensor_cores = mode; }
+}  // namespace
+
+void topk_device(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo, int64_t n, int k,
+                 const int64_t* ex_off, const int32_t* ex_ids, float* out_scores, int32_t* out_ids,
+                 int32_t* out_count, TopkWorkspace& ws, cudaStream_t stream) {
+  run_topk(U, B, D, E, bias, lo, n, k, ex_off, ex_ids, out_scores, out_ids, out_count, ws, stream, true);
+}
 
 void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo,
                              int64_t n, int k, TopkWorkspace& ws, cudaStream_t stream) {
-  if (B == 0) return;
-  int device = 0;
-  ADA_CUDA_OK(cudaGetDevice(&device));
-  const TopkPlan p = plan_topk(B, n, D, k, device);
-  void* base = ws.get(p.workspace_bytes);
-  for (int64_t b0 = 0; b0 < B; b0 += p.slice)
-    launch_bounds_kernel(p, U + b0 * D, std::min(p.slice, B - b0), D, E, bias, lo, n,
-                         carve_bounds(base, std::min(p.slice, B - b0), p.n_groups, p.tensor_cores), stream);
+  run_topk(U, B, D, E, bias, lo, n, k, nullptr, nullptr, nullptr, nullptr, nullptr, ws, stream, false);
 }
+
+void topk_tensor_cores(int mode) { g_tensor_cores = mode; }
 
 }  // namespace cuda
 
