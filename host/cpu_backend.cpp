@@ -9,10 +9,12 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "ada/backend.hpp"
 #include "ada/check.hpp"
+#include "ada/eval.hpp"
 #include "ada/rng.hpp"
 
 namespace ada {
@@ -736,6 +738,20 @@ class CpuBackend final : public Backend<T> {
   void scale(T* x, int64_t n, T s) override {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n; ++i) x[i] *= s;
+  }
+
+  void topk(ItemId* out_ids, const T* U, int64_t B, const T* table, const T* bias, int64_t N, int64_t D, int k,
+            const Ragged& exclude) override {
+    std::vector<float> scores(size_t(B) * size_t(std::max(k, 0)));
+    if constexpr (std::is_same_v<T, float>) {
+      topk_excluding(U, B, table, bias, N, D, k, exclude, nullptr, out_ids, scores.data());
+    } else {
+      const std::vector<float> uf(U, U + B * D), ef(table, table + N * D);
+      std::vector<float> bf;
+      if (bias) bf.assign(bias, bias + N);
+      topk_excluding(uf.data(), B, ef.data(), bias ? bf.data() : nullptr, N, D, k, exclude, nullptr, out_ids,
+                     scores.data());
+    }
   }
 
   void adam_update(T* param, T* m, T* v, const T* grad, int64_t n, double lr, double beta1,

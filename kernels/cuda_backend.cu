@@ -19,7 +19,10 @@
 #include "ada/cuda_backend.hpp"
 #include "ada/device.hpp"
 #include "ada/rng.hpp"
+#include "ada/tensor.hpp"
+#include "ada/topk.hpp"
 #include "kernels/cuda_util.cuh"
+#include "kernels/topk.cuh"
 
 namespace ada {
 namespace cuda {
@@ -741,6 +744,75 @@ __global__ void k_adam(float* param, float* m, float* v, const float* grad, int6
   }
 }
 
+// dst[r * dst_stride + c] = src[r * src_stride + c] for rows x words 32-bit words (strides in words).
+__global__ void k_copy_rows32(uint32_t* dst, int64_t dst_stride, const uint32_t* src,
+                              int64_t src_stride, int64_t words, int64_t rows) {
+  ADA_GRID_STRIDE(i, rows * words) {
+    const int64_t r = i / words, c = i % words;
+    dst[r * dst_stride + c] = src[r * src_stride + c];
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Device memory of the backend (Backend::device_memory()): everything on the backend's stream.
+// ---------------------------------------------------------------------------------------------
+
+class CudaDeviceMemory final : public DeviceMemory {
+ public:
+  void bind(cudaStream_t stream) { stream_ = stream; }
+
+  void* allocate(size_t bytes) override {
+    if (bytes == 0) return nullptr;
+    void* p = nullptr;
+    ADA_CUDA_CHECK(cudaMalloc(&p, bytes));
+    return p;
+  }
+  // cudaFree waits for the device, so kernels still queued on the memory finish first.
+  void release(void* p) noexcept override {
+    if (p) cudaFree(p);
+  }
+  // Pageable source: cudaMemcpyAsync returns once it has staged the bytes (reusable at once).
+  void upload(void* dst, const void* host_src, size_t bytes) override {
+    if (bytes == 0) return;
+    ADA_CUDA_CHECK(cudaMemcpyAsync(dst, host_src, bytes, cudaMemcpyHostToDevice, stream_));
+  }
+  void download(void* host_dst, const void* src, size_t bytes) override {
+    if (bytes == 0) return;
+    ADA_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
+    ADA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void copy(void* dst, const void* src, size_t bytes) override {
+    if (bytes == 0 || dst == src) return;
+    ADA_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
+  }
+  void zero(void* p, size_t bytes) override {
+    if (bytes == 0) return;
+    ADA_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream_));
+  }
+  // Source and destination rows must not overlap.
+  void copy_rows(void* dst, size_t dst_stride, const void* src, size_t src_stride, size_t row_bytes,
+                 size_t rows) override {
+    if (row_bytes == 0 || rows == 0) return;
+    ADA_CHECK(row_bytes % 4 == 0 && dst_stride % 4 == 0 && src_stride % 4 == 0 &&
+                  reinterpret_cast<uintptr_t>(dst) % 4 == 0 &&
+                  reinterpret_cast<uintptr_t>(src) % 4 == 0,
+              "cuda copy_rows: sizes and pointers must be multiples of 4 bytes (row_bytes "
+                  << row_bytes << ", strides " << dst_stride << " and " << src_stride << ")");
+    if (dst_stride == row_bytes && src_stride == row_bytes) {  // one contiguous block
+      copy(dst, src, rows * row_bytes);
+      return;
+    }
+    const int64_t words = int64_t(row_bytes / 4), n = int64_t(rows);
+    k_copy_rows32<<<grid_for(words * n), kThreads, 0, stream_>>>(
+        static_cast<uint32_t*>(dst), int64_t(dst_stride / 4), static_cast<const uint32_t*>(src),
+        int64_t(src_stride / 4), words, n);
+    ADA_CUDA_LAUNCHED();
+  }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
 // ---------------------------------------------------------------------------------------------
 // The backend
 // ---------------------------------------------------------------------------------------------
@@ -758,6 +830,7 @@ class CudaBackend final : public Backend<float> {
     ADA_CUBLAS_CHECK(cublasSetMathMode(blas_, CUBLAS_DEFAULT_MATH));  // FP32, no TF32
     ADA_CUBLAS_CHECK(cublasSetPointerMode(blas_, CUBLAS_POINTER_MODE_HOST));
     ADA_CUDA_CHECK(cudaMalloc(&red_, sizeof(double) * (kRedBlocks + 1)));
+    memory_.bind(stream_);
   }
   ~CudaBackend() override {
     if (stream_) cudaStreamSynchronize(stream_);
@@ -770,6 +843,82 @@ class CudaBackend final : public Backend<float> {
   }
 
   const char* name() const override { return "cuda"; }
+
+  DeviceMemory* device_memory() override { return &memory_; }
+
+  // U, table, bias: device; exclude, out_ids: host. Exclusions (ids in 0..N-1 as the CPU's
+  // topk_excluding requires; sorted, deduplicated, id 0 dropped) and the row offsets go through the meta scratch, the kernel's outputs through
+  // the work scratch; waits for the stream (the ids come back to the host).
+  void topk(ItemId* out_ids, const float* U, int64_t B, const float* table, const float* bias,
+            int64_t N, int64_t D, int k, const Ragged& exclude) override {
+    ADA_CHECK(k >= 1 && k <= kGpuTopkMaxK,
+              "cuda topk: k = " << k << " outside 1.." << kGpuTopkMaxK << " (the GPU kernel's limit)");
+    ADA_CHECK(B >= 0 && B <= INT32_MAX, "cuda topk: bad number of rows B = " << B);
+    ADA_CHECK(N >= 1 && N <= INT32_MAX, "cuda topk: bad number of items N = " << N);
+    ADA_CHECK(D >= 1 && D <= INT32_MAX, "cuda topk: bad embedding size D = " << D);
+    ADA_CHECK(!exclude.offsets.empty() && int64_t(exclude.rows()) == B,
+              "cuda topk: exclude has " << (exclude.offsets.empty() ? 0 : exclude.rows())
+                                        << " rows, expected " << B);
+    ADA_CHECK(exclude.offsets.front() == 0 && exclude.offsets.back() == int64_t(exclude.ids.size()),
+              "cuda topk: exclude offsets do not span its " << exclude.ids.size() << " ids");
+    for (int64_t b = 0; b < B; ++b)
+      ADA_CHECK(exclude.offsets[size_t(b)] <= exclude.offsets[size_t(b) + 1],
+                "cuda topk: exclude offsets decrease at row " << b);
+    if (B == 0) return;
+    ADA_CHECK(out_ids != nullptr && U != nullptr && table != nullptr, "cuda topk: null pointer");
+    if (D % 4 == 0)  // the kernel reads U and table as float4 then
+      ADA_CHECK(reinterpret_cast<uintptr_t>(U) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(table) % 16 == 0,
+                "cuda topk: U and table must be 16-byte aligned when D % 4 == 0 (D = " << D << ")");
+
+    // Per row: the excluded ids in [1, N), sorted and unique; every row needs k candidates.
+    ex_off_.assign(1, 0);
+    ex_ids_.clear();
+    for (int64_t b = 0; b < B; ++b) {
+      const size_t start = ex_ids_.size();
+      for (const ItemId* p = exclude.row_begin(size_t(b)); p != exclude.row_end(size_t(b)); ++p) {
+        ADA_CHECK(*p >= 0 && int64_t(*p) < N, "cuda topk: excluded id " << *p << " in row " << b
+                                                                       << " is outside 0.." << N - 1);
+        if (*p >= 1) ex_ids_.push_back(*p);
+      }
+      std::sort(ex_ids_.begin() + std::ptrdiff_t(start), ex_ids_.end());
+      ex_ids_.erase(std::unique(ex_ids_.begin() + std::ptrdiff_t(start), ex_ids_.end()),
+                    ex_ids_.end());
+      ex_off_.push_back(int64_t(ex_ids_.size()));
+      const int64_t excluded = int64_t(ex_ids_.size() - start), candidates = N - 1 - excluded;
+      ADA_CHECK(k <= candidates, "cuda topk: row " << b << " has " << candidates
+                                                   << " candidate items (" << N - 1
+                                                   << " items minus " << excluded
+                                                   << " excluded), fewer than k = " << k);
+    }
+
+    const size_t b_off = sizeof(int64_t) * ex_off_.size();
+    const size_t bytes = align8(b_off) + sizeof(int32_t) * std::max<size_t>(ex_ids_.size(), 1);
+    host_.assign(bytes, 0);
+    std::memcpy(host_.data(), ex_off_.data(), b_off);
+    if (!ex_ids_.empty())
+      std::memcpy(host_.data() + align8(b_off), ex_ids_.data(), sizeof(int32_t) * ex_ids_.size());
+    const size_t nk = size_t(B) * size_t(k);
+    float* out = work(2 * nk + size_t(B));  // before upload_meta: a growth waits for the stream
+    unsigned char* dev = upload_meta(bytes);
+    const int64_t* d_off = reinterpret_cast<const int64_t*>(dev);
+    const int32_t* d_ids = reinterpret_cast<const int32_t*>(dev + align8(b_off));
+    float* d_scores = out;
+    int32_t* d_out_ids = reinterpret_cast<int32_t*>(out + nk);
+    int32_t* d_count = reinterpret_cast<int32_t*>(out + 2 * nk);
+    topk_device(U, B, int(D), table, bias, 0, N, k, d_off, d_ids, d_scores, d_out_ids, d_count,
+                topk_ws_, stream_);
+    counts_.resize(size_t(B));
+    static_assert(sizeof(ItemId) == sizeof(int32_t), "ItemId is int32_t");
+    ADA_CUDA_CHECK(cudaMemcpyAsync(out_ids, d_out_ids, sizeof(int32_t) * nk,
+                                   cudaMemcpyDeviceToHost, stream_));
+    ADA_CUDA_CHECK(cudaMemcpyAsync(counts_.data(), d_count, sizeof(int32_t) * size_t(B),
+                                   cudaMemcpyDeviceToHost, stream_));
+    ADA_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    for (int64_t b = 0; b < B; ++b)
+      ADA_CHECK(counts_[size_t(b)] >= k, "cuda topk: row " << b << " has " << counts_[size_t(b)]
+                                                            << " candidates, fewer than k = " << k);
+  }
 
   void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
             const float* B, float beta, float* C) override {
@@ -1212,6 +1361,11 @@ class CudaBackend final : public Backend<float> {
   double* red_ = nullptr;
   std::vector<unsigned char> host_;
   std::map<int64_t, float*> filter_tables_;
+  CudaDeviceMemory memory_;
+  TopkWorkspace topk_ws_;
+  std::vector<int64_t> ex_off_;  // topk's host staging
+  std::vector<int32_t> ex_ids_;
+  std::vector<int32_t> counts_;
 };
 
 }  // namespace

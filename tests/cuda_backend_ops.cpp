@@ -15,6 +15,7 @@
 //                  sit on float32's grid around -10000; see check_attention)
 //   1e-10          sum_squares (double accumulation)
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -25,6 +26,8 @@
 #include "ada/cuda_backend.hpp"
 #include "ada/device.hpp"
 #include "ada/rng.hpp"
+#include "ada/tensor.hpp"
+#include "ada/topk.hpp"
 #include "tests/test_util.hpp"
 
 using namespace ada;
@@ -660,4 +663,282 @@ TEST_CASE("CUDA Adam update with bias correction", "[cuda]") {
     expect_close("adam m n=" + std::to_string(n), dm.to_vector(), m, kElem);
     expect_close("adam v n=" + std::to_string(n), dv.to_vector(), v, kElem);
   }
+}
+
+// ---- device memory (Backend::device_memory) and top-k
+
+TEST_CASE("CUDA device_memory: upload, download, copy, zero and copy_rows round trips", "[cuda]") {
+  require_gpu();
+  Pair P;
+  REQUIRE(P.cpu->device_memory() == nullptr);
+  DeviceMemory* mem = P.gpu->device_memory();
+  REQUIRE(mem != nullptr);
+  REQUIRE(P.gpu->device_memory() == mem);
+
+  // Raw bytes of odd sizes, at odd offsets.
+  for (size_t n : {size_t(1), size_t(7), size_t(4099)}) {
+    std::vector<uint8_t> h(n);
+    for (size_t i = 0; i < n; ++i) h[i] = uint8_t(random_u32(5, n, i));
+    void* d = mem->allocate(n + 3);
+    REQUIRE(d != nullptr);
+    mem->upload(static_cast<uint8_t*>(d) + 3, h.data(), n);
+    std::vector<uint8_t> back(n, 0);
+    mem->download(back.data(), static_cast<uint8_t*>(d) + 3, n);
+    CHECK(back == h);
+    mem->upload(d, h.data(), 0);  // zero-size calls: no-ops
+    mem->download(back.data(), d, 0);
+    mem->copy(d, static_cast<uint8_t*>(d) + 1, 0);
+    mem->zero(d, 0);
+    mem->copy_rows(d, 4, d, 4, 0, 3);
+    mem->copy_rows(d, 4, d, 4, 4, 0);
+    mem->release(d);
+  }
+  mem->release(nullptr);
+
+  // Typed buffers in device memory through the mem_* helpers.
+  const int64_t n = 1001;
+  const std::vector<float> x = rnd(sz(n), 2001), y = rnd(sz(n), 2002);
+  Buffer<float> a(sz(n), mem), b;
+  b.ensure(sz(n), mem);
+  REQUIRE(a.memory() == mem);
+  REQUIRE(b.memory() == mem);
+  mem_upload(mem, a.data(), x.data(), n);
+  std::vector<float> h(sz(n));
+  mem_download(mem, h.data(), a.data(), n);
+  CHECK(h == x);
+
+  // copy of a sub-range to another offset
+  mem_upload(mem, b.data(), y.data(), n);
+  mem_copy(mem, b.data() + 5, a.data() + 3, 501);
+  std::vector<float> want = y;
+  for (int64_t i = 0; i < 501; ++i) want[sz(5 + i)] = x[sz(3 + i)];
+  mem_download(mem, h.data(), b.data(), n);
+  CHECK(h == want);
+
+  // zero of a sub-range
+  mem_zero(mem, b.data() + 10, 37);
+  for (int64_t i = 10; i < 47; ++i) want[sz(i)] = 0.0f;
+  mem_download(mem, h.data(), b.data(), n);
+  CHECK(h == want);
+
+  // copy_rows with odd strides, and the contiguous case; the gaps between rows stay untouched.
+  struct RowCase {
+    int64_t rows, cols, src_ld, dst_ld;
+  };
+  for (const RowCase& c : {RowCase{7, 5, 13, 9}, RowCase{1, 1, 1, 3}, RowCase{33, 3, 3, 3},
+                           RowCase{40, 17, 21, 17}, RowCase{3, 24, 25, 31}}) {
+    mem_upload(mem, a.data(), x.data(), n);
+    mem_upload(mem, b.data(), y.data(), n);
+    mem_copy_rows(mem, b.data() + 1, c.dst_ld, a.data() + 2, c.src_ld, c.rows, c.cols);
+    want = y;
+    for (int64_t r = 0; r < c.rows; ++r)
+      for (int64_t j = 0; j < c.cols; ++j)
+        want[sz(1 + r * c.dst_ld + j)] = x[sz(2 + r * c.src_ld + j)];
+    mem_download(mem, h.data(), b.data(), n);
+    INFO("copy_rows rows=" << c.rows << " cols=" << c.cols << " src_ld=" << c.src_ld
+                           << " dst_ld=" << c.dst_ld);
+    CHECK(h == want);
+  }
+  mem_copy_rows(mem, b.data(), 3, a.data(), 3, 0, 2);  // empty: no-ops
+  mem_copy_rows(mem, b.data(), 3, a.data(), 3, 2, 0);
+
+  // int32 rows (ids) through the raw interface
+  {
+    const std::vector<int32_t> ids = rnd_ids(60, 2003, 1 << 30);
+    Buffer<int32_t> s(60, mem), d(60, mem);
+    mem_upload(mem, s.data(), ids.data(), 60);
+    mem_zero(mem, d.data(), 60);
+    mem->copy_rows(d.data(), 4 * 6, s.data(), 4 * 5, 4 * 3, 9);  // 9 rows of 3, strides 6 and 5
+    std::vector<int32_t> got(60), exp(60, 0);
+    for (int r = 0; r < 9; ++r)
+      for (int j = 0; j < 3; ++j) exp[sz(r * 6 + j)] = ids[sz(r * 5 + j)];
+    mem_download(mem, got.data(), d.data(), 60);
+    CHECK(got == exp);
+  }
+
+  // Buffers from device_memory() are device memory for the ops (the emulator rejects host
+  // pointers), and download waits for the queued ops.
+  mem_upload(mem, a.data(), x.data(), n);
+  mem_upload(mem, b.data(), y.data(), n);
+  P.gpu->add_inplace(a.data(), b.data(), n);
+  P.gpu->scale(a.data(), n, 0.5f);
+  std::vector<float> cx = x;
+  P.cpu->add_inplace(cx.data(), y.data(), n);
+  P.cpu->scale(cx.data(), n, 0.5f);
+  mem_download(mem, h.data(), a.data(), n);
+  CHECK(h == cx);
+
+  // ensure within the capacity keeps the allocation; a move keeps the memory
+  float* before = a.data();
+  a.ensure(10, mem);
+  CHECK(a.data() == before);
+  Buffer<float> moved = std::move(a);
+  CHECK(moved.memory() == mem);
+  CHECK(moved.data() == before);
+  P.gpu->scale(moved.data(), 10, 2.0f);
+  std::vector<float> h10(10);
+  mem_download(mem, h10.data(), moved.data(), 10);
+  for (int i = 0; i < 10; ++i) CHECK(h10[sz(i)] == cx[sz(i)] * 2.0f);
+}
+
+namespace {
+
+// Row b excludes a few random ids in 0..N-1 (id 0 and duplicates included, unsorted); row 0 also
+// excludes about a third of the catalog. out_of_range adds ids outside [0, N) (an error).
+Ragged random_exclusions(int64_t B, int64_t N, uint64_t seed, bool out_of_range = false) {
+  Ragged r;
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<ItemId> row;
+    const uint32_t cnt = b == 0 ? uint32_t(N / 3) : u32_to_range(random_u32(31, seed, uint64_t(b)), 9);
+    for (uint32_t i = 0; i < cnt; ++i)
+      row.push_back(ItemId(u32_to_range(random_u32(32 + uint64_t(b), seed, i), uint32_t(N))));
+    if (!row.empty()) row.push_back(row.front());  // a duplicate
+    if (b % 2 == 0) row.push_back(0);
+    if (out_of_range) {
+      row.push_back(-7);
+      row.push_back(ItemId(N));
+      row.push_back(ItemId(N + 100));
+    }
+    r.push_row(row.data(), row.data() + row.size());
+  }
+  return r;
+}
+
+// Candidates of row b: items 1..N-1 minus the distinct excluded ids in that range.
+int64_t count_candidates(const Ragged& ex, int64_t b, int64_t N) {
+  std::vector<ItemId> v;
+  for (const ItemId* p = ex.row_begin(sz(b)); p != ex.row_end(sz(b)); ++p)
+    if (*p >= 1 && *p < N) v.push_back(*p);
+  std::sort(v.begin(), v.end());
+  return N - 1 - int64_t(std::unique(v.begin(), v.end()) - v.begin());
+}
+
+}  // namespace
+
+// The exact reference is the CPU searcher (make_cpu_searcher: the kernel's fmaf arithmetic, so its
+// lists equal the GPU's bit for bit). The CPU backend's topk scores with sgemm: its lists may
+// differ only where two items' scores lie within float rounding of each other.
+TEST_CASE("CUDA topk matches the CPU backend and the CPU searcher", "[cuda]") {
+  require_gpu();
+  Pair P;
+  uint64_t seed = 2100;
+  int cases = 0;
+  int64_t sgemm_swaps = 0;
+  const int64_t Ns[] = {3000, 40, 301};
+  const int64_t Bs[] = {1, 7, 70};
+  const int64_t Ds[] = {1, 16, 64};
+  for (int di = 0; di < 3; ++di)
+    for (int bi = 0; bi < 3; ++bi) {
+      const int64_t D = Ds[di], B = Bs[bi], N = Ns[(di + bi) % 3];
+      const std::vector<float> U = rnd(sz(B * D), ++seed), E = rnd(sz(N * D), ++seed),
+                               bias = rnd(sz(N), ++seed, 0.5f);
+      const Ragged ex = random_exclusions(B, N, ++seed);
+      int64_t min_cand = N;
+      for (int64_t b = 0; b < B; ++b) min_cand = std::min(min_cand, count_candidates(ex, b, N));
+      auto dU = dev(U), dE = dev(E), dBias = dev(bias);
+      auto searcher_bias = make_cpu_searcher(E.data(), bias.data(), 1, N, D);
+      auto searcher_nobias = make_cpu_searcher(E.data(), nullptr, 1, N, D);
+      const int64_t k_all = std::min<int64_t>(min_cand, kGpuTopkMaxK);
+      for (int64_t k64 : {int64_t(1), int64_t(20), k_all}) {
+        if (k64 > min_cand) continue;
+        const int k = int(k64);
+        const bool with_bias = ((di + bi + k) % 2) == 0;
+        const float* hb = with_bias ? bias.data() : nullptr;
+        const std::string tag = " D=" + std::to_string(D) + " B=" + std::to_string(B) +
+                                " N=" + std::to_string(N) + " k=" + std::to_string(k) +
+                                (with_bias ? " bias" : " no bias");
+        INFO(tag);
+        std::vector<ItemId> gpu(sz(B) * sz(k), -5), cpu(sz(B) * sz(k), -5);
+        P.gpu->topk(gpu.data(), dU.data(), B, dE.data(), with_bias ? dBias.data() : nullptr, N, D, k,
+                    ex);
+        P.cpu->topk(cpu.data(), U.data(), B, E.data(), hb, N, D, k, ex);
+        const TopkLists ref = (with_bias ? searcher_bias : searcher_nobias)->search(U.data(), B, k, ex);
+        REQUIRE(ref.ids == gpu);
+        ++cases;
+        // vs the CPU backend: equal lists, but for swaps of near-equal scores
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t i = 0; i < k; ++i) {
+            const size_t at = sz(b * k + i);
+            if (gpu[at] == cpu[at]) continue;
+            ++sgemm_swaps;
+            REQUIRE(cpu[at] >= 1);
+            REQUIRE(cpu[at] < N);
+            auto score = [&](ItemId j) {
+              double s = hb ? double(hb[j]) : 0.0;
+              for (int64_t d = 0; d < D; ++d) s += double(U[sz(b * D + d)]) * double(E[sz(j * D + d)]);
+              return s;
+            };
+            const double sg = score(gpu[at]), sc = score(cpu[at]);
+            INFO("row " << b << " position " << i << ": gpu id " << gpu[at] << " (" << sg
+                        << "), cpu id " << cpu[at] << " (" << sc << ")");
+            CHECK(std::fabs(sg - sc) <= 1e-5 * (std::fabs(sc) + 1.0));
+          }
+      }
+    }
+  CHECK(cases >= 20);
+  INFO("positions where the CPU backend's sgemm order differed: " << sgemm_swaps);
+  CHECK(sgemm_swaps <= 20);
+
+  // Ids outside [0, N) in the exclusions are an error, as on the CPU backend.
+  {
+    const int64_t B = 5, N = 200, D = 16;
+    const int k = 20;
+    const std::vector<float> U = rnd(sz(B * D), ++seed), E = rnd(sz(N * D), ++seed);
+    auto dU = dev(U), dE = dev(E);
+    const Ragged ex_far = random_exclusions(B, N, ++seed, true);
+    std::vector<ItemId> a(sz(B * k)), b(sz(B * k));
+    REQUIRE_THROWS_WITH(P.gpu->topk(a.data(), dU.data(), B, dE.data(), nullptr, N, D, k, ex_far),
+                        Catch::Contains("outside 0..199"));
+    REQUIRE_THROWS_AS(P.cpu->topk(b.data(), U.data(), B, E.data(), nullptr, N, D, k, ex_far), ada::Error);
+  }
+}
+
+TEST_CASE("CUDA topk: too few candidates, bad k and empty batches", "[cuda]") {
+  require_gpu();
+  Pair P;
+  const int64_t B = 3, N = 12, D = 4;
+  const std::vector<float> U = rnd(sz(B * D), 2201), E = rnd(sz(N * D), 2202);
+  auto dU = dev(U), dE = dev(E);
+  Ragged ex;
+  const std::vector<ItemId> r0 = {3}, r1 = {1, 2, 3, 4, 5, 6, 7, 7, 0}, r2 = {};  // row 1: 4 left
+  ex.push_row(r0.data(), r0.data() + r0.size());
+  ex.push_row(r1.data(), r1.data() + r1.size());
+  ex.push_row(r2.data(), r2.data() + r2.size());
+  std::vector<ItemId> out(sz(B) * 1025);
+  // k = 4 fits every row; k = 5 does not fit row 1
+  P.gpu->topk(out.data(), dU.data(), B, dE.data(), nullptr, N, D, 4, ex);
+  std::vector<ItemId> cpu(sz(B) * 4);
+  P.cpu->topk(cpu.data(), U.data(), B, E.data(), nullptr, N, D, 4, ex);
+  CHECK(std::vector<ItemId>(out.begin(), out.begin() + 12) == cpu);
+  REQUIRE_THROWS_WITH(P.gpu->topk(out.data(), dU.data(), B, dE.data(), nullptr, N, D, 5, ex),
+                      Catch::Contains("row 1") && Catch::Contains("4 candidate") &&
+                          Catch::Contains("k = 5"));
+  REQUIRE_THROWS_AS(P.cpu->topk(cpu.data(), U.data(), B, E.data(), nullptr, N, D, 5, ex), ada::Error);
+  // every item excluded, or no items but the padding one
+  Ragged all;
+  std::vector<ItemId> every;
+  for (ItemId j = 0; j < ItemId(N); ++j) every.push_back(j);
+  all.push_row(every.data(), every.data() + every.size());
+  REQUIRE_THROWS_WITH(P.gpu->topk(out.data(), dU.data(), 1, dE.data(), nullptr, N, D, 1, all),
+                      Catch::Contains("row 0") && Catch::Contains("0 candidate"));
+  Ragged one_empty;
+  one_empty.push_row(nullptr, nullptr);
+  REQUIRE_THROWS_WITH(P.gpu->topk(out.data(), dU.data(), 1, dE.data(), nullptr, 1, D, 1, one_empty),
+                      Catch::Contains("row 0"));
+  // k outside 1..kGpuTopkMaxK, and an exclusion list with the wrong number of rows
+  REQUIRE_THROWS_WITH(P.gpu->topk(out.data(), dU.data(), B, dE.data(), nullptr, N, D, 0, ex),
+                      Catch::Contains("k = 0"));
+  REQUIRE_THROWS_WITH(
+      P.gpu->topk(out.data(), dU.data(), B, dE.data(), nullptr, N, D, kGpuTopkMaxK + 1, ex),
+      Catch::Contains("1025"));
+  REQUIRE_THROWS_AS(P.gpu->topk(out.data(), dU.data(), 2, dE.data(), nullptr, N, D, 1, ex),
+                    ada::Error);
+  // B = 0: nothing to do, nothing written
+  Ragged none;
+  out[0] = -9;
+  P.gpu->topk(out.data(), dU.data(), 0, dE.data(), nullptr, N, D, 3, none);
+  CHECK(out[0] == -9);
+  // the backend still works after the errors
+  P.gpu->topk(out.data(), dU.data(), B, dE.data(), nullptr, N, D, 4, ex);
+  CHECK(std::vector<ItemId>(out.begin(), out.begin() + 12) == cpu);
 }

@@ -45,15 +45,17 @@ class AdaSasRec {
   // weight N(0, 0.02), GRU U(-1/sqrt(D), 1/sqrt(D)) as PyTorch's default.
   void init(uint64_t seed);
 
-  // T rounds for B histories. users: [T, B, D] adapted user vectors (round-major); ctx_ids: [T-1, B, kc]
-  // the model's own context of rounds 0..T-2 (may be null). rounds <= 0 means the configured T.
+  // T rounds for B histories. users: [T, B, D] adapted user vectors (round-major, in the backend's
+  // memory); ctx_ids: [T-1, B, kc] the model's own context of rounds 0..T-2 (HOST, may be null). rounds <= 0 means the configured T.
   // training keeps activations for backward.
   void forward(const Ragged& histories, bool training, uint64_t seed, uint64_t step, T* users,
                ItemId* ctx_ids = nullptr, int rounds = 0);
-  // d_users: [T, B, D] gradients of the loss w.r.t. each round's adapted user vector (consumed).
+  // d_users: [T, B, D] gradients of the loss w.r.t. each round's adapted user vector (consumed; in
+  // the backend's memory).
   void backward(T* d_users);
 
-  // Where the per-round context top-k runs: null (the default) = topk_excluding on the CPU (sgemm);
+  // Where the per-round context top-k runs: null (the default) = the backend's topk (on the CPU:
+  // topk_excluding, sgemm; on a GPU: the fused kernel);
   // otherwise this searcher (CPU or GPU shards of the item table, e.g. for serving a large catalog
   // on a GPU). The searcher must hold the model's current item table and bias; it is not owned.
   // float models only.
@@ -81,9 +83,17 @@ class AdaSasRec {
   void ura_forward(Round& rd, int t, int64_t B, const T* users, T* out);
   void ura_backward(Round& rd, int t, int64_t B, const T* d_out, T* d_users);
   void context_topk(const T* u, int64_t B, const ItemId* prev, int n_prev, ItemId* out);
+  // The context ids as the ops take them (the device copy on a device backend).
+  const ItemId* ctx_op() const { return mem_ ? d_ctx_.data() : ctx_.data(); }
+
+  // Backward scratch, reused by every step (no allocation in the steady state).
+  struct Grads {
+    Buffer<T> d_x, d_c, d_q, d_et, d_e, d_f, d_r2, d_a2, d_h, d_a1r, d_a1, d_z, d_gi, d_gh, d_hprev, d_tokens;
+  };
 
   AdaConfig ada_;
   Backend<T>& be_;
+  DeviceMemory* mem_ = nullptr;  // be_.device_memory()
   int kc_ = 0;
   // adapter parameter indices (reference names)
   int p_cw_ = -1, p_fd_w_ = -1, p_fd_b_ = -1, p_fln_w_ = -1, p_fln_b_ = -1, p_aln_w_ = -1, p_aln_b_ = -1;
@@ -97,6 +107,8 @@ class AdaSasRec {
   int rounds_run_ = 0;
   int64_t batch_ = 0;
   std::vector<ItemId> ctx_;  // [T-1, B, kc]
+  Buffer<ItemId> d_ctx_;     // its device copy (device backends)
+  Grads g_;
   std::vector<Round> rounds_;
   Buffer<T> users_;          // [T, B, D] forward outputs (URA inputs of later rounds)
   Buffer<T> scratch_, scratch2_, zeros_;

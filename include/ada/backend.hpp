@@ -11,7 +11,11 @@
 #include <cstdint>
 #include <memory>
 
+#include "ada/data.hpp"
+
 namespace ada {
+
+class DeviceMemory;  // tensor.hpp
 
 // Jagged batch of S sequences packed token by token: sequence s owns tokens
 // [tok_offsets[s], tok_offsets[s+1]). `all_masked[s]` = 1 when every key of the sequence is padding.
@@ -54,6 +58,17 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
+
+  // The memory the ops' arrays live in: null = host (the CPU backend); otherwise every T* /
+  // int32_t* argument of an op is in this device memory (Buffer::ensure(n, device_memory())).
+  virtual DeviceMemory* device_memory() { return nullptr; }
+
+  // Exact top-k over items 1..N-1 of s_j = <U_b, table_j> + bias_j (bias may be null), skipping
+  // row b's ids in `exclude` (a HOST list per row, any order): out_ids [B, k] on the HOST, best
+  // first (higher score, then smaller id). Throws when a row has fewer than k candidates. (The CPU
+  // backend scores with sgemm, the CUDA one with in-order FMAs: lists can differ at near ties.)
+  virtual void topk(ItemId* out_ids, const T* U, int64_t B, const T* table, const T* bias, int64_t N,
+                    int64_t D, int k, const Ragged& exclude) = 0;
 
   // C[M,N] = alpha * op(A) op(B) + beta * C, row-major. op(A) is [M,K], op(B) is [K,N].
   virtual void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,

@@ -10,10 +10,16 @@
 //     scatter_last_add) and the q_offsets of the context attention are HOST pointers, as the CPU
 //     backend reads them; the backend copies them into its own device scratch during the call, so
 //     the caller may change or free them as soon as the call returns.
+//   * topk: U, table and bias are DEVICE pointers; the exclusion lists (a host Ragged) and out_ids
+//     are HOST memory (the call waits for the stream to return the ids).
+//   * device_memory() is the backend's DeviceMemory (tensor.hpp): cudaMalloc/cudaFree, and copies,
+//     zeroing and copy_rows queued on the backend's stream (download waits for it), so Buffers made
+//     with it hold device pointers for the ops above. It lives as long as the backend.
 // Stream and synchronisation: ops are queued on the backend's own stream (a blocking stream, so the
 // legacy default stream, cudaMemcpy and DeviceArray::upload/download order with it) and return
-// before the device finishes, except sampled_bce and sum_squares, which return a value and wait for
-// the stream. DeviceArray::download and cuda_synchronize() wait for all device work.
+// before the device finishes, except sampled_bce and sum_squares, which return a value, and topk,
+// which returns host ids: those wait for the stream. DeviceArray::download and cuda_synchronize()
+// wait for all device work.
 // Numerics: gemm/linear go to cuBLAS in FP32 (CUBLAS_DEFAULT_MATH, no TF32); every other op is a
 // hand-written kernel with the CPU backend's formulas; dropout masks are the counter RNG's, bit for
 // bit.

@@ -1,11 +1,19 @@
 // One flat parameter buffer with a name -> (offset, shape) table (design.md). Gradients mirror it;
 // the optimizer, gradient clipping and checkpoints work on the flat buffers.
+//
+// Two views: value()/values()/grads() are the HOST arrays (init, checkpoints, tests); dvalue()/
+// dgrad()/flat_values()/flat_grads() are the arrays the backend's ops take. Without a device they
+// are the same memory. After attach(mem) (a model built on a device backend does it) the op arrays
+// are a device mirror and the model trains there: push() copies host values to the device (after
+// init or a load), pull() / pull_grads() copy the device's back (before a checkpoint or a host read).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "ada/check.hpp"
+#include "ada/tensor.hpp"
 
 namespace ada {
 
@@ -19,6 +27,24 @@ struct ParamEntry {
 template <class T>
 class ParamStore {
  public:
+  ParamStore() = default;
+  // Copies hold the host values only (no device mirror).
+  ParamStore(const ParamStore& o)
+      : entries_(o.entries_), value_(o.value_), grad_(o.grad_), total_(o.total_), finalized_(o.finalized_) {}
+  ParamStore& operator=(const ParamStore& o) {
+    if (this != &o) {
+      entries_ = o.entries_;
+      value_ = o.value_;
+      grad_ = o.grad_;
+      total_ = o.total_;
+      finalized_ = o.finalized_;
+      dvalue_ = Buffer<T>();
+      dgrad_ = Buffer<T>();
+      mem_ = nullptr;
+    }
+    return *this;
+  }
+
   // Registers a tensor; returns its index. Call before finalize().
   int add(const std::string& name, std::vector<int64_t> shape) {
     ADA_CHECK(!finalized_, "ParamStore: add(" << name << ") after finalize()");
@@ -58,13 +84,52 @@ class ParamStore {
     for (const auto& e : entries_) n += e.numel;
     return n;
   }
-  void zero_grad() { std::fill(grad_.begin(), grad_.end(), T(0)); }
+  void zero_grad() {
+    if (mem_)
+      mem_zero(mem_, dgrad_.data(), total_);
+    else
+      std::fill(grad_.begin(), grad_.end(), T(0));
+  }
+
+  // ---- the backend's view (device mirror after attach) ----
+  void attach(DeviceMemory* mem) {
+    ADA_CHECK(finalized_, "ParamStore: attach() before finalize()");
+    mem_ = mem;
+    if (!mem) {
+      dvalue_ = Buffer<T>();
+      dgrad_ = Buffer<T>();
+      return;
+    }
+    dvalue_.ensure(size_t(total_), mem);
+    dgrad_.ensure(size_t(total_), mem);
+    push();
+    mem_zero(mem_, dgrad_.data(), total_);
+  }
+  DeviceMemory* memory() const { return mem_; }
+  T* flat_values() { return mem_ ? dvalue_.data() : value_.data(); }
+  T* flat_grads() { return mem_ ? dgrad_.data() : grad_.data(); }
+  T* dvalue(int i) { return flat_values() + entries_[size_t(i)].offset; }
+  const T* dvalue(int i) const {
+    return (mem_ ? dvalue_.data() : value_.data()) + entries_[size_t(i)].offset;
+  }
+  T* dgrad(int i) { return flat_grads() + entries_[size_t(i)].offset; }
+  void push() {
+    if (mem_) mem_upload(mem_, dvalue_.data(), value_.data(), total_);
+  }
+  void pull() {
+    if (mem_) mem_download(mem_, value_.data(), dvalue_.data(), total_);
+  }
+  void pull_grads() {
+    if (mem_) mem_download(mem_, grad_.data(), dgrad_.data(), total_);
+  }
 
  private:
   std::vector<ParamEntry> entries_;
   std::vector<T> value_, grad_;
   int64_t total_ = 0;
   bool finalized_ = false;
+  DeviceMemory* mem_ = nullptr;
+  Buffer<T> dvalue_, dgrad_;
 };
 
 }  // namespace ada

@@ -54,6 +54,9 @@ class SasRec {
     std::vector<int64_t> tok_offsets;  // (S+1)
     std::vector<uint8_t> all_masked;   // (S)
     std::vector<int32_t> ids, pos;     // (Ntok): item id (0 = padding) and absolute position
+    Buffer<int32_t> d_ids, d_pos;      // their copies in the backend's memory (device backends)
+    const int32_t* op_ids = nullptr;   // ids / pos as the backend's ops take them
+    const int32_t* op_pos = nullptr;
     Buffer<T> x0, mean0, rstd0, x1, h0;
     std::vector<LayerActs> layers;
     JaggedLayout layout() const;
@@ -70,9 +73,12 @@ class SasRec {
   Backend<T>& backend() { return be_; }
 
   // N(0, init_std) for Linear/Embedding weights, zero biases, LayerNorm 1/0, item bias N(0, bias_std),
-  // padding row zero (reference-spec 2.2). Deterministic in seed.
+  // padding row zero (reference-spec 2.2). Deterministic in seed. Writes the host values and
+  // pushes them to the device mirror.
   void init(uint64_t seed);
 
+  // user_out, d_user, token_input and d_token_input below are arrays in the backend's memory
+  // (backend().device_memory(); host for the CPU backend).
   // User vectors [B, D] for B histories (any length: the last max_len items are used; item ids must
   // be in 1..n_items-1). training = dropout on (masks from (seed, step)) and activations kept for
   // backward in the model's own context.
@@ -94,10 +100,15 @@ class SasRec {
   // d_token_input [Ntok, D], otherwise it goes to the item table.
   void backward(Context& ctx, const T* d_user, T* d_token_input);
 
-  const T* item_table() const { return params_.value(p_item_emb_); }
-  const T* item_bias() const { return cfg_.item_bias ? params_.value(p_item_bias_) : nullptr; }
-  T* item_table_grad() { return params_.grad(p_item_emb_); }
-  T* item_bias_grad() { return cfg_.item_bias ? params_.grad(p_item_bias_) : nullptr; }
+  // The item table and bias as the backend's ops take them (device memory on a device backend).
+  const T* item_table() const { return params_.dvalue(p_item_emb_); }
+  const T* item_bias() const { return cfg_.item_bias ? params_.dvalue(p_item_bias_) : nullptr; }
+  T* item_table_grad() { return params_.dgrad(p_item_emb_); }
+  T* item_bias_grad() { return cfg_.item_bias ? params_.dgrad(p_item_bias_) : nullptr; }
+  // Their host copies (current after params().pull() on a device backend).
+  const T* host_item_table() const { return params_.value(p_item_emb_); }
+  const T* host_item_bias() const { return cfg_.item_bias ? params_.value(p_item_bias_) : nullptr; }
+  DeviceMemory* memory() const { return mem_; }
   // Dropout sites one forward uses (so callers running several forwards per step keep them apart).
   uint32_t sites_per_pass() const { return uint32_t(1 + 4 * cfg_.layers); }
 
@@ -113,6 +124,7 @@ class SasRec {
 
   SasRecConfig cfg_;
   Backend<T>& be_;
+  DeviceMemory* mem_ = nullptr;  // be_.device_memory()
   ParamStore<T> params_;
   int p_item_emb_ = -1, p_item_bias_ = -1, p_pos_emb_ = -1, p_ln_w_ = -1, p_ln_b_ = -1;
   std::vector<LayerParams> lp_;

@@ -71,7 +71,8 @@ class SasRecTrainable final : public TrainableModel {
   SasRec<float>& m_;
   std::string dataset_;
   AdaConfig slices_;
-  std::vector<float> u_, du_, logits_;
+  Buffer<float> u_, du_, logits_;  // in the backend's memory
+  Buffer<int32_t> items_;
 };
 
 // Ada-Retrieval on SASRec as a TrainableModel: lambda-weighted per-round BCE (reference-spec 3.4).
@@ -89,7 +90,8 @@ class AdaTrainable final : public TrainableModel {
  private:
   AdaSasRec<float>& m_;
   std::string dataset_;
-  std::vector<float> u_, du_, logits_;
+  Buffer<float> u_, du_, logits_;  // in the backend's memory
+  Buffer<int32_t> items_;
 };
 
 struct TrainReport {
@@ -106,7 +108,7 @@ struct TrainReport {
   std::vector<double> test_round_hits;  // fraction of test users hit in each round's slice
 };
 
-// User vectors for every row of `histories` in batches (no dropout).
+// User vectors for every row of `histories` in batches (no dropout), on the host.
 std::vector<float> user_vectors(SasRec<float>& model, const Ragged& histories, int batch);
 
 // Metrics (reference-spec 4.3) of a model's ranks on an evaluation set; Ada models report @k only

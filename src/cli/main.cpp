@@ -18,6 +18,7 @@
 
 #include "ada/check.hpp"
 #include "ada/checkpoint.hpp"
+#include "ada/cuda_backend.hpp"
 #include "ada/data.hpp"
 #include "ada/device.hpp"
 #include "ada/eval.hpp"
@@ -107,8 +108,8 @@ void set_threads(int n) {
   openblas_set_num_threads(n);
 }
 
-// cpu | cuda | auto -> the device that will run. The CUDA backend's ops are not written yet, so
-// cuda is refused with the reason and auto says why it settles on the CPU.
+// cpu | cuda | auto -> the device that will run: cuda needs a CUDA build and a visible device; auto
+// takes the GPU when there is one and says which, or why it settles on the CPU.
 std::string resolve_device(const std::string& d) {
   if (d == "cpu") return "cpu";
   std::string why;
@@ -117,7 +118,8 @@ std::string resolve_device(const std::string& d) {
   } else if (cuda_device_count() == 0) {
     why = "no CUDA device is visible";
   } else {
-    why = "found " + cuda_device_description(0) + ", but the CUDA training backend is not implemented yet";
+    std::cerr << "device: cuda (" << cuda_device_description(0) << ")\n";
+    return "cuda";
   }
   ADA_CHECK(d != "cuda", "--device cuda: " << why);
   std::cerr << "device: cpu (" << why << ")\n";
@@ -192,9 +194,9 @@ struct Model {
   ParamStore<float>& params() { return trainable->params(); }
 };
 
-Model build_model(const ModelInfo& info, const AdaConfig& base_slices = {}) {
+Model build_model(const ModelInfo& info, const AdaConfig& base_slices = {}, const std::string& device = "cpu") {
   Model m;
-  m.be = make_cpu_backend<float>();
+  m.be = device == "cuda" ? make_cuda_backend(0) : make_cpu_backend<float>();
   if (info.ada) {
     m.ada = std::make_unique<AdaSasRec<float>>(info.sasrec, info.ada_cfg, *m.be);
     m.trainable = std::make_unique<AdaTrainable>(*m.ada, info.dataset);
@@ -289,7 +291,7 @@ int cmd_train(const DataArgs& da, const ModelArgs& ma, const AdaArgs& aa, TrainO
   to.out_dir = out;
   make_dirs(out);
   if (!ds.item_names.empty()) save_item_map(out + "/item_map.tsv", ds);
-  Model m = build_model(info);
+  Model m = build_model(info, {}, device);
   if (m.ada) m.ada->init(to.seed);
   else m.base->init(to.seed);
   if (init) {

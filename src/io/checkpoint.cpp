@@ -153,6 +153,7 @@ void load_params(ParamStore<float>& params, const SafeTensors& st, const std::st
     for (const auto& [name, blob] : st.tensors)
       if (params.find(name) < 0) ignored->push_back(name);
   }
+  params.push();  // a model on a device trains on its mirror
 }
 
 }  // namespace ada

@@ -19,21 +19,21 @@ constexpr uint32_t kIraSite = 40, kUraSite = 41, kBlockSite = 64;
 
 // Rows [b*rows_per + off, +n) of a [B, rows_per, D] tensor <-> a [B, n, D] tensor (layout moves only).
 template <class T>
-void copy_rows_out(T* dst, const T* src, int64_t B, int64_t rows_per, int64_t off, int64_t n, int64_t D) {
-  for (int64_t b = 0; b < B; ++b)
-    std::memcpy(dst + b * n * D, src + (b * rows_per + off) * D, sizeof(T) * size_t(n * D));
+void copy_rows_out(DeviceMemory* mem, T* dst, const T* src, int64_t B, int64_t rows_per, int64_t off, int64_t n,
+                   int64_t D) {
+  mem_copy_rows(mem, dst, n * D, src + off * D, rows_per * D, B, n * D);
 }
 template <class T>
-void copy_rows_in(T* dst, const T* src, int64_t B, int64_t rows_per, int64_t off, int64_t n, int64_t D) {
-  for (int64_t b = 0; b < B; ++b)
-    std::memcpy(dst + (b * rows_per + off) * D, src + b * n * D, sizeof(T) * size_t(n * D));
+void copy_rows_in(DeviceMemory* mem, T* dst, const T* src, int64_t B, int64_t rows_per, int64_t off, int64_t n,
+                  int64_t D) {
+  mem_copy_rows(mem, dst + off * D, rows_per * D, src, n * D, B, n * D);
 }
 
 }  // namespace
 
 template <class T>
 AdaSasRec<T>::AdaSasRec(const SasRecConfig& base, const AdaConfig& ada, Backend<T>& be)
-    : ada_(ada), be_(be), kc_(ada.k_per_round()),
+    : ada_(ada), be_(be), mem_(be.device_memory()), kc_(ada.k_per_round()),
       base_(base, be, [this, &base](ParamStore<T>& ps) {
         const int64_t D = base.hidden;
         p_cw_ = ps.add("low_filter.complex_weight", {1, kc_ / 2 + 1, D, 2});
@@ -73,6 +73,7 @@ void AdaSasRec<T>::init(uint64_t seed) {
     for (int64_t j = 0; j < ps.entry(idx).numel; ++j)
       v[j] = T(bound * (2.0 * double(u32_to_unit_float(random_u32(seed, st, uint64_t(j)))) - 1.0));
   }
+  ps.push();
 }
 
 template <class T>
@@ -95,20 +96,21 @@ void AdaSasRec<T>::context_topk(const T* u, int64_t B, const ItemId* prev, int n
     }
     ex.offsets.push_back(int64_t(ex.ids.size()));
   }
-  std::vector<float> scores(size_t(B * kc_));
   if (searcher_) {
     ADA_CHECK((std::is_same_v<T, float>), "AdaSasRec: a context searcher needs a float model");
     if constexpr (std::is_same_v<T, float>) {
-      const TopkLists top = searcher_->search(u, B, kc_, ex);  // throws when a row has too few items
+      const float* uh = u;
+      std::vector<float> host_u;
+      if (mem_) {  // the searcher takes host queries
+        host_u.resize(size_t(B * D));
+        mem_download(mem_, host_u.data(), u, B * D);
+        uh = host_u.data();
+      }
+      const TopkLists top = searcher_->search(uh, B, kc_, ex);  // throws when a row has too few items
       std::copy(top.ids.begin(), top.ids.end(), out);
     }
-  } else if constexpr (std::is_same_v<T, float>) {
-    topk_excluding(u, B, base_.item_table(), base_.item_bias(), N, D, kc_, ex, nullptr, out, scores.data());
   } else {
-    std::vector<float> uf(u, u + B * D), ef(base_.item_table(), base_.item_table() + N * D), bf;
-    if (base_.item_bias()) bf.assign(base_.item_bias(), base_.item_bias() + N);
-    topk_excluding(uf.data(), B, ef.data(), bf.empty() ? nullptr : bf.data(), N, D, kc_, ex, nullptr, out,
-                   scores.data());
+    be_.topk(out, u, B, base_.item_table(), base_.item_bias(), N, D, kc_, ex);
   }
 }
 
@@ -117,55 +119,55 @@ void AdaSasRec<T>::ira_forward(Round& rd, int t, int64_t B) {
   const int64_t D = base_.config().hidden, K = kc_, Ntok = rd.sctx.num_tokens(), Nc = int64_t(t) * K;
   const ParamStore<T>& ps = params();
   const float p = training_ ? base_.config().dropout : 0.0f;
-  rd.X.ensure(size_t(Ntok * D));
-  be_.embedding_forward(rd.X.data(), rd.sctx.ids.data(), base_.item_table(), nullptr, nullptr, Ntok, D);
-  rd.C.ensure(size_t(B * Nc * D));
+  rd.X.ensure(size_t(Ntok * D), mem_);
+  be_.embedding_forward(rd.X.data(), rd.sctx.op_ids, base_.item_table(), nullptr, nullptr, Ntok, D);
+  rd.C.ensure(size_t(B * Nc * D), mem_);
   rd.blocks.resize(size_t(t));
   for (int r = 0; r < t; ++r) {
     Block& bl = rd.blocks[size_t(r)];
     const int64_t n = B * K;
-    const ItemId* ids = ctx_.data() + int64_t(r) * B * K;
-    bl.E.ensure(size_t(n * D));
+    const ItemId* ids = ctx_op() + int64_t(r) * B * K;
+    bl.E.ensure(size_t(n * D), mem_);
     be_.embedding_forward(bl.E.data(), ids, base_.item_table(), nullptr, nullptr, n, D);
     const T* ctx_rows = bl.E.data();
     if (ada_.filter) {
       // Et = LN_tf(E + dropout(dense(irfft(rfft(E) * W))))
-      bl.F.ensure(size_t(n * D));
-      bl.G.ensure(size_t(n * D));
-      bl.R.ensure(size_t(n * D));
-      bl.mean.ensure(size_t(n));
-      bl.rstd.ensure(size_t(n));
-      bl.Et.ensure(size_t(n * D));
-      be_.filter_forward(bl.F.data(), bl.E.data(), ps.value(p_cw_), B, K, D);
-      be_.linear_forward(bl.G.data(), bl.F.data(), ps.value(p_fd_w_), ps.value(p_fd_b_), n, D, D);
+      bl.F.ensure(size_t(n * D), mem_);
+      bl.G.ensure(size_t(n * D), mem_);
+      bl.R.ensure(size_t(n * D), mem_);
+      bl.mean.ensure(size_t(n), mem_);
+      bl.rstd.ensure(size_t(n), mem_);
+      bl.Et.ensure(size_t(n * D), mem_);
+      be_.filter_forward(bl.F.data(), bl.E.data(), ps.dvalue(p_cw_), B, K, D);
+      be_.linear_forward(bl.G.data(), bl.F.data(), ps.dvalue(p_fd_w_), ps.dvalue(p_fd_b_), n, D, D);
       be_.dropout_forward(bl.R.data(), bl.G.data(), n * D, p, seed_, stream(t, kBlockSite + uint32_t(r)));
       be_.add_inplace(bl.R.data(), bl.E.data(), n * D);
-      be_.layernorm_forward(bl.Et.data(), bl.mean.data(), bl.rstd.data(), bl.R.data(), ps.value(p_fln_w_),
-                            ps.value(p_fln_b_), n, D, T(ada_.ln_eps));
+      be_.layernorm_forward(bl.Et.data(), bl.mean.data(), bl.rstd.data(), bl.R.data(), ps.dvalue(p_fln_w_),
+                            ps.dvalue(p_fln_b_), n, D, T(ada_.ln_eps));
       ctx_rows = bl.Et.data();
     }
-    copy_rows_in(rd.C.data(), ctx_rows, B, Nc, int64_t(r) * K, K, D);
+    copy_rows_in(mem_, rd.C.data(), ctx_rows, B, Nc, int64_t(r) * K, K, D);
   }
   // Xp = LN(X + dropout(softmax(X C^T / sqrt(D)) C)); without attention the queries are zero, which
   // makes the softmax uniform: the mean of the context.
   const T* queries = rd.X.data();
   if (!ada_.attention) {
-    zeros_.ensure(size_t(Ntok * D));
-    zeros_.fill(T(0));
+    zeros_.ensure(size_t(Ntok * D), mem_);
+    mem_zero(mem_, zeros_.data(), Ntok * D);
     queries = zeros_.data();
   }
-  rd.probs.ensure(size_t(Ntok * Nc));
-  rd.att.ensure(size_t(Ntok * D));
-  rd.r.ensure(size_t(Ntok * D));
-  rd.mean.ensure(size_t(Ntok));
-  rd.rstd.ensure(size_t(Ntok));
-  rd.Xp.ensure(size_t(Ntok * D));
+  rd.probs.ensure(size_t(Ntok * Nc), mem_);
+  rd.att.ensure(size_t(Ntok * D), mem_);
+  rd.r.ensure(size_t(Ntok * D), mem_);
+  rd.mean.ensure(size_t(Ntok), mem_);
+  rd.rstd.ensure(size_t(Ntok), mem_);
+  rd.Xp.ensure(size_t(Ntok * D), mem_);
   be_.context_attention_forward(rd.att.data(), rd.probs.data(), queries, rd.C.data(), rd.sctx.tok_offsets.data(),
                                 B, Nc, D);
   be_.dropout_forward(rd.r.data(), rd.att.data(), Ntok * D, p, seed_, stream(t, kIraSite));
   be_.add_inplace(rd.r.data(), rd.X.data(), Ntok * D);
-  be_.layernorm_forward(rd.Xp.data(), rd.mean.data(), rd.rstd.data(), rd.r.data(), ps.value(p_aln_w_),
-                        ps.value(p_aln_b_), Ntok, D, T(ada_.ln_eps));
+  be_.layernorm_forward(rd.Xp.data(), rd.mean.data(), rd.rstd.data(), rd.r.data(), ps.dvalue(p_aln_w_),
+                        ps.dvalue(p_aln_b_), Ntok, D, T(ada_.ln_eps));
 }
 
 template <class T>
@@ -174,41 +176,48 @@ void AdaSasRec<T>::ira_backward(Round& rd, int t, int64_t B, const T* d_xp) {
   ParamStore<T>& ps = params();
   const float p = base_.config().dropout;
   Buffer<T>& d_r = scratch_;
-  d_r.ensure(size_t(Ntok * D));
-  be_.layernorm_backward(d_r.data(), ps.grad(p_aln_w_), ps.grad(p_aln_b_), d_xp, rd.r.data(), ps.value(p_aln_w_),
+  d_r.ensure(size_t(Ntok * D), mem_);
+  be_.layernorm_backward(d_r.data(), ps.dgrad(p_aln_w_), ps.dgrad(p_aln_b_), d_xp, rd.r.data(), ps.dvalue(p_aln_w_),
                          rd.mean.data(), rd.rstd.data(), Ntok, D);
   // d X = d_r (residual) + attention's d queries; d att = dropout^T d_r
-  Buffer<T> d_x = d_r.clone();
+  Buffer<T>& d_x = g_.d_x;
+  d_x.ensure(size_t(Ntok * D), mem_);
+  mem_copy(mem_, d_x.data(), d_r.data(), Ntok * D);
   be_.dropout_backward(d_r.data(), d_r.data(), Ntok * D, p, seed_, stream(t, kIraSite));
-  Buffer<T> d_c(size_t(B * Nc * D));
-  d_c.fill(T(0));
-  Buffer<T> d_q(size_t(Ntok * D));
+  Buffer<T>& d_c = g_.d_c;
+  d_c.ensure(size_t(B * Nc * D), mem_);
+  mem_zero(mem_, d_c.data(), B * Nc * D);
+  Buffer<T>& d_q = g_.d_q;
+  d_q.ensure(size_t(Ntok * D), mem_);
   if (!ada_.attention) {
-    zeros_.ensure(size_t(Ntok * D));
-    zeros_.fill(T(0));
+    zeros_.ensure(size_t(Ntok * D), mem_);
+    mem_zero(mem_, zeros_.data(), Ntok * D);
   }
   const T* queries = ada_.attention ? rd.X.data() : zeros_.data();
   be_.context_attention_backward(d_q.data(), d_c.data(), d_r.data(), rd.probs.data(), queries, rd.C.data(),
                                  rd.sctx.tok_offsets.data(), B, Nc, D);
   if (ada_.attention) be_.add_inplace(d_x.data(), d_q.data(), Ntok * D);
   // history tokens: gradient into the item table (padding tokens skipped by the op)
-  be_.embedding_backward(base_.item_table_grad(), nullptr, d_x.data(), rd.sctx.ids.data(), nullptr, Ntok, D);
+  be_.embedding_backward(base_.item_table_grad(), nullptr, d_x.data(), rd.sctx.op_ids, nullptr, Ntok, D);
   // each earlier round's block
   for (int r = 0; r < t; ++r) {
     Block& bl = rd.blocks[size_t(r)];
     const int64_t n = B * K;
-    const ItemId* ids = ctx_.data() + int64_t(r) * B * K;
-    Buffer<T> d_et(size_t(n * D));
-    copy_rows_out(d_et.data(), d_c.data(), B, Nc, int64_t(r) * K, K, D);
+    const ItemId* ids = ctx_op() + int64_t(r) * B * K;
+    Buffer<T>& d_et = g_.d_et;
+    d_et.ensure(size_t(n * D), mem_);
+    copy_rows_out(mem_, d_et.data(), d_c.data(), B, Nc, int64_t(r) * K, K, D);
     if (ada_.filter) {
-      Buffer<T> d_e(size_t(n * D)), d_f(size_t(n * D));
-      be_.layernorm_backward(d_e.data(), ps.grad(p_fln_w_), ps.grad(p_fln_b_), d_et.data(), bl.R.data(),
-                             ps.value(p_fln_w_), bl.mean.data(), bl.rstd.data(), n, D);
+      Buffer<T>&d_e = g_.d_e, &d_f = g_.d_f;
+      d_e.ensure(size_t(n * D), mem_);
+      d_f.ensure(size_t(n * D), mem_);
+      be_.layernorm_backward(d_e.data(), ps.dgrad(p_fln_w_), ps.dgrad(p_fln_b_), d_et.data(), bl.R.data(),
+                             ps.dvalue(p_fln_w_), bl.mean.data(), bl.rstd.data(), n, D);
       // d_e is d R: the residual goes to E as it is, the branch through dropout, dense and the filter
       be_.dropout_backward(d_et.data(), d_e.data(), n * D, p, seed_, stream(t, kBlockSite + uint32_t(r)));
-      be_.linear_backward(d_f.data(), ps.grad(p_fd_w_), ps.grad(p_fd_b_), d_et.data(), bl.F.data(),
-                          ps.value(p_fd_w_), n, D, D, false);
-      be_.filter_backward(d_et.data(), ps.grad(p_cw_), d_f.data(), bl.E.data(), ps.value(p_cw_), B, K, D);
+      be_.linear_backward(d_f.data(), ps.dgrad(p_fd_w_), ps.dgrad(p_fd_b_), d_et.data(), bl.F.data(),
+                          ps.dvalue(p_fd_w_), n, D, D, false);
+      be_.filter_backward(d_et.data(), ps.dgrad(p_cw_), d_f.data(), bl.E.data(), ps.dvalue(p_cw_), B, K, D);
       be_.add_inplace(d_et.data(), d_e.data(), n * D);
     }
     be_.embedding_backward(base_.item_table_grad(), nullptr, d_et.data(), ids, nullptr, n, D);
@@ -221,47 +230,47 @@ void AdaSasRec<T>::ura_forward(Round& rd, int t, int64_t B, const T* users, T* o
   const ParamStore<T>& ps = params();
   const float p = training_ ? base_.config().dropout : 0.0f;
   // h: GRU over the earlier adapted vectors users[0..t-1] from h_0 = 0 (or their mean without GRU)
-  rd.hs.ensure(size_t((t + 1) * B * D));
-  std::fill(rd.hs.data(), rd.hs.data() + B * D, T(0));
+  rd.hs.ensure(size_t((t + 1) * B * D), mem_);
+  mem_zero(mem_, rd.hs.data(), B * D);
   if (ada_.gru) {
-    rd.gi.ensure(size_t(t * B * 3 * D));
-    rd.gh.ensure(size_t(t * B * 3 * D));
-    rd.gates.ensure(size_t(t * B * 3 * D));
+    rd.gi.ensure(size_t(t * B * 3 * D), mem_);
+    rd.gh.ensure(size_t(t * B * 3 * D), mem_);
+    rd.gates.ensure(size_t(t * B * 3 * D), mem_);
     for (int s = 0; s < t; ++s) {
       T* gi = rd.gi.data() + int64_t(s) * B * 3 * D;
       T* gh = rd.gh.data() + int64_t(s) * B * 3 * D;
-      be_.linear_forward(gi, users + int64_t(s) * B * D, ps.value(p_wih_), ps.value(p_bih_), B, D, 3 * D);
-      be_.linear_forward(gh, rd.hs.data() + int64_t(s) * B * D, ps.value(p_whh_), ps.value(p_bhh_), B, D, 3 * D);
+      be_.linear_forward(gi, users + int64_t(s) * B * D, ps.dvalue(p_wih_), ps.dvalue(p_bih_), B, D, 3 * D);
+      be_.linear_forward(gh, rd.hs.data() + int64_t(s) * B * D, ps.dvalue(p_whh_), ps.dvalue(p_bhh_), B, D, 3 * D);
       be_.gru_cell_forward(rd.hs.data() + int64_t(s + 1) * B * D, rd.gates.data() + int64_t(s) * B * 3 * D, gi,
                            gh, rd.hs.data() + int64_t(s) * B * D, B, D);
     }
   } else {
     T* h = rd.hs.data() + int64_t(t) * B * D;
-    std::fill(h, h + B * D, T(0));
+    mem_zero(mem_, h, B * D);
     for (int s = 0; s < t; ++s) be_.add_inplace(h, users + int64_t(s) * B * D, B * D);
     be_.scale(h, B * D, T(1) / T(t));
   }
   const T* h = rd.hs.data() + int64_t(t) * B * D;
   const T* v = rd.v.data();
-  rd.r2.ensure(size_t(B * D));
-  rd.a2.ensure(size_t(B * D));
+  rd.r2.ensure(size_t(B * D), mem_);
+  rd.a2.ensure(size_t(B * D), mem_);
   if (ada_.mlp) {
     // v' = LN(v + dropout(W2 relu(W1 [v; h] + b1) + b2))
-    rd.z.ensure(size_t(B * 2 * D));
-    rd.a1.ensure(size_t(B * 2 * D));
-    rd.a1r.ensure(size_t(B * 2 * D));
+    rd.z.ensure(size_t(B * 2 * D), mem_);
+    rd.a1.ensure(size_t(B * 2 * D), mem_);
+    rd.a1r.ensure(size_t(B * 2 * D), mem_);
     be_.concat_cols(rd.z.data(), v, h, B, D, D);
-    be_.linear_forward(rd.a1.data(), rd.z.data(), ps.value(p_m1_w_), ps.value(p_m1_b_), B, 2 * D, 2 * D);
+    be_.linear_forward(rd.a1.data(), rd.z.data(), ps.dvalue(p_m1_w_), ps.dvalue(p_m1_b_), B, 2 * D, 2 * D);
     be_.activation_forward(rd.a1r.data(), rd.a1.data(), B * 2 * D, Activation::kRelu);
-    be_.linear_forward(rd.a2.data(), rd.a1r.data(), ps.value(p_m2_w_), ps.value(p_m2_b_), B, 2 * D, D);
+    be_.linear_forward(rd.a2.data(), rd.a1r.data(), ps.dvalue(p_m2_w_), ps.dvalue(p_m2_b_), B, 2 * D, D);
   } else {
-    std::copy(h, h + B * D, rd.a2.data());  // v' = LN(v + dropout(h))
+    mem_copy(mem_, rd.a2.data(), h, B * D);  // v' = LN(v + dropout(h))
   }
   be_.dropout_forward(rd.r2.data(), rd.a2.data(), B * D, p, seed_, stream(t, kUraSite));
   be_.add_inplace(rd.r2.data(), v, B * D);
-  rd.mean2.ensure(size_t(B));
-  rd.rstd2.ensure(size_t(B));
-  be_.layernorm_forward(out, rd.mean2.data(), rd.rstd2.data(), rd.r2.data(), ps.value(p_mln_w_), ps.value(p_mln_b_),
+  rd.mean2.ensure(size_t(B), mem_);
+  rd.rstd2.ensure(size_t(B), mem_);
+  be_.layernorm_forward(out, rd.mean2.data(), rd.rstd2.data(), rd.r2.data(), ps.dvalue(p_mln_w_), ps.dvalue(p_mln_b_),
                         B, D, T(ada_.ln_eps));
 }
 
@@ -270,36 +279,45 @@ void AdaSasRec<T>::ura_backward(Round& rd, int t, int64_t B, const T* d_out, T* 
   const int64_t D = base_.config().hidden;
   ParamStore<T>& ps = params();
   const float p = base_.config().dropout;
-  Buffer<T> d_r2(size_t(B * D)), d_a2(size_t(B * D)), d_h(size_t(B * D));
-  be_.layernorm_backward(d_r2.data(), ps.grad(p_mln_w_), ps.grad(p_mln_b_), d_out, rd.r2.data(), ps.value(p_mln_w_),
+  Buffer<T>&d_r2 = g_.d_r2, &d_a2 = g_.d_a2, &d_h = g_.d_h;
+  d_r2.ensure(size_t(B * D), mem_);
+  d_a2.ensure(size_t(B * D), mem_);
+  d_h.ensure(size_t(B * D), mem_);
+  be_.layernorm_backward(d_r2.data(), ps.dgrad(p_mln_w_), ps.dgrad(p_mln_b_), d_out, rd.r2.data(), ps.dvalue(p_mln_w_),
                          rd.mean2.data(), rd.rstd2.data(), B, D);
   // scratch2_ collects d v, the gradient w.r.t. the backbone's user vector (residual + MLP branch);
   // backward() hands it to the backbone.
-  scratch2_.ensure(size_t(B * D));
-  std::copy(d_r2.data(), d_r2.data() + B * D, scratch2_.data());
+  scratch2_.ensure(size_t(B * D), mem_);
+  mem_copy(mem_, scratch2_.data(), d_r2.data(), B * D);
   be_.dropout_backward(d_a2.data(), d_r2.data(), B * D, p, seed_, stream(t, kUraSite));
   if (ada_.mlp) {
-    Buffer<T> d_a1r(size_t(B * 2 * D)), d_a1(size_t(B * 2 * D)), d_z(size_t(B * 2 * D));
-    be_.linear_backward(d_a1r.data(), ps.grad(p_m2_w_), ps.grad(p_m2_b_), d_a2.data(), rd.a1r.data(),
-                        ps.value(p_m2_w_), B, 2 * D, D, false);
+    Buffer<T>&d_a1r = g_.d_a1r, &d_a1 = g_.d_a1, &d_z = g_.d_z;
+    d_a1r.ensure(size_t(B * 2 * D), mem_);
+    d_a1.ensure(size_t(B * 2 * D), mem_);
+    d_z.ensure(size_t(B * 2 * D), mem_);
+    be_.linear_backward(d_a1r.data(), ps.dgrad(p_m2_w_), ps.dgrad(p_m2_b_), d_a2.data(), rd.a1r.data(),
+                        ps.dvalue(p_m2_w_), B, 2 * D, D, false);
     be_.activation_backward(d_a1.data(), d_a1r.data(), rd.a1.data(), B * 2 * D, Activation::kRelu);
-    be_.linear_backward(d_z.data(), ps.grad(p_m1_w_), ps.grad(p_m1_b_), d_a1.data(), rd.z.data(), ps.value(p_m1_w_),
+    be_.linear_backward(d_z.data(), ps.dgrad(p_m1_w_), ps.dgrad(p_m1_b_), d_a1.data(), rd.z.data(), ps.dvalue(p_m1_w_),
                         B, 2 * D, 2 * D, false);
-    d_h.fill(T(0));
+    mem_zero(mem_, d_h.data(), B * D);
     be_.split_cols_add(scratch2_.data(), d_h.data(), d_z.data(), B, D, D);
   } else {
-    std::copy(d_a2.data(), d_a2.data() + B * D, d_h.data());
+    mem_copy(mem_, d_h.data(), d_a2.data(), B * D);
   }
   if (ada_.gru) {
-    Buffer<T> d_gi(size_t(B * 3 * D)), d_gh(size_t(B * 3 * D)), d_hprev(size_t(B * D));
+    Buffer<T>&d_gi = g_.d_gi, &d_gh = g_.d_gh, &d_hprev = g_.d_hprev;
+    d_gi.ensure(size_t(B * 3 * D), mem_);
+    d_gh.ensure(size_t(B * 3 * D), mem_);
+    d_hprev.ensure(size_t(B * D), mem_);
     for (int s = t - 1; s >= 0; --s) {
       be_.gru_cell_backward(d_gi.data(), d_gh.data(), d_hprev.data(), d_h.data(),
                             rd.gates.data() + int64_t(s) * B * 3 * D, rd.gh.data() + int64_t(s) * B * 3 * D,
                             rd.hs.data() + int64_t(s) * B * D, B, D);
-      be_.linear_backward(d_hprev.data(), ps.grad(p_whh_), ps.grad(p_bhh_), d_gh.data(),
-                          rd.hs.data() + int64_t(s) * B * D, ps.value(p_whh_), B, D, 3 * D, true);
-      be_.linear_backward(d_users + int64_t(s) * B * D, ps.grad(p_wih_), ps.grad(p_bih_), d_gi.data(),
-                          users_.data() + int64_t(s) * B * D, ps.value(p_wih_), B, D, 3 * D, true);
+      be_.linear_backward(d_hprev.data(), ps.dgrad(p_whh_), ps.dgrad(p_bhh_), d_gh.data(),
+                          rd.hs.data() + int64_t(s) * B * D, ps.dvalue(p_whh_), B, D, 3 * D, true);
+      be_.linear_backward(d_users + int64_t(s) * B * D, ps.dgrad(p_wih_), ps.dgrad(p_bih_), d_gi.data(),
+                          users_.data() + int64_t(s) * B * D, ps.dvalue(p_wih_), B, D, 3 * D, true);
       std::swap(d_h, d_hprev);
     }
   } else {
@@ -320,7 +338,8 @@ void AdaSasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uin
   batch_ = B;
   rounds_.resize(size_t(R));
   ctx_.resize(size_t(std::max(0, R - 1)) * size_t(B * kc_));
-  users_.ensure(size_t(R * B * D));
+  if (mem_) d_ctx_.ensure(ctx_.size(), mem_);
+  users_.ensure(size_t(R * B * D), mem_);
   for (int t = 0; t < R; ++t) {
     Round& rd = rounds_[size_t(t)];
     base_.prepare(rd.sctx, hist, training, seed, step, uint32_t(t) * kSitesPerRound);
@@ -329,15 +348,19 @@ void AdaSasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uin
     if (rd.ira) ira_forward(rd, t, B);
     T* u = users_.data() + int64_t(t) * B * D;
     if (rd.ura) {
-      rd.v.ensure(size_t(B * D));
+      rd.v.ensure(size_t(B * D), mem_);
       base_.forward(rd.sctx, rd.ira ? rd.Xp.data() : nullptr, rd.v.data());
       ura_forward(rd, t, B, users_.data(), u);
     } else {
       base_.forward(rd.sctx, rd.ira ? rd.Xp.data() : nullptr, u);
     }
-    if (t + 1 < R) context_topk(u, B, ctx_.data(), t, ctx_.data() + int64_t(t) * B * kc_);
+    if (t + 1 < R) {
+      ItemId* round_ids = ctx_.data() + int64_t(t) * B * kc_;
+      context_topk(u, B, ctx_.data(), t, round_ids);
+      if (mem_) mem_upload(mem_, d_ctx_.data() + int64_t(t) * B * kc_, round_ids, B * kc_);
+    }
   }
-  std::copy(users_.data(), users_.data() + R * B * D, users);
+  mem_copy(mem_, users, users_.data(), R * B * D);
   if (ctx_out) std::copy(ctx_.begin(), ctx_.end(), ctx_out);
 }
 
@@ -353,8 +376,8 @@ void AdaSasRec<T>::backward(T* d_users) {
       ura_backward(rd, t, B, du, d_users);
       d_v = scratch2_.data();
     }
-    Buffer<T> d_tokens;
-    if (rd.ira) d_tokens.ensure(size_t(rd.sctx.num_tokens() * D));
+    Buffer<T>& d_tokens = g_.d_tokens;
+    if (rd.ira) d_tokens.ensure(size_t(rd.sctx.num_tokens() * D), mem_);
     base_.backward(rd.sctx, d_v, rd.ira ? d_tokens.data() : nullptr);
     if (rd.ira) ira_backward(rd, t, B, d_tokens.data());
   }

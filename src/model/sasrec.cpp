@@ -10,16 +10,16 @@ namespace ada {
 
 namespace {
 template <class T>
-void copy_into(Buffer<T>& dst, const Buffer<T>& src) {
-  dst.ensure(src.size());
-  std::copy(src.data(), src.data() + src.size(), dst.data());
+void copy_into(Buffer<T>& dst, const Buffer<T>& src, DeviceMemory* mem) {
+  dst.ensure(src.size(), mem);
+  mem_copy(mem, dst.data(), src.data(), int64_t(src.size()));
 }
 }  // namespace
 
 template <class T>
 SasRec<T>::SasRec(const SasRecConfig& cfg, Backend<T>& be,
                   const std::function<void(ParamStore<T>&)>& add_params)
-    : cfg_(cfg), be_(be) {
+    : cfg_(cfg), be_(be), mem_(be.device_memory()) {
   ADA_CHECK(cfg.n_items >= 2, "SASRec: n_items must be >= 2 (padding + one item), got " << cfg.n_items);
   ADA_CHECK(cfg.hidden % cfg.heads == 0,
             "SASRec: hidden " << cfg.hidden << " is not a multiple of heads " << cfg.heads);
@@ -54,6 +54,7 @@ SasRec<T>::SasRec(const SasRecConfig& cfg, Backend<T>& be,
   }
   if (add_params) add_params(params_);
   params_.finalize();
+  params_.attach(mem_);
 }
 
 template <class T>
@@ -76,6 +77,7 @@ void SasRec<T>::init(uint64_t seed) {
     }
   }
   std::fill(params_.value(p_item_emb_), params_.value(p_item_emb_) + cfg_.hidden, T(0));
+  params_.push();
 }
 
 template <class T>
@@ -138,6 +140,17 @@ void SasRec<T>::prepare(Context& ctx, const Ragged& hist, bool training, uint64_
     }
   }
   ctx.layers.resize(size_t(cfg_.layers));
+  if (mem_) {
+    ctx.d_ids.ensure(size_t(ntok), mem_);
+    ctx.d_pos.ensure(size_t(ntok), mem_);
+    mem_upload(mem_, ctx.d_ids.data(), ctx.ids.data(), ntok);
+    mem_upload(mem_, ctx.d_pos.data(), ctx.pos.data(), ntok);
+    ctx.op_ids = ctx.d_ids.data();
+    ctx.op_pos = ctx.d_pos.data();
+  } else {
+    ctx.op_ids = ctx.ids.data();
+    ctx.op_pos = ctx.pos.data();
+  }
 }
 
 template <class T>
@@ -148,21 +161,21 @@ void SasRec<T>::forward(Context& ctx, const T* token_input, T* user_out) {
   const uint64_t seed = ctx.seed;
   ctx.external_input = token_input != nullptr;
 
-  ctx.x0.ensure(size_t(Ntok * D));
-  ctx.mean0.ensure(size_t(Ntok));
-  ctx.rstd0.ensure(size_t(Ntok));
-  ctx.x1.ensure(size_t(Ntok * D));
-  ctx.h0.ensure(size_t(Ntok * D));
+  ctx.x0.ensure(size_t(Ntok * D), mem_);
+  ctx.mean0.ensure(size_t(Ntok), mem_);
+  ctx.rstd0.ensure(size_t(Ntok), mem_);
+  ctx.x1.ensure(size_t(Ntok * D), mem_);
+  ctx.h0.ensure(size_t(Ntok * D), mem_);
   if (token_input) {
     // x0 = pos_table[pos] + token_input
-    be_.embedding_forward(ctx.x0.data(), ctx.pos.data(), params_.value(p_pos_emb_), nullptr, nullptr, Ntok, D);
+    be_.embedding_forward(ctx.x0.data(), ctx.op_pos, params_.dvalue(p_pos_emb_), nullptr, nullptr, Ntok, D);
     be_.add_inplace(ctx.x0.data(), token_input, Ntok * D);
   } else {
-    be_.embedding_forward(ctx.x0.data(), ctx.ids.data(), params_.value(p_item_emb_), ctx.pos.data(),
-                          params_.value(p_pos_emb_), Ntok, D);
+    be_.embedding_forward(ctx.x0.data(), ctx.op_ids, params_.dvalue(p_item_emb_), ctx.op_pos,
+                          params_.dvalue(p_pos_emb_), Ntok, D);
   }
   be_.layernorm_forward(ctx.x1.data(), ctx.mean0.data(), ctx.rstd0.data(), ctx.x0.data(),
-                        params_.value(p_ln_w_), params_.value(p_ln_b_), Ntok, D, T(cfg_.ln_eps));
+                        params_.dvalue(p_ln_w_), params_.dvalue(p_ln_b_), Ntok, D, T(cfg_.ln_eps));
   be_.dropout_forward(ctx.h0.data(), ctx.x1.data(), Ntok * D, p, seed, stream(ctx, 0));
 
   const T* in = ctx.h0.data();
@@ -174,48 +187,48 @@ void SasRec<T>::forward(Context& ctx, const T* token_input, T* user_out) {
     a.nq = nq;
     const T* in_q = in;
     if (last) {
-      a.in_q.ensure(size_t(S * D));
+      a.in_q.ensure(size_t(S * D), mem_);
       be_.gather_last(a.in_q.data(), in, L, D);
       in_q = a.in_q.data();
     }
-    a.q.ensure(size_t(nq * D));
-    a.k.ensure(size_t(Ntok * D));
-    a.v.ensure(size_t(Ntok * D));
-    be_.linear_forward(a.q.data(), in_q, params_.value(w.q_w), params_.value(w.q_b), nq, D, D);
-    be_.linear_forward(a.k.data(), in, params_.value(w.k_w), params_.value(w.k_b), Ntok, D, D);
-    be_.linear_forward(a.v.data(), in, params_.value(w.v_w), params_.value(w.v_b), Ntok, D, D);
+    a.q.ensure(size_t(nq * D), mem_);
+    a.k.ensure(size_t(Ntok * D), mem_);
+    a.v.ensure(size_t(Ntok * D), mem_);
+    be_.linear_forward(a.q.data(), in_q, params_.dvalue(w.q_w), params_.dvalue(w.q_b), nq, D, D);
+    be_.linear_forward(a.k.data(), in, params_.dvalue(w.k_w), params_.dvalue(w.k_b), Ntok, D, D);
+    be_.linear_forward(a.v.data(), in, params_.dvalue(w.v_w), params_.dvalue(w.v_b), Ntok, D, D);
     const AttentionShape sh = attention_shape(ctx, l, p);
-    a.probs.ensure(size_t(sh.prob_size()));
-    a.att.ensure(size_t(nq * D));
+    a.probs.ensure(size_t(sh.prob_size()), mem_);
+    a.att.ensure(size_t(nq * D), mem_);
     be_.attention_forward(a.att.data(), a.probs.data(), a.q.data(), a.k.data(), a.v.data(), sh);
     // r1 = dropout(att W_o^T + b_o) + in_q ; h = LN(r1)
-    a.r1.ensure(size_t(nq * D));
-    be_.linear_forward(a.r1.data(), a.att.data(), params_.value(w.o_w), params_.value(w.o_b), nq, D, D);
+    a.r1.ensure(size_t(nq * D), mem_);
+    be_.linear_forward(a.r1.data(), a.att.data(), params_.dvalue(w.o_w), params_.dvalue(w.o_b), nq, D, D);
     be_.dropout_forward(a.r1.data(), a.r1.data(), nq * D, p, seed, stream(ctx, uint32_t(2 + 4 * l)));
     be_.add_inplace(a.r1.data(), in_q, nq * D);
-    a.mean1.ensure(size_t(nq));
-    a.rstd1.ensure(size_t(nq));
-    a.h.ensure(size_t(nq * D));
+    a.mean1.ensure(size_t(nq), mem_);
+    a.rstd1.ensure(size_t(nq), mem_);
+    a.h.ensure(size_t(nq * D), mem_);
     be_.layernorm_forward(a.h.data(), a.mean1.data(), a.rstd1.data(), a.r1.data(),
-                          params_.value(w.ln1_w), params_.value(w.ln1_b), nq, D, T(cfg_.ln_eps));
+                          params_.dvalue(w.ln1_w), params_.dvalue(w.ln1_b), nq, D, T(cfg_.ln_eps));
     // r2 = dropout(act(h W1^T + b1) W2^T + b2) + h ; out = LN(r2)
-    a.f1.ensure(size_t(nq * I));
-    a.g.ensure(size_t(nq * I));
-    be_.linear_forward(a.f1.data(), a.h.data(), params_.value(w.f1_w), params_.value(w.f1_b), nq, D, I);
+    a.f1.ensure(size_t(nq * I), mem_);
+    a.g.ensure(size_t(nq * I), mem_);
+    be_.linear_forward(a.f1.data(), a.h.data(), params_.dvalue(w.f1_w), params_.dvalue(w.f1_b), nq, D, I);
     be_.activation_forward(a.g.data(), a.f1.data(), nq * I, cfg_.activation);
-    a.r2.ensure(size_t(nq * D));
-    be_.linear_forward(a.r2.data(), a.g.data(), params_.value(w.f2_w), params_.value(w.f2_b), nq, I, D);
+    a.r2.ensure(size_t(nq * D), mem_);
+    be_.linear_forward(a.r2.data(), a.g.data(), params_.dvalue(w.f2_w), params_.dvalue(w.f2_b), nq, I, D);
     be_.dropout_forward(a.r2.data(), a.r2.data(), nq * D, p, seed, stream(ctx, uint32_t(3 + 4 * l)));
     be_.add_inplace(a.r2.data(), a.h.data(), nq * D);
-    a.mean2.ensure(size_t(nq));
-    a.rstd2.ensure(size_t(nq));
-    a.out.ensure(size_t(nq * D));
+    a.mean2.ensure(size_t(nq), mem_);
+    a.rstd2.ensure(size_t(nq), mem_);
+    a.out.ensure(size_t(nq * D), mem_);
     be_.layernorm_forward(a.out.data(), a.mean2.data(), a.rstd2.data(), a.r2.data(),
-                          params_.value(w.ln2_w), params_.value(w.ln2_b), nq, D, T(cfg_.ln_eps));
+                          params_.dvalue(w.ln2_w), params_.dvalue(w.ln2_b), nq, D, T(cfg_.ln_eps));
     in = a.out.data();
   }
   // The last layer ran on the final tokens only, so its output rows are the user vectors.
-  std::copy(in, in + S * D, user_out);
+  mem_copy(mem_, user_out, in, S * D);
 }
 
 template <class T>
@@ -232,8 +245,8 @@ void SasRec<T>::backward(Context& ctx, const T* d_user, T* d_token_input) {
   Buffer<T>&d_out = gr.d_out, &d_r2 = gr.d_r2, &d_h = gr.d_h, &d_g = gr.d_g, &d_f1 = gr.d_f1,
   &d_r1 = gr.d_r1, &d_att = gr.d_att, &d_q = gr.d_q, &d_k = gr.d_k, &d_v = gr.d_v, &d_in = gr.d_in,
   &d_in_q = gr.d_in_q, &d_x0 = gr.d_x0;
-  d_out.ensure(size_t(S * D));  // gradient w.r.t. the current layer's output
-  std::copy(d_user, d_user + S * D, d_out.data());
+  d_out.ensure(size_t(S * D), mem_);  // gradient w.r.t. the current layer's output
+  mem_copy(mem_, d_out.data(), d_user, S * D);
   for (int l = cfg_.layers - 1; l >= 0; --l) {
     const LayerParams& w = lp_[size_t(l)];
     LayerActs& a = ctx.layers[size_t(l)];
@@ -242,42 +255,42 @@ void SasRec<T>::backward(Context& ctx, const T* d_user, T* d_token_input) {
     const T* in = l == 0 ? ctx.h0.data() : ctx.layers[size_t(l - 1)].out.data();
     const T* in_q = last ? a.in_q.data() : in;
 
-    d_r2.ensure(size_t(nq * D));
-    be_.layernorm_backward(d_r2.data(), params_.grad(w.ln2_w), params_.grad(w.ln2_b), d_out.data(),
-                           a.r2.data(), params_.value(w.ln2_w), a.mean2.data(), a.rstd2.data(), nq, D);
-    copy_into(d_h, d_r2);  // residual branch
+    d_r2.ensure(size_t(nq * D), mem_);
+    be_.layernorm_backward(d_r2.data(), params_.dgrad(w.ln2_w), params_.dgrad(w.ln2_b), d_out.data(),
+                           a.r2.data(), params_.dvalue(w.ln2_w), a.mean2.data(), a.rstd2.data(), nq, D);
+    copy_into(d_h, d_r2, mem_);  // residual branch
     // FFN branch: d_r2 -> dropout -> W2 -> act -> W1 -> h
     be_.dropout_backward(d_r2.data(), d_r2.data(), nq * D, p, seed, stream(ctx, uint32_t(3 + 4 * l)));
-    d_g.ensure(size_t(nq * I));
-    be_.linear_backward(d_g.data(), params_.grad(w.f2_w), params_.grad(w.f2_b), d_r2.data(),
-                        a.g.data(), params_.value(w.f2_w), nq, I, D, false);
-    d_f1.ensure(size_t(nq * I));
+    d_g.ensure(size_t(nq * I), mem_);
+    be_.linear_backward(d_g.data(), params_.dgrad(w.f2_w), params_.dgrad(w.f2_b), d_r2.data(),
+                        a.g.data(), params_.dvalue(w.f2_w), nq, I, D, false);
+    d_f1.ensure(size_t(nq * I), mem_);
     be_.activation_backward(d_f1.data(), d_g.data(), a.f1.data(), nq * I, cfg_.activation);
-    be_.linear_backward(d_h.data(), params_.grad(w.f1_w), params_.grad(w.f1_b), d_f1.data(),
-                        a.h.data(), params_.value(w.f1_w), nq, D, I, true);
-    d_r1.ensure(size_t(nq * D));
-    be_.layernorm_backward(d_r1.data(), params_.grad(w.ln1_w), params_.grad(w.ln1_b), d_h.data(),
-                           a.r1.data(), params_.value(w.ln1_w), a.mean1.data(), a.rstd1.data(), nq, D);
-    copy_into(d_in_q, d_r1);  // residual branch to the layer input (at the query rows)
+    be_.linear_backward(d_h.data(), params_.dgrad(w.f1_w), params_.dgrad(w.f1_b), d_f1.data(),
+                        a.h.data(), params_.dvalue(w.f1_w), nq, D, I, true);
+    d_r1.ensure(size_t(nq * D), mem_);
+    be_.layernorm_backward(d_r1.data(), params_.dgrad(w.ln1_w), params_.dgrad(w.ln1_b), d_h.data(),
+                           a.r1.data(), params_.dvalue(w.ln1_w), a.mean1.data(), a.rstd1.data(), nq, D);
+    copy_into(d_in_q, d_r1, mem_);  // residual branch to the layer input (at the query rows)
     be_.dropout_backward(d_r1.data(), d_r1.data(), nq * D, p, seed, stream(ctx, uint32_t(2 + 4 * l)));
-    d_att.ensure(size_t(nq * D));
-    be_.linear_backward(d_att.data(), params_.grad(w.o_w), params_.grad(w.o_b), d_r1.data(),
-                        a.att.data(), params_.value(w.o_w), nq, D, D, false);
+    d_att.ensure(size_t(nq * D), mem_);
+    be_.linear_backward(d_att.data(), params_.dgrad(w.o_w), params_.dgrad(w.o_b), d_r1.data(),
+                        a.att.data(), params_.dvalue(w.o_w), nq, D, D, false);
     const AttentionShape sh = attention_shape(ctx, l, p);
-    d_q.ensure(size_t(nq * D));
-    d_k.ensure(size_t(Ntok * D));
-    d_k.fill(T(0));
-    d_v.ensure(size_t(Ntok * D));
-    d_v.fill(T(0));
+    d_q.ensure(size_t(nq * D), mem_);
+    d_k.ensure(size_t(Ntok * D), mem_);
+    mem_zero(mem_, d_k.data(), Ntok * D);
+    d_v.ensure(size_t(Ntok * D), mem_);
+    mem_zero(mem_, d_v.data(), Ntok * D);
     be_.attention_backward(d_q.data(), d_k.data(), d_v.data(), d_att.data(), a.probs.data(),
                            a.q.data(), a.k.data(), a.v.data(), sh);
-    be_.linear_backward(d_in_q.data(), params_.grad(w.q_w), params_.grad(w.q_b), d_q.data(), in_q,
-                        params_.value(w.q_w), nq, D, D, true);
-    d_in.ensure(size_t(Ntok * D));
-    be_.linear_backward(d_in.data(), params_.grad(w.k_w), params_.grad(w.k_b), d_k.data(), in,
-                        params_.value(w.k_w), Ntok, D, D, false);
-    be_.linear_backward(d_in.data(), params_.grad(w.v_w), params_.grad(w.v_b), d_v.data(), in,
-                        params_.value(w.v_w), Ntok, D, D, true);
+    be_.linear_backward(d_in_q.data(), params_.dgrad(w.q_w), params_.dgrad(w.q_b), d_q.data(), in_q,
+                        params_.dvalue(w.q_w), nq, D, D, true);
+    d_in.ensure(size_t(Ntok * D), mem_);
+    be_.linear_backward(d_in.data(), params_.dgrad(w.k_w), params_.dgrad(w.k_b), d_k.data(), in,
+                        params_.dvalue(w.k_w), Ntok, D, D, false);
+    be_.linear_backward(d_in.data(), params_.dgrad(w.v_w), params_.dgrad(w.v_b), d_v.data(), in,
+                        params_.dvalue(w.v_w), Ntok, D, D, true);
     if (last)
       be_.scatter_last_add(d_in.data(), d_in_q.data(), L, D);
     else
@@ -288,13 +301,13 @@ void SasRec<T>::backward(Context& ctx, const T* d_user, T* d_token_input) {
   be_.dropout_backward(d_out.data(), d_out.data(), Ntok * D, p, seed, stream(ctx, 0));
   T* dx0 = d_token_input;
   if (!dx0) {
-    d_x0.ensure(size_t(Ntok * D));
+    d_x0.ensure(size_t(Ntok * D), mem_);
     dx0 = d_x0.data();
   }
-  be_.layernorm_backward(dx0, params_.grad(p_ln_w_), params_.grad(p_ln_b_), d_out.data(),
-                         ctx.x0.data(), params_.value(p_ln_w_), ctx.mean0.data(), ctx.rstd0.data(), Ntok, D);
-  be_.embedding_backward(d_token_input ? nullptr : params_.grad(p_item_emb_), params_.grad(p_pos_emb_), dx0,
-                         ctx.ids.data(), ctx.pos.data(), Ntok, D);
+  be_.layernorm_backward(dx0, params_.dgrad(p_ln_w_), params_.dgrad(p_ln_b_), d_out.data(),
+                         ctx.x0.data(), params_.dvalue(p_ln_w_), ctx.mean0.data(), ctx.rstd0.data(), Ntok, D);
+  be_.embedding_backward(d_token_input ? nullptr : params_.dgrad(p_item_emb_), params_.dgrad(p_pos_emb_), dx0,
+                         ctx.op_ids, ctx.op_pos, Ntok, D);
 }
 
 template class SasRec<float>;

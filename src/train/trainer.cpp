@@ -108,16 +108,33 @@ void state_from_json(LoopState& s, const std::string& text, const std::string& w
 std::vector<float> user_vectors(SasRec<float>& model, const Ragged& histories, int batch) {
   ADA_CHECK(batch > 0, "user_vectors: batch must be positive");
   const int64_t D = model.config().hidden;
+  DeviceMemory* mem = model.memory();
   std::vector<float> U(histories.rows() * size_t(D));
+  Buffer<float> dev;
   for (size_t b = 0; b < histories.rows(); b += size_t(batch)) {
     const size_t e = std::min(histories.rows(), b + size_t(batch));
     const Ragged part = slice_rows(histories, b, e);
-    model.forward(part, false, 0, 0, U.data() + b * size_t(D));
+    float* out = U.data() + b * size_t(D);
+    if (mem) {
+      dev.ensure((e - b) * size_t(D), mem);
+      model.forward(part, false, 0, 0, dev.data());
+      mem_download(mem, out, dev.data(), int64_t((e - b) * size_t(D)));
+    } else {
+      model.forward(part, false, 0, 0, out);
+    }
   }
   return U;
 }
 
 namespace {
+
+// The batch's item ids as the backend's ops take them: the host array, or its copy in `staging`.
+const int32_t* op_items(DeviceMemory* mem, const std::vector<int32_t>& items, Buffer<int32_t>& staging) {
+  if (!mem) return items.data();
+  staging.ensure(items.size(), mem);
+  mem_upload(mem, staging.data(), items.data(), int64_t(items.size()));
+  return staging.data();
+}
 
 // Per-row exclusion lists of an evaluation set (rows follow set.users).
 Ragged rows_of(const EvalSet& set, const Ragged& exclude) {
@@ -186,13 +203,14 @@ ModelInfo SasRecTrainable::info() const {
 
 double SasRecTrainable::train_step(const Batch& batch, uint64_t seed, uint64_t step) {
   const int64_t B = int64_t(batch.size()), C = 1 + batch.n_neg, D = m_.config().hidden;
-  u_.resize(size_t(B * D));
-  du_.resize(size_t(B * D));
-  logits_.resize(size_t(B * C));
+  DeviceMemory* mem = m_.memory();
+  u_.ensure(size_t(B * D), mem);
+  du_.ensure(size_t(B * D), mem);
+  logits_.ensure(size_t(B * C), mem);
+  const int32_t* items = op_items(mem, batch.items, items_);
   m_.forward(batch.histories, true, seed, step, u_.data());
   const double loss = m_.backend().sampled_bce(logits_.data(), du_.data(), m_.item_table_grad(), m_.item_bias_grad(),
-                                               u_.data(), m_.item_table(), m_.item_bias(), batch.items.data(), B, C, D,
-                                               1.0);
+                                               u_.data(), m_.item_table(), m_.item_bias(), items, B, C, D, 1.0);
   if (std::isfinite(loss)) m_.backward(du_.data());
   return loss;
 }
@@ -201,8 +219,9 @@ std::vector<int32_t> SasRecTrainable::ranks(const EvalSet& set, const Ragged& ex
   const std::vector<float> U = user_vectors(m_, set.histories, batch);
   const Ragged ex = rows_of(set, exclude);
   const auto& c = m_.config();
-  return full_ranking_ranks(U.data(), int64_t(set.users.size()), m_.item_table(), m_.item_bias(), c.n_items, c.hidden,
-                            set.targets.data(), ex);
+  m_.params().pull();  // the host table (a device model ranks on the host for now)
+  return full_ranking_ranks(U.data(), int64_t(set.users.size()), m_.host_item_table(), m_.host_item_bias(), c.n_items,
+                            c.hidden, set.targets.data(), ex);
 }
 
 ModelInfo AdaTrainable::info() const {
@@ -217,9 +236,11 @@ ModelInfo AdaTrainable::info() const {
 double AdaTrainable::train_step(const Batch& batch, uint64_t seed, uint64_t step) {
   const AdaConfig& a = m_.ada_config();
   const int64_t B = int64_t(batch.size()), C = 1 + batch.n_neg, D = m_.base().config().hidden, R = a.rounds;
-  u_.resize(size_t(R * B * D));
-  du_.resize(size_t(R * B * D));
-  logits_.resize(size_t(B * C));
+  DeviceMemory* mem = m_.base().memory();
+  u_.ensure(size_t(R * B * D), mem);
+  du_.ensure(size_t(R * B * D), mem);
+  logits_.ensure(size_t(B * C), mem);
+  const int32_t* items = op_items(mem, batch.items, items_);
   m_.forward(batch.histories, true, seed, step, u_.data());
   double loss = 0;
   auto& be = m_.backend();
@@ -227,7 +248,7 @@ double AdaTrainable::train_step(const Batch& batch, uint64_t seed, uint64_t step
   for (int64_t t = 0; t < R; ++t)
     loss += be.sampled_bce(logits_.data(), du_.data() + t * B * D, m_.base().item_table_grad(),
                            m_.base().item_bias_grad(), u_.data() + t * B * D, m_.base().item_table(),
-                           m_.base().item_bias(), batch.items.data(), B, C, D, std::pow(a.lambda, double(t)));
+                           m_.base().item_bias(), items, B, C, D, std::pow(a.lambda, double(t)));
   if (std::isfinite(loss)) m_.backward(du_.data());
   return loss;
 }
@@ -239,6 +260,9 @@ std::vector<int32_t> AdaTrainable::ranks(const EvalSet& set, const Ragged& exclu
   const std::vector<int> ks(static_cast<size_t>(R), static_cast<int>(kc));
   std::vector<int32_t> ranks(set.users.size(), int32_t(total));
   std::vector<float> U, scores;
+  DeviceMemory* mem = m_.base().memory();
+  Buffer<float> dev_u;
+  m_.params().pull();  // the host table (a device model ranks on the host for now)
   std::vector<ItemId> ids;
   for (size_t b0 = 0; b0 < set.users.size(); b0 += size_t(batch)) {
     const size_t b1 = std::min(set.users.size(), b0 + size_t(batch));
@@ -254,11 +278,17 @@ std::vector<int32_t> AdaTrainable::ranks(const EvalSet& set, const Ragged& exclu
       ex.push_row(row.data(), row.data() + row.size());
     }
     U.resize(size_t(R * B * D));
-    m_.forward(hist, false, 0, 0, U.data());
+    if (mem) {
+      dev_u.ensure(U.size(), mem);
+      m_.forward(hist, false, 0, 0, dev_u.data());
+      mem_download(mem, U.data(), dev_u.data(), int64_t(U.size()));
+    } else {
+      m_.forward(hist, false, 0, 0, U.data());
+    }
     ids.resize(size_t(B * total));
     scores.resize(size_t(B * total));
-    multi_round_topk(U.data(), B, m_.base().item_table(), m_.base().item_bias(), c.n_items, D, ks, ex, ids.data(),
-                     scores.data());
+    multi_round_topk(U.data(), B, m_.base().host_item_table(), m_.base().host_item_bias(), c.n_items, D, ks, ex,
+                     ids.data(), scores.data());
     for (int64_t b = 0; b < B; ++b)
       for (int64_t j = 0; j < total; ++j)
         if (ids[size_t(b * total + j)] == set.targets[b0 + size_t(b)]) {
@@ -338,7 +368,13 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
                                ? std::min(n_batches_full, size_t(opt.max_batches_per_epoch))
                                : n_batches_full;
 
-  std::vector<float> adam_m(P.values().size(), 0.0f), adam_v(P.values().size(), 0.0f);
+  // Adam's moments live where the parameters do (the backend's memory).
+  DeviceMemory* mem = P.memory();
+  const int64_t n_flat = P.flat_size();
+  Buffer<float> adam_m(size_t(n_flat), mem), adam_v(size_t(n_flat), mem);
+  mem_zero(mem, adam_m.data(), n_flat);
+  mem_zero(mem, adam_v.data(), n_flat);
+  P.pull();
   std::vector<float> best_params = P.values();
   LoopState st;
   st.report.dataset = ds.name;
@@ -348,10 +384,11 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
     ADA_CHECK(write, "train: --resume needs an output folder");
     const SafeTensors s = read_safetensors(state_path);
     load_params(P, s, state_path);
-    adam_m = s.at("adam.m").to_f32();
-    adam_v = s.at("adam.v").to_f32();
-    ADA_CHECK(adam_m.size() == P.values().size() && adam_v.size() == P.values().size(),
+    const std::vector<float> m0 = s.at("adam.m").to_f32(), v0 = s.at("adam.v").to_f32();
+    ADA_CHECK(int64_t(m0.size()) == n_flat && int64_t(v0.size()) == n_flat,
               state_path << ": optimizer state does not match the model");
+    mem_upload(mem, adam_m.data(), m0.data(), n_flat);
+    mem_upload(mem, adam_v.data(), v0.data(), n_flat);
     auto it = s.metadata.find("trainer");
     ADA_CHECK(it != s.metadata.end(), state_path << ": no trainer state");
     state_from_json(st, it->second, state_path);
@@ -394,6 +431,7 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
       st.bad_count = 0;
       st.report.best_epoch = epoch;
       st.report.valid = vm;
+      P.pull();
       best_params = P.values();
       if (write) save_checkpoint(model_path, P, info);
       mark = "  *best";
@@ -423,12 +461,12 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
         continue;
       }
       if (opt.clip_norm > 0) {
-        const double norm = std::sqrt(be.sum_squares(P.grads().data(), P.flat_size()));
+        const double norm = std::sqrt(be.sum_squares(P.flat_grads(), n_flat));
         const double coef = opt.clip_norm / (norm + 1e-6);
-        if (coef < 1.0) be.scale(P.grads().data(), P.flat_size(), float(coef));
+        if (coef < 1.0) be.scale(P.flat_grads(), n_flat, float(coef));
       }
-      be.adam_update(P.values().data(), adam_m.data(), adam_v.data(), P.grads().data(), P.flat_size(),
-                     opt.lr, opt.beta1, opt.beta2, opt.adam_eps, ++st.adam_step);
+      be.adam_update(P.flat_values(), adam_m.data(), adam_v.data(), P.flat_grads(), n_flat, opt.lr, opt.beta1,
+                     opt.beta2, opt.adam_eps, ++st.adam_step);
       loss_sum += loss;
       if (bar) progress_bar(b + 1, n_batches, loss_sum / double(b + 1));
     }
@@ -445,9 +483,13 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
                   skipped ? (" " + std::to_string(skipped) + " NaN steps skipped").c_str() : "");
     log(buf);
     if (write) {
+      P.pull();
+      std::vector<float> m_host(static_cast<size_t>(n_flat)), v_host(static_cast<size_t>(n_flat));
+      mem_download(mem, m_host.data(), adam_m.data(), n_flat);
+      mem_download(mem, v_host.data(), adam_v.data(), n_flat);
       std::map<std::string, TensorBlob> extra;
-      extra["adam.m"] = make_blob({int64_t(adam_m.size())}, adam_m.data());
-      extra["adam.v"] = make_blob({int64_t(adam_v.size())}, adam_v.data());
+      extra["adam.m"] = make_blob({n_flat}, m_host.data());
+      extra["adam.v"] = make_blob({n_flat}, v_host.data());
       save_checkpoint(state_path, P, info, extra, {{"trainer", state_json(st)}});
     }
   }
@@ -455,6 +497,7 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
 
   // Test the best checkpoint.
   P.values() = best_params;
+  P.push();
   std::vector<int32_t> test_ranks;
   st.report.test = evaluate(model, test, exclude, opt.eval_batch, &test_ranks);
   st.report.ada = info.ada;
