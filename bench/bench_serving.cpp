@@ -1,8 +1,9 @@
 // End-to-end serving: AdaRetriever::retrieve_batch with T = 5 rounds and k = 100 on a synthetic
 // Ada-SASRec (random weights, D = 64) over a catalog of 1M items (12,101 with --benchmark_filter on
 // /12101/). Latency at B = 1 and throughput at B = 64 and 1024 (users/s), for each way of searching
-// the catalog: the evaluation's sgemm path (shards 0), 4 CPU shards, and the fused GPU kernel
-// (skipped without a CUDA device). The model's forward runs on the CPU backend in every case.
+// the catalog: the evaluation's sgemm path (shards 0) and 4 CPU shards with the model on the CPU
+// backend, and the GPU (skipped without a CUDA device): the model on the CUDA backend, its context
+// and the returned lists from the fused top-k kernel. scripts/gpu-check runs the GPU rows.
 //   BM_retrieve/<device: 0 cpu-sgemm, 1 cpu-shards, 2 cuda>/<N>/<B>
 #include <benchmark/benchmark.h>
 #include <unistd.h>

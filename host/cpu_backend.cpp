@@ -741,16 +741,18 @@ class CpuBackend final : public Backend<T> {
   }
 
   void topk(ItemId* out_ids, const T* U, int64_t B, const T* table, const T* bias, int64_t N, int64_t D, int k,
-            const Ragged& exclude) override {
-    std::vector<float> scores(size_t(B) * size_t(std::max(k, 0)));
+            const Ragged& exclude, float* out_scores) override {
+    std::vector<float> own;
+    if (!out_scores) own.resize(size_t(B) * size_t(std::max(k, 0)));
+    float* scores_out = out_scores ? out_scores : own.data();
     if constexpr (std::is_same_v<T, float>) {
-      topk_excluding(U, B, table, bias, N, D, k, exclude, nullptr, out_ids, scores.data());
+      topk_excluding(U, B, table, bias, N, D, k, exclude, nullptr, out_ids, scores_out);
     } else {
       const std::vector<float> uf(U, U + B * D), ef(table, table + N * D);
       std::vector<float> bf;
       if (bias) bf.assign(bias, bias + N);
       topk_excluding(uf.data(), B, ef.data(), bias ? bf.data() : nullptr, N, D, k, exclude, nullptr, out_ids,
-                     scores.data());
+                     scores_out);
     }
   }
 

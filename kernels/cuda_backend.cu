@@ -846,11 +846,11 @@ class CudaBackend final : public Backend<float> {
 
   DeviceMemory* device_memory() override { return &memory_; }
 
-  // U, table, bias: device; exclude, out_ids: host. Exclusions (ids in 0..N-1 as the CPU's
+  // U, table, bias: device; exclude, out_ids, out_scores: host. Exclusions (ids in 0..N-1 as the CPU's
   // topk_excluding requires; sorted, deduplicated, id 0 dropped) and the row offsets go through the meta scratch, the kernel's outputs through
   // the work scratch; waits for the stream (the ids come back to the host).
   void topk(ItemId* out_ids, const float* U, int64_t B, const float* table, const float* bias,
-            int64_t N, int64_t D, int k, const Ragged& exclude) override {
+            int64_t N, int64_t D, int k, const Ragged& exclude, float* out_scores) override {
     ADA_CHECK(k >= 1 && k <= kGpuTopkMaxK,
               "cuda topk: k = " << k << " outside 1.." << kGpuTopkMaxK << " (the GPU kernel's limit)");
     ADA_CHECK(B >= 0 && B <= INT32_MAX, "cuda topk: bad number of rows B = " << B);
@@ -914,6 +914,9 @@ class CudaBackend final : public Backend<float> {
                                    cudaMemcpyDeviceToHost, stream_));
     ADA_CUDA_CHECK(cudaMemcpyAsync(counts_.data(), d_count, sizeof(int32_t) * size_t(B),
                                    cudaMemcpyDeviceToHost, stream_));
+    if (out_scores)
+      ADA_CUDA_CHECK(cudaMemcpyAsync(out_scores, d_scores, sizeof(float) * nk, cudaMemcpyDeviceToHost,
+                                     stream_));
     ADA_CUDA_CHECK(cudaStreamSynchronize(stream_));
     for (int64_t b = 0; b < B; ++b)
       ADA_CHECK(counts_[size_t(b)] >= k, "cuda topk: row " << b << " has " << counts_[size_t(b)]

@@ -849,11 +849,14 @@ TEST_CASE("CUDA topk matches the CPU backend and the CPU searcher", "[cuda]") {
                                 (with_bias ? " bias" : " no bias");
         INFO(tag);
         std::vector<ItemId> gpu(sz(B) * sz(k), -5), cpu(sz(B) * sz(k), -5);
+        std::vector<float> gpu_scores(gpu.size(), -5.0f);
+        // every other case without scores (out_scores is optional)
         P.gpu->topk(gpu.data(), dU.data(), B, dE.data(), with_bias ? dBias.data() : nullptr, N, D, k,
-                    ex);
+                    ex, bi % 2 == 0 ? gpu_scores.data() : nullptr);
         P.cpu->topk(cpu.data(), U.data(), B, E.data(), hb, N, D, k, ex);
         const TopkLists ref = (with_bias ? searcher_bias : searcher_nobias)->search(U.data(), B, k, ex);
         REQUIRE(ref.ids == gpu);
+        if (bi % 2 == 0) REQUIRE(ref.scores == gpu_scores);  // bit for bit
         ++cases;
         // vs the CPU backend: equal lists, but for swaps of near-equal scores
         for (int64_t b = 0; b < B; ++b)

@@ -5,6 +5,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -242,7 +243,7 @@ TEST_CASE("cuda top-k rejects k above its limit and bad ranges with clear errors
 
 // Serving with the catalog searches on the GPU (RetrieverOptions{device = "cuda"}): the Ada model's
 // own context and the returned lists come from the fused kernel, and equal the CPU shards' bit for bit.
-TEST_CASE("AdaRetriever on device cuda returns the CPU shard searchers' lists", "[cuda][topk]") {
+TEST_CASE("AdaRetriever on device cuda: the model on the GPU, lists exact for its user vectors", "[cuda][topk]") {
   require_gpu();
   ada::SasRecConfig c;
   c.n_items = 301;
@@ -265,21 +266,61 @@ TEST_CASE("AdaRetriever on device cuda returns the CPU shard searchers' lists", 
                             ("ada_cuda_retr_" + std::to_string(::getpid()) + ".safetensors"))
                                .string();
   ada::save_checkpoint(path, m.params(), info);
-  ada::RetrieverOptions cpu, gpu;
+  ada::RetrieverOptions cpu, gpu, gpu_shards;
   cpu.shards = 2;
-  gpu.device = "cuda";
-  gpu.shards = 3;
-  ada::AdaRetriever rc = ada::AdaRetriever::load(path, cpu), rg = ada::AdaRetriever::load(path, gpu);
-  const std::vector<std::vector<ItemId>> seqs = {{3, 17, 42}, {}, {5}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}};
-  const auto want = rc.retrieve_batch(seqs, 40, 3), got = rg.retrieve_batch(seqs, 40, 3);
+  gpu.device = "cuda";  // the fused kernel over the whole catalog (Backend::topk)
+  gpu_shards.device = "cuda";
+  gpu_shards.shards = 3;  // three GPU shard searchers, merged
+  ada::AdaRetriever rc = ada::AdaRetriever::load(path, cpu), rg = ada::AdaRetriever::load(path, gpu),
+                    rs = ada::AdaRetriever::load(path, gpu_shards);
   std::filesystem::remove(path);
-  for (size_t b = 0; b < seqs.size(); ++b) {
-    REQUIRE(got[b].size() == want[b].size());
-    for (size_t i = 0; i < got[b].size(); ++i) {
-      INFO("user " << b << " position " << i);
-      REQUIRE(got[b][i].item == want[b][i].item);
-      REQUIRE(got[b][i].score == want[b][i].score);
-      REQUIRE(got[b][i].round == want[b][i].round);
+  const std::vector<std::vector<ItemId>> seqs = {{3, 17, 42}, {}, {5}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}};
+  const int T = 3, k = 40;
+  const int64_t B = int64_t(seqs.size()), D = c.hidden;
+
+  // The GPU forward gives the CPU's user vectors to rounding.
+  const std::vector<float> uc = rc.user_vectors(seqs, T), ug = rg.user_vectors(seqs, T);
+  REQUIRE(ug.size() == uc.size());
+  for (size_t i = 0; i < uc.size(); ++i) {
+    INFO("user vector element " << i);
+    REQUIRE(std::abs(ug[i] - uc[i]) <= 1e-4f * (1.0f + std::abs(uc[i])));
+  }
+  CHECK(rs.user_vectors(seqs, T) == ug);  // one GPU model: the same forward either way
+
+  // For the GPU's own vectors, the lists are exact: the CPU searcher's, round by round (history and
+  // earlier rounds excluded), scores bit for bit, from the kernel and from the GPU shards alike.
+  auto exact = ada::make_cpu_searcher(rg.item_embeddings(), rg.item_bias(), 1, c.n_items, D);
+  const std::vector<int> ks = ada::AdaRetriever::round_sizes(k, T);
+  std::vector<std::vector<ada::Retrieved>> want(seqs.size());
+  std::vector<std::vector<ItemId>> earlier(seqs.size());
+  ada::Ragged hist;
+  for (const auto& s : seqs) hist.push_row(s.data(), s.data() + s.size());
+  for (int t = 0; t < T; ++t) {
+    std::vector<float> U(size_t(B * D));  // round t's vectors, [B, D] (user_vectors is [B, T, D])
+    for (int64_t b = 0; b < B; ++b)
+      std::copy_n(ug.begin() + long((b * T + t) * D), D, U.begin() + long(b * D));
+    ada::Ragged extra;
+    for (const auto& e : earlier) extra.push_row(e.data(), e.data() + e.size());
+    const ada::TopkLists top = exact->search(U.data(), B, ks[size_t(t)], hist, &extra);
+    for (int64_t b = 0; b < B; ++b)
+      for (int i = 0; i < ks[size_t(t)]; ++i) {
+        const size_t at = size_t(b * ks[size_t(t)] + i);
+        want[size_t(b)].push_back({top.ids[at], top.scores[at], t});
+        earlier[size_t(b)].push_back(top.ids[at]);
+      }
+  }
+  for (ada::AdaRetriever* r : {&rg, &rs}) {
+    const auto got = r->retrieve_batch(seqs, k, T);
+    for (size_t b = 0; b < seqs.size(); ++b) {
+      REQUIRE(got[b].size() == want[b].size());
+      for (size_t i = 0; i < got[b].size(); ++i) {
+        INFO((r == &rg ? "kernel" : "shards") << ": user " << b << " position " << i);
+        REQUIRE(got[b][i].item == want[b][i].item);
+        REQUIRE(got[b][i].score == want[b][i].score);
+        REQUIRE(got[b][i].round == want[b][i].round);
+      }
     }
   }
+  // The host tables are the checkpoint's (for export and external indexes).
+  REQUIRE(std::equal(rg.item_embeddings(), rg.item_embeddings() + c.n_items * D, rc.item_embeddings()));
 }

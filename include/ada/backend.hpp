@@ -64,11 +64,12 @@ class Backend {
   virtual DeviceMemory* device_memory() { return nullptr; }
 
   // Exact top-k over items 1..N-1 of s_j = <U_b, table_j> + bias_j (bias may be null), skipping
-  // row b's ids in `exclude` (a HOST list per row, any order): out_ids [B, k] on the HOST, best
-  // first (higher score, then smaller id). Throws when a row has fewer than k candidates. (The CPU
-  // backend scores with sgemm, the CUDA one with in-order FMAs: lists can differ at near ties.)
+  // row b's ids in `exclude` (a HOST list per row, ids in 0..N-1, any order): out_ids [B, k] and,
+  // when out_scores is non-null, the scores [B, k], on the HOST, best first (higher score, then
+  // smaller id). Throws when a row has fewer than k candidates. (The CPU backend scores with sgemm,
+  // the CUDA one with in-order FMAs as topk.hpp's searchers: lists can differ at near ties.)
   virtual void topk(ItemId* out_ids, const T* U, int64_t B, const T* table, const T* bias, int64_t N,
-                    int64_t D, int k, const Ragged& exclude) = 0;
+                    int64_t D, int k, const Ragged& exclude, float* out_scores = nullptr) = 0;
 
   // C[M,N] = alpha * op(A) op(B) + beta * C, row-major. op(A) is [M,K], op(B) is [K,N].
   virtual void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha,

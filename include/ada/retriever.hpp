@@ -56,17 +56,19 @@ struct Retrieved {
   int round;    // 0-based
 };
 
-// Where retrieve() searches the catalog (the model's forward runs on the CPU backend either way
-// until the CUDA backend serves it).
+// Where retrieve() runs.
 struct RetrieverOptions {
-  // "cpu" or "cuda". With "cuda" every full-catalog search (the Ada model's own context in each
-  // round and the returned lists) runs in the fused GPU top-k kernel (topk.hpp; k per round <= 1024).
+  // "cpu" or "cuda". With "cuda" the model lives on the GPU (CUDA backend, device `gpu`): every
+  // round's forward and every full-catalog search (the Ada model's own context in each round and the
+  // returned lists) run there, the searches in the fused top-k kernel (topk.hpp; k per round <= 1024).
+  // Its user vectors equal the CPU's to rounding (cuBLAS vs OpenBLAS), so lists can differ from the
+  // CPU's at near ties.
   std::string device = "cpu";
-  // 0 = the evaluation's own search (sgemm; what `ada eval` measures). N >= 1 = the catalog split
-  // into N shards searched one by one and merged exactly (topk.hpp); with "cuda", N shards on one
-  // GPU (0 means 1 there). Scores then use the shard searchers' fma arithmetic, identical for any N
-  // and on either device; they can differ from the sgemm path in the last bits, and so can the
-  // order of near-ties.
+  // 0 = the backend's own search (CPU: the evaluation's sgemm path, what `ada eval` measures; CUDA:
+  // the fused kernel over the whole catalog). N >= 1 = the catalog split into N shards searched one
+  // by one and merged exactly (topk.hpp); with "cuda", N shards on one GPU (0 and 1 are the same
+  // there). Shard and kernel scores use fma arithmetic, identical for any N and on either device;
+  // they can differ from the CPU's sgemm path in the last bits, and so can the order of near-ties.
   int shards = 0;
   int gpu = 0;  // CUDA device index
 };

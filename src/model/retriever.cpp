@@ -7,6 +7,8 @@
 #include "ada/ada_model.hpp"
 #include "ada/check.hpp"
 #include "ada/checkpoint.hpp"
+#include "ada/cuda_backend.hpp"
+#include "ada/device.hpp"
 #include "ada/eval.hpp"
 #include "ada/fileio.hpp"
 #include "ada/topk.hpp"
@@ -19,22 +21,54 @@ struct AdaRetriever::Impl {
   std::unique_ptr<SasRec<float>> base;
   std::unique_ptr<AdaSasRec<float>> ada;
   std::vector<std::string> names;
-  std::unique_ptr<ShardedSearcher> searcher;  // null: the sgemm path of eval.hpp
+  // null: the backend's own search (CPU: the sgemm path of eval.hpp; CUDA: the fused kernel through
+  // Backend::topk on the device-resident model)
+  std::unique_ptr<ShardedSearcher> searcher;
+  DeviceMemory* mem = nullptr;  // the backend's device memory (null on the CPU)
+  Buffer<float> d_users;        // [T, B, D] on the device
   SasRec<float>& backbone() { return ada ? ada->base() : *base; }
 
   void make_searcher(const RetrieverOptions& opt) {
-    ADA_CHECK(opt.device == "cpu" || opt.device == "cuda",
-              "retriever: device must be \"cpu\" or \"cuda\", got \"" << opt.device << "\"");
-    ADA_CHECK(opt.shards >= 0, "retriever: shards must be >= 0, got " << opt.shards);
     const bool cuda = opt.device == "cuda";
-    if (!cuda && opt.shards == 0) return;
+    if (opt.shards <= (cuda ? 1 : 0)) return;
     SasRec<float>& bb = backbone();
     const int64_t N = info.sasrec.n_items, D = info.sasrec.hidden;
     searcher = std::make_unique<ShardedSearcher>();
-    for (auto [lo, hi] : split_items(N, std::max(opt.shards, 1)))
-      searcher->add(cuda ? make_gpu_searcher(bb.item_table(), bb.item_bias(), lo, hi, D, opt.gpu)
-                         : make_cpu_searcher(bb.item_table(), bb.item_bias(), lo, hi, D));
+    for (auto [lo, hi] : split_items(N, opt.shards))
+      searcher->add(cuda ? make_gpu_searcher(bb.host_item_table(), bb.host_item_bias(), lo, hi, D, opt.gpu)
+                         : make_cpu_searcher(bb.host_item_table(), bb.host_item_bias(), lo, hi, D));
     if (ada) ada->set_context_searcher(searcher.get());
+  }
+
+  // multi_round_topk's rule with the backend's top-k on the device-resident user vectors d_users.
+  void device_rounds(const Ragged& hist, const std::vector<int>& ks, ItemId* ids, float* scores) {
+    const int64_t B = int64_t(hist.rows()), D = info.sasrec.hidden, N = info.sasrec.n_items;
+    const int K = std::accumulate(ks.begin(), ks.end(), 0);
+    SasRec<float>& bb = backbone();
+    std::vector<std::vector<ItemId>> earlier(static_cast<size_t>(B));
+    std::vector<ItemId> r_ids;
+    std::vector<float> r_scores;
+    int col = 0;
+    for (size_t t = 0; t < ks.size(); ++t) {
+      Ragged ex;
+      for (int64_t b = 0; b < B; ++b) {
+        ex.ids.insert(ex.ids.end(), hist.row_begin(size_t(b)), hist.row_end(size_t(b)));
+        ex.ids.insert(ex.ids.end(), earlier[size_t(b)].begin(), earlier[size_t(b)].end());
+        ex.offsets.push_back(int64_t(ex.ids.size()));
+      }
+      r_ids.resize(size_t(B * ks[t]));
+      r_scores.resize(r_ids.size());
+      be->topk(r_ids.data(), d_users.data() + int64_t(t) * B * D, B, bb.item_table(), bb.item_bias(), N, D, ks[t],
+               ex, r_scores.data());
+      for (int64_t b = 0; b < B; ++b)
+        for (int i = 0; i < ks[t]; ++i) {
+          const size_t src = size_t(b * ks[t] + i), dst = size_t(b * K + col + i);
+          ids[dst] = r_ids[src];
+          scores[dst] = r_scores[src];
+          earlier[size_t(b)].push_back(r_ids[src]);
+        }
+      col += ks[t];
+    }
   }
 
   // Round t takes the top ks[t] of users[t] over the catalog minus the history and the earlier
@@ -83,12 +117,19 @@ struct AdaRetriever::Impl {
                                << " context items, the catalog has " << info.sasrec.n_items - 1);
     std::vector<float> users(size_t(T) * size_t(B * D));
     if (B == 0) return users;
-    if (ada) {
-      ada->forward(hist, false, 0, 0, users.data(), nullptr, T);
-    } else {
-      backbone().forward(hist, false, 0, 0, users.data());
-      for (int t = 1; t < T; ++t) std::copy(users.begin(), users.begin() + B * D, users.begin() + t * B * D);
+    // On a device the vectors stay there too (d_users) for the device search.
+    float* out = users.data();
+    if (mem) {
+      d_users.ensure(users.size(), mem);
+      out = d_users.data();
     }
+    if (ada) {
+      ada->forward(hist, false, 0, 0, out, nullptr, T);
+    } else {
+      backbone().forward(hist, false, 0, 0, out);
+      for (int t = 1; t < T; ++t) mem_copy(mem, out + t * B * D, out, B * D);
+    }
+    if (mem) mem_download(mem, users.data(), out, int64_t(users.size()));
     return users;
   }
 };
@@ -105,7 +146,19 @@ AdaRetriever AdaRetriever::load(const std::string& checkpoint, const RetrieverOp
   auto impl = std::make_unique<Impl>();
   impl->info = checkpoint_info(st, path);
   impl->info.sasrec.dropout = 0.0f;  // serving never drops out
-  impl->be = make_cpu_backend<float>();
+  ADA_CHECK(options.device == "cpu" || options.device == "cuda",
+            "retriever: device must be \"cpu\" or \"cuda\", got \"" << options.device << "\"");
+  ADA_CHECK(options.shards >= 0, "retriever: shards must be >= 0, got " << options.shards);
+  if (options.device == "cuda") {
+    const int n = built_with_cuda() ? cuda_device_count() : 0;
+    ADA_CHECK(options.gpu >= 0 && options.gpu < n,
+              "retriever: CUDA device " << options.gpu << " is not available ("
+                                        << (built_with_cuda() ? std::to_string(n) + " CUDA devices visible"
+                                                              : std::string("this build has no CUDA support"))
+                                        << ")");
+  }
+  impl->be = options.device == "cuda" ? make_cuda_backend(options.gpu) : make_cpu_backend<float>();
+  impl->mem = impl->be->device_memory();
   if (impl->info.ada) {
     impl->ada = std::make_unique<AdaSasRec<float>>(impl->info.sasrec, impl->info.ada_cfg, *impl->be);
     load_params(impl->ada->params(), st, path);
@@ -126,8 +179,8 @@ const std::vector<std::string>& AdaRetriever::item_names() const { return impl_-
 
 int AdaRetriever::embedding_dim() const { return impl_->info.sasrec.hidden; }
 int AdaRetriever::rounds() const { return impl_->ada ? impl_->info.ada_cfg.rounds : 1; }
-const float* AdaRetriever::item_embeddings() const { return impl_->backbone().item_table(); }
-const float* AdaRetriever::item_bias() const { return impl_->backbone().item_bias(); }
+const float* AdaRetriever::item_embeddings() const { return impl_->backbone().host_item_table(); }
+const float* AdaRetriever::item_bias() const { return impl_->backbone().host_item_bias(); }
 
 std::vector<float> AdaRetriever::user_vectors(const std::vector<std::vector<ItemId>>& seqs, int T) {
   ADA_CHECK(T >= 1, "user_vectors: T must be >= 1, got " << T);
@@ -171,8 +224,11 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
   std::vector<float> scores(size_t(B * k));
   if (impl_->searcher)
     impl_->searcher_rounds(users.data(), hist, ks, ids.data(), scores.data());
+  else if (impl_->mem)
+    impl_->device_rounds(hist, ks, ids.data(), scores.data());
   else
-    multi_round_topk(users.data(), B, bb.item_table(), bb.item_bias(), N, D, ks, hist, ids.data(), scores.data());
+    multi_round_topk(users.data(), B, bb.host_item_table(), bb.host_item_bias(), N, D, ks, hist, ids.data(),
+                     scores.data());
   for (int64_t b = 0; b < B; ++b) {
     out[size_t(b)].reserve(size_t(k));
     int round = 0, left = ks[0];
