@@ -779,7 +779,10 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
     ADA_CHECK(size_t(qb) * D * sizeof(float) <= size_t(smem_optin),
               "topk: D = " << D << " needs more shared memory than the device has (" << smem_optin << " bytes)");
     p.queries_per_block = qb;
-    p.smem_bounds = size_t(qb) * D * sizeof(float);
+    // Rounded up to whole 16-byte words: compute-sanitizer memcheck on an H100 (3cc2338) reported a
+    // 12-byte shared read past the 4 bytes of the D = 1, one-query case (the compiled code reads
+    // the query row in wider words than the source does).
+    p.smem_bounds = (size_t(qb) * D * sizeof(float) + 15) / 16 * 16;
   }
   // Groups: a power of two of items (at least 8: one tiled thread's items), about 16 (k + 64) of
   // them per query (at least kMinGroups, at most kMaxGroups): tau then sits among the best few
