@@ -637,7 +637,7 @@ int main(int argc, char** argv) {
   rt->add_option("--threads", ret_threads, "CPU threads");
   RetrieverOptions ret_opt;
   rt->add_option("--device", ret_opt.device,
-                 "cpu, or cuda: the catalog searches run in the fused GPU top-k kernel (the model on the CPU)")
+                 "cpu, or cuda: the model and every catalog search (the fused top-k kernel) on the GPU")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   rt->add_option("--shards", ret_opt.shards,
                  "split the catalog into N shards searched separately and merged exactly (0: one sgemm pass)")
