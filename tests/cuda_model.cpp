@@ -129,7 +129,42 @@ TEST_CASE("CUDA Ada-SASRec training equals the CPU's step by step (20 steps, T =
   CHECK(worst <= 2e-3);  // Adam moves a parameter at most about lr = 1e-3 per step
 }
 
-TEST_CASE("CUDA Ada-SASRec retrieves the CPU's lists for a fixed model", "[cuda][model]") {
+TEST_CASE("CUDA Ada-SASRec ablations train as on the CPU (4 steps each)", "[cuda][model]") {
+  require_gpu();
+  const Dataset ds = parity_data();
+  TrainSampler sampler(ds, 4, /*n_neg=*/8, parity_config(ds.n_items).max_len);
+  sampler.start_epoch(0);
+  const char* names[] = {"no filter", "no attention", "no gru", "no mlp", "no ira", "no ura"};
+  for (int v = 0; v < 6; ++v) {
+    DYNAMIC_SECTION(names[v]) {
+      AdaConfig a = parity_ada();
+      a.filter = v != 0;
+      a.attention = v != 1;
+      a.gru = v != 2;
+      a.mlp = v != 3;
+      a.ira = v != 4;
+      a.ura = v != 5;
+      auto cpu = make_cpu_backend<float>();
+      auto gpu = make_cuda_backend(0);
+      AdaSasRec<float> mc(parity_config(ds.n_items), a, *cpu), mg(parity_config(ds.n_items), a, *gpu);
+      mc.init(9);
+      mg.init(9);
+      AdaTrainable tc(mc, ds.name), tg(mg, ds.name);
+      Batch batch;
+      Buffer<float> cm, cv, gm, gv;
+      for (int64_t s = 0; s < 4; ++s) {
+        sampler.fill_batch(size_t(s), 32, batch);
+        const double lc = step(tc, batch, 4, s, cm, cv), lg = step(tg, batch, 4, s, gm, gv);
+        INFO("step " << s << ": cpu loss " << lc << ", cuda loss " << lg);
+        REQUIRE(std::isfinite(lc));
+        REQUIRE(std::abs(lg - lc) <= 1e-3 * std::abs(lc));
+      }
+    }
+  }
+}
+
+TEST_CASE("CUDA Ada-SASRec gives the CPU's user vectors, contexts and evaluation lists for a fixed model",
+          "[cuda][model]") {
   require_gpu();
   const Dataset ds = parity_data();
   auto cpu = make_cpu_backend<float>();
@@ -171,7 +206,7 @@ TEST_CASE("CUDA Ada-SASRec retrieves the CPU's lists for a fixed model", "[cuda]
   CHECK(lg == lc);
 }
 
-TEST_CASE("CUDA trainer: two short epochs of base and Ada training match the CPU's", "[cuda][model]") {
+TEST_CASE("CUDA trainer: two short epochs of base and Ada training match the CPU's, and resume", "[cuda][model]") {
   require_gpu();
   const Dataset ds = parity_data();
   TrainOptions t;
@@ -185,7 +220,7 @@ TEST_CASE("CUDA trainer: two short epochs of base and Ada training match the CPU
   for (const bool ada : {false, true}) {
     DYNAMIC_SECTION((ada ? "ada" : "base")) {
       TrainReport r[2];
-      std::vector<float> final_params[2];
+      std::vector<float> final_params[2], moments[2];
       for (int dev = 0; dev < 2; ++dev) {
         std::unique_ptr<Backend<float>> be = dev ? make_cuda_backend(0) : make_cpu_backend<float>();
         const std::string dir = std::filesystem::temp_directory_path().string() + "/ada_cuda_model_" +
@@ -206,6 +241,34 @@ TEST_CASE("CUDA trainer: two short epochs of base and Ada training match the CPU
         }
         const SafeTensors st = read_safetensors(dir + "/last_state.safetensors");
         final_params[dev] = st.at("item_embedding.weight").to_f32();
+        moments[dev] = st.at("adam.v").to_f32();
+        if (dev == 1) {
+          // Resume on the device from the state after epoch 1 (Adam's moments uploaded): epoch 2's loss
+          // as in the uninterrupted run.
+          std::filesystem::remove_all(dir);
+          make_dirs(dir);
+          TrainOptions o1 = o;
+          o1.epochs = 1;
+          std::ostringstream log1, log2;
+          auto run_dev = [&](const TrainOptions& opt, std::ostringstream& lg) {
+            if (ada) {
+              AdaSasRec<float> m(parity_config(ds.n_items), parity_ada(), *be);
+              m.init(5);
+              AdaTrainable tr(m, ds.name);
+              return train(tr, ds, opt, lg);
+            }
+            SasRec<float> m(parity_config(ds.n_items), *be);
+            m.init(5);
+            return train(m, ds, opt, lg);
+          };
+          run_dev(o1, log1);
+          TrainOptions o2 = o;
+          o2.resume = true;
+          const TrainReport resumed = run_dev(o2, log2);
+          REQUIRE(resumed.epoch_loss.size() == 2);
+          INFO("resumed epoch 2 loss " << resumed.epoch_loss[1] << ", uninterrupted " << r[1].epoch_loss[1]);
+          CHECK(std::abs(resumed.epoch_loss[1] - r[1].epoch_loss[1]) <= 1e-4 * std::abs(r[1].epoch_loss[1]));
+        }
         std::filesystem::remove_all(dir);
       }
       REQUIRE(r[1].epoch_loss.size() == r[0].epoch_loss.size());
@@ -222,6 +285,15 @@ TEST_CASE("CUDA trainer: two short epochs of base and Ada training match the CPU
       for (size_t i = 0; i < final_params[0].size(); ++i)
         worst = std::max(worst, std::abs(double(final_params[1][i]) - final_params[0][i]));
       CHECK(worst <= 1e-3);  // the state written after the last epoch is the device's, pulled
+      // Adam's second moments come down from the device with the state: they match the CPU's.
+      REQUIRE(moments[1].size() == moments[0].size());
+      double vsum = 0, vdiff = 0;
+      for (size_t i = 0; i < moments[0].size(); ++i) {
+        vsum += std::abs(double(moments[0][i]));
+        vdiff += std::abs(double(moments[1][i]) - moments[0][i]);
+      }
+      REQUIRE(vsum > 0);
+      CHECK(vdiff <= 1e-2 * vsum);
     }
   }
 }

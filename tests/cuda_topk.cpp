@@ -255,17 +255,25 @@ TEST_CASE("AdaRetriever on device cuda: the model on the GPU, lists exact for it
   ada::AdaConfig a;
   a.rounds = 3;
   a.total_k = 30;
+  const bool ada_model = GENERATE(true, false);  // an Ada checkpoint, and a base one (one vector, T slices)
+  INFO((ada_model ? "Ada model" : "base model"));
   auto be = ada::make_cpu_backend<float>();
-  ada::AdaSasRec<float> m(c, a, *be);
-  m.init(5);
   ada::ModelInfo info;
   info.sasrec = c;
-  info.ada = true;
+  info.ada = ada_model;
   info.ada_cfg = a;
   const std::string path = (std::filesystem::temp_directory_path() /
                             ("ada_cuda_retr_" + std::to_string(::getpid()) + ".safetensors"))
                                .string();
-  ada::save_checkpoint(path, m.params(), info);
+  if (ada_model) {
+    ada::AdaSasRec<float> m(c, a, *be);
+    m.init(5);
+    ada::save_checkpoint(path, m.params(), info);
+  } else {
+    ada::SasRec<float> m(c, *be);
+    m.init(5);
+    ada::save_checkpoint(path, m.params(), info);
+  }
   ada::RetrieverOptions cpu, gpu, gpu_shards;
   cpu.shards = 2;
   gpu.device = "cuda";  // the fused kernel over the whole catalog (Backend::topk)

@@ -32,6 +32,7 @@ class ParamStore {
   ParamStore(const ParamStore& o)
       : entries_(o.entries_), value_(o.value_), grad_(o.grad_), total_(o.total_), finalized_(o.finalized_) {}
   ParamStore& operator=(const ParamStore& o) {
+    ADA_CHECK(!mem_, "ParamStore: assignment to a store with a device mirror (assign values() and push())");
     if (this != &o) {
       entries_ = o.entries_;
       value_ = o.value_;

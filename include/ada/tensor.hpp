@@ -4,6 +4,7 @@
 // backend's DeviceMemory (Backend::device_memory(); null = host). Model code moves data only through
 // the mem_* helpers below, which take that pointer, so the same code runs on either memory.
 #pragma once
+#include <cassert>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -33,7 +34,8 @@ class DeviceMemory {
                          size_t row_bytes, size_t rows) = 0;
 };
 
-// The same moves on either memory (mem == nullptr: host). Typed counts are elements of T.
+// The same moves on either memory (mem == nullptr: host). Typed counts are elements of T. Source and
+// destination must not overlap (on a device the copy is cudaMemcpyAsync).
 template <class T>
 void mem_copy(DeviceMemory* mem, T* dst, const T* src, int64_t n) {
   if (n <= 0 || dst == src) return;
@@ -146,8 +148,14 @@ class Buffer {
   const T* data() const { return data_; }
   size_t size() const { return size_; }
   DeviceMemory* memory() const { return mem_; }
-  T& operator[](size_t i) { return data_[i]; }  // host buffers only
-  const T& operator[](size_t i) const { return data_[i]; }
+  T& operator[](size_t i) {  // host buffers only
+    assert(!mem_);
+    return data_[i];
+  }
+  const T& operator[](size_t i) const {
+    assert(!mem_);
+    return data_[i];
+  }
 
  private:
   void release() noexcept {

@@ -307,8 +307,9 @@ int cmd_train(const DataArgs& da, const ModelArgs& ma, const AdaArgs& aa, TrainO
 }
 
 int cmd_eval(DataArgs da, const std::string& ckpt_arg, const AdaConfig& slices, int threads, int batch,
-             bool as_json) {
+             bool as_json, const std::string& device_arg) {
   set_threads(threads);
+  const std::string device = resolve_device(device_arg);
   const std::string ckpt = checkpoint_path(ckpt_arg);
   const SafeTensors st = read_safetensors(ckpt);
   const ModelInfo info = checkpoint_info(st, ckpt);
@@ -322,7 +323,7 @@ int cmd_eval(DataArgs da, const std::string& ckpt_arg, const AdaConfig& slices, 
             da.path << ": item id " << ds.n_items - 1 << " is beyond the model's catalog (ids 1.."
                     << info.sasrec.n_items - 1 << " in " << ckpt << ")");
   ds.n_items = info.sasrec.n_items;
-  Model m = build_model(info, slices);
+  Model m = build_model(info, slices, device);
   load_params(m.params(), st, ckpt, false);
   const Ragged ex = full_histories(ds);
   const MetricMap v = evaluate(*m.trainable, make_eval_set(ds, false), ex, batch);
@@ -617,6 +618,9 @@ int main(int argc, char** argv) {
   e->add_option("--threads", eval_threads, "CPU threads");
   e->add_option("--batch", eval_batch, "users per batch")->check(CLI::PositiveNumber);
   e->add_flag("--json", eval_json, "print JSON");
+  std::string eval_device = "auto";
+  e->add_option("--device", eval_device, "cpu | cuda | auto: where the forwards run (the ranking is on the CPU)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   AdaConfig eval_slices;
   e->add_option("--rounds", eval_slices.rounds, "per-round analysis of a base model: T slices of its ranking")
       ->check(CLI::PositiveNumber);
@@ -686,7 +690,8 @@ int main(int argc, char** argv) {
   try {
     if (t->parsed())
       return cmd_train(train_data, train_model, train_ada, train_opt, train_out, train_threads, train_device);
-    if (e->parsed()) return cmd_eval(eval_data, eval_ckpt, eval_slices, eval_threads, eval_batch, eval_json);
+    if (e->parsed()) return cmd_eval(eval_data, eval_ckpt, eval_slices, eval_threads, eval_batch, eval_json,
+                                     eval_device);
     if (d->parsed()) return cmd_demo(demo_threads, demo_epochs, demo_out);
     if (ex->parsed()) return cmd_export(exp, exp_data);
     if (rt->parsed()) return cmd_retrieve(ret_ckpt, ret_seq, ret_input, ret_k, ret_T, ret_json, ret_threads, ret_opt);

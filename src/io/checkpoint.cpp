@@ -135,6 +135,7 @@ ModelInfo checkpoint_info(const SafeTensors& st, const std::string& path) {
 void load_params(ParamStore<float>& params, const SafeTensors& st, const std::string& path,
                  bool allow_missing, std::vector<std::string>* ignored,
                  std::vector<std::string>* missing) {
+  params.pull();  // tensors the file lacks keep their current (device) values through the push below
   for (size_t i = 0; i < params.entries().size(); ++i) {
     const ParamEntry& e = params.entries()[i];
     if (!st.has(e.name)) {

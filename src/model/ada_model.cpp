@@ -59,6 +59,9 @@ AdaSasRec<T>::AdaSasRec(const SasRecConfig& base, const AdaConfig& ada, Backend<
             "Ada: " << ada.rounds << " rounds of " << kc_ << " context items do not fit a catalog of "
                     << base.n_items - 1 << " items");
   ADA_CHECK(ada.total_k >= ada.rounds, "Ada: total_k " << ada.total_k << " < rounds " << ada.rounds);
+  ADA_CHECK(!mem_ || kc_ <= kGpuTopkMaxK, "Ada: " << kc_ << " context items per round (ceil(" << ada.total_k << " / "
+                                                  << ada.rounds << ")) exceed the GPU top-k kernel's limit of "
+                                                  << kGpuTopkMaxK << " (train this configuration on the CPU)");
 }
 
 template <class T>
