@@ -297,3 +297,53 @@ TEST_CASE("CUDA trainer: two short epochs of base and Ada training match the CPU
     }
   }
 }
+
+TEST_CASE("CUDA evaluation ranks on the device: the CPU's ranks up to the reported cutoffs", "[cuda][model]") {
+  require_gpu();
+  SyntheticOptions o;
+  o.n_users = 300;
+  o.n_items = 400;  // room for the device's list of 100 per user
+  o.n_clusters = 8;
+  o.seed = 13;
+  const Dataset ds = generate_synthetic(o);
+  const EvalSet valid = make_eval_set(ds, false);
+  const Ragged exclude = full_histories(ds);
+  auto cpu = make_cpu_backend<float>();
+  auto gpu = make_cuda_backend(0);
+  for (const bool ada : {false, true}) {
+    DYNAMIC_SECTION((ada ? "ada" : "base")) {
+      std::vector<int32_t> rc, rg;
+      if (ada) {
+        AdaSasRec<float> mc(parity_config(ds.n_items), parity_ada(), *cpu), mg(parity_config(ds.n_items), parity_ada(), *gpu);
+        mc.init(17);
+        mg.params().values() = mc.params().values();
+        mg.params().push();
+        AdaTrainable tc(mc, ds.name), tg(mg, ds.name);
+        rc = tc.ranks(valid, exclude, 64);
+        rg = tg.ranks(valid, exclude, 64);
+      } else {
+        SasRec<float> mc(parity_config(ds.n_items), *cpu), mg(parity_config(ds.n_items), *gpu);
+        mc.init(17);
+        mg.params().values() = mc.params().values();
+        mg.params().push();
+        SasRecTrainable tc(mc, ds.name), tg(mg, ds.name);
+        rc = tc.ranks(valid, exclude, 64);  // the full ranking on the host
+        rg = tg.ranks(valid, exclude, 64);  // the device's list of 100
+      }
+      REQUIRE(rg.size() == rc.size());
+      int inside = 0;
+      for (size_t i = 0; i < rc.size(); ++i) {
+        INFO("user row " << i << ": cpu rank " << rc[i] << ", cuda rank " << rg[i]);
+        if (ada) {
+          REQUIRE(rg[i] == rc[i]);  // positions in the concatenated round lists (or total_k)
+        } else {
+          REQUIRE(rg[i] <= 100);
+          REQUIRE(std::min(rg[i], 100) == std::min(rc[i], 100));
+        }
+        inside += rc[i] < (ada ? parity_ada().total_k : 100);
+      }
+      CHECK(inside > 0);  // some targets inside the lists, some beyond
+      CHECK(inside < int(rc.size()));
+    }
+  }
+}

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "ada/backend.hpp"
 #include "ada/data.hpp"
 
 namespace ada {
@@ -41,6 +42,13 @@ namespace ada {
 // descending score. Throws when a row has too few candidates (names the row and the counts).
 void multi_round_topk(const float* users, int64_t B, const float* E, const float* bias, int64_t N, int64_t D,
                       const std::vector<int>& ks, const Ragged& exclude, ItemId* ids, float* scores);
+
+// The same through a backend's top-k (Backend::topk): users, E and bias in the backend's memory (the
+// device for the CUDA backend), exclude, ids and scores on the host. On the CPU backend the lists are
+// the function's above; on the CUDA backend the fused kernel's (scores by in-order FMAs: near ties can
+// order differently).
+void multi_round_topk(Backend<float>& be, const float* users, int64_t B, const float* E, const float* bias, int64_t N,
+                      int64_t D, const std::vector<int>& ks, const Ragged& exclude, ItemId* ids, float* scores);
 
 // The fraction of rows whose rank falls in each round's slice [t*k, (t+1)*k) (the paper's Fig. 5).
 // Works for multi-round ranks (list positions) and for a base model's full ranking alike.

@@ -619,7 +619,7 @@ int main(int argc, char** argv) {
   e->add_option("--batch", eval_batch, "users per batch")->check(CLI::PositiveNumber);
   e->add_flag("--json", eval_json, "print JSON");
   std::string eval_device = "auto";
-  e->add_option("--device", eval_device, "cpu | cuda | auto: where the forwards run (the ranking is on the CPU)")
+  e->add_option("--device", eval_device, "cpu | cuda | auto: where the forwards and the ranking run")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   AdaConfig eval_slices;
   e->add_option("--rounds", eval_slices.rounds, "per-round analysis of a base model: T slices of its ranking")

@@ -40,37 +40,6 @@ struct AdaRetriever::Impl {
     if (ada) ada->set_context_searcher(searcher.get());
   }
 
-  // multi_round_topk's rule with the backend's top-k on the device-resident user vectors d_users.
-  void device_rounds(const Ragged& hist, const std::vector<int>& ks, ItemId* ids, float* scores) {
-    const int64_t B = int64_t(hist.rows()), D = info.sasrec.hidden, N = info.sasrec.n_items;
-    const int K = std::accumulate(ks.begin(), ks.end(), 0);
-    SasRec<float>& bb = backbone();
-    std::vector<std::vector<ItemId>> earlier(static_cast<size_t>(B));
-    std::vector<ItemId> r_ids;
-    std::vector<float> r_scores;
-    int col = 0;
-    for (size_t t = 0; t < ks.size(); ++t) {
-      Ragged ex;
-      for (int64_t b = 0; b < B; ++b) {
-        ex.ids.insert(ex.ids.end(), hist.row_begin(size_t(b)), hist.row_end(size_t(b)));
-        ex.ids.insert(ex.ids.end(), earlier[size_t(b)].begin(), earlier[size_t(b)].end());
-        ex.offsets.push_back(int64_t(ex.ids.size()));
-      }
-      r_ids.resize(size_t(B * ks[t]));
-      r_scores.resize(r_ids.size());
-      be->topk(r_ids.data(), d_users.data() + int64_t(t) * B * D, B, bb.item_table(), bb.item_bias(), N, D, ks[t],
-               ex, r_scores.data());
-      for (int64_t b = 0; b < B; ++b)
-        for (int i = 0; i < ks[t]; ++i) {
-          const size_t src = size_t(b * ks[t] + i), dst = size_t(b * K + col + i);
-          ids[dst] = r_ids[src];
-          scores[dst] = r_scores[src];
-          earlier[size_t(b)].push_back(r_ids[src]);
-        }
-      col += ks[t];
-    }
-  }
-
   // Round t takes the top ks[t] of users[t] over the catalog minus the history and the earlier
   // rounds' items (multi_round_topk's rule) through the shard searcher.
   void searcher_rounds(const float* users, const Ragged& hist, const std::vector<int>& ks, ItemId* ids,
@@ -224,8 +193,9 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
   std::vector<float> scores(size_t(B * k));
   if (impl_->searcher)
     impl_->searcher_rounds(users.data(), hist, ks, ids.data(), scores.data());
-  else if (impl_->mem)
-    impl_->device_rounds(hist, ks, ids.data(), scores.data());
+  else if (impl_->mem)  // the device-resident user vectors, searched where they are
+    multi_round_topk(*impl_->be, impl_->d_users.data(), B, bb.item_table(), bb.item_bias(), N, D, ks, hist,
+                     ids.data(), scores.data());
   else
     multi_round_topk(users.data(), B, bb.host_item_table(), bb.host_item_bias(), N, D, ks, hist, ids.data(),
                      scores.data());

@@ -216,10 +216,56 @@ double SasRecTrainable::train_step(const Batch& batch, uint64_t seed, uint64_t s
 }
 
 std::vector<int32_t> SasRecTrainable::ranks(const EvalSet& set, const Ragged& exclude, int batch) {
-  const std::vector<float> U = user_vectors(m_, set.histories, batch);
   const Ragged ex = rows_of(set, exclude);
   const auto& c = m_.config();
-  m_.params().pull();  // the host table (a device model ranks on the host for now)
+  if (DeviceMemory* mem = m_.memory()) {
+    // On the device: each row's best `depth` items through the backend's top-k, the target's rank
+    // counted in that list (ties in its favour, as 4.1). A target beyond the list gets rank `depth`:
+    // every metric and round slice reported is cut at <= depth, so they equal the full ranking's.
+    // Catalogs too small for that list rank on the host instead.
+    const int depth = std::max(100, analysis_rounds() * analysis_k());
+    const int64_t B = int64_t(set.users.size());
+    Ragged cand;  // the exclusions without the target (the target is always a candidate)
+    bool fits = depth <= kGpuTopkMaxK;
+    for (int64_t b = 0; b < B && fits; ++b) {
+      std::vector<ItemId> row;
+      for (const ItemId* it = ex.row_begin(size_t(b)); it != ex.row_end(size_t(b)); ++it)
+        if (*it != set.targets[size_t(b)]) row.push_back(*it);
+      std::sort(row.begin(), row.end());
+      row.erase(std::unique(row.begin(), row.end()), row.end());
+      fits = int64_t(c.n_items) - 1 - int64_t(row.size()) >= depth;
+      cand.push_row(row.data(), row.data() + row.size());
+    }
+    if (fits) {
+      std::vector<int32_t> ranks(static_cast<size_t>(B), static_cast<int32_t>(depth));
+      Buffer<float> dev_u;
+      std::vector<ItemId> ids;
+      std::vector<float> scores;
+      for (int64_t b0 = 0; b0 < B; b0 += batch) {
+        const int64_t b1 = std::min(B, b0 + int64_t(batch)), nb = b1 - b0;
+        dev_u.ensure(size_t(nb * c.hidden), mem);
+        m_.forward(slice_rows(set.histories, size_t(b0), size_t(b1)), false, 0, 0, dev_u.data());
+        const Ragged part = slice_rows(cand, size_t(b0), size_t(b1));
+        ids.resize(size_t(nb * depth));
+        scores.resize(ids.size());
+        m_.backend().topk(ids.data(), dev_u.data(), nb, m_.item_table(), m_.item_bias(), c.n_items, c.hidden, depth,
+                          part, scores.data());
+        for (int64_t b = 0; b < nb; ++b) {
+          const size_t row = size_t(b * depth);
+          for (int j = 0; j < depth; ++j)
+            if (ids[row + size_t(j)] == set.targets[size_t(b0 + b)]) {
+              int r = j;  // items before it with an equal score (and a smaller id) do not count
+              while (r > 0 && !(scores[row + size_t(r - 1)] > scores[row + size_t(j)])) --r;
+              ranks[size_t(b0 + b)] = r;
+              break;
+            }
+        }
+      }
+      return ranks;
+    }
+    m_.params().pull();  // the host table
+  }
+  const std::vector<float> U = user_vectors(m_, set.histories, batch);
   return full_ranking_ranks(U.data(), int64_t(set.users.size()), m_.host_item_table(), m_.host_item_bias(), c.n_items,
                             c.hidden, set.targets.data(), ex);
 }
@@ -259,10 +305,9 @@ std::vector<int32_t> AdaTrainable::ranks(const EvalSet& set, const Ragged& exclu
   const int64_t D = c.hidden, R = a.rounds, kc = m_.k_ctx(), total = R * kc;
   const std::vector<int> ks(static_cast<size_t>(R), static_cast<int>(kc));
   std::vector<int32_t> ranks(set.users.size(), int32_t(total));
-  std::vector<float> U, scores;
-  DeviceMemory* mem = m_.base().memory();
-  Buffer<float> dev_u;
-  m_.params().pull();  // the host table (a device model ranks on the host for now)
+  std::vector<float> scores;
+  // The user vectors stay in the backend's memory and are searched there (on a GPU: the fused kernel).
+  Buffer<float> users(0, m_.base().memory());
   std::vector<ItemId> ids;
   for (size_t b0 = 0; b0 < set.users.size(); b0 += size_t(batch)) {
     const size_t b1 = std::min(set.users.size(), b0 + size_t(batch));
@@ -277,18 +322,12 @@ std::vector<int32_t> AdaTrainable::ranks(const EvalSet& set, const Ragged& exclu
         if (*it != set.targets[i]) row.push_back(*it);
       ex.push_row(row.data(), row.data() + row.size());
     }
-    U.resize(size_t(R * B * D));
-    if (mem) {
-      dev_u.ensure(U.size(), mem);
-      m_.forward(hist, false, 0, 0, dev_u.data());
-      mem_download(mem, U.data(), dev_u.data(), int64_t(U.size()));
-    } else {
-      m_.forward(hist, false, 0, 0, U.data());
-    }
+    users.ensure(size_t(R * B * D));
+    m_.forward(hist, false, 0, 0, users.data());
     ids.resize(size_t(B * total));
     scores.resize(size_t(B * total));
-    multi_round_topk(U.data(), B, m_.base().host_item_table(), m_.base().host_item_bias(), c.n_items, D, ks, ex,
-                     ids.data(), scores.data());
+    multi_round_topk(m_.backend(), users.data(), B, m_.base().item_table(), m_.base().item_bias(), c.n_items, D, ks,
+                     ex, ids.data(), scores.data());
     for (int64_t b = 0; b < B; ++b)
       for (int64_t j = 0; j < total; ++j)
         if (ids[size_t(b * total + j)] == set.targets[b0 + size_t(b)]) {
