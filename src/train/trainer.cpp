@@ -221,7 +221,8 @@ std::vector<int32_t> SasRecTrainable::ranks(const EvalSet& set, const Ragged& ex
   if (DeviceMemory* mem = m_.memory()) {
     // On the device: each row's best `depth` items through the backend's top-k, the target's rank
     // counted in that list (ties in its favour, as 4.1). A target beyond the list gets rank `depth`:
-    // every metric and round slice reported is cut at <= depth, so they equal the full ranking's.
+    // every metric and round slice reported is cut at <= depth, so they equal the full ranking's
+    // (but for a target whose score ties exactly with the last listed one's, with a larger id).
     // Catalogs too small for that list rank on the host instead.
     const int depth = std::max(100, analysis_rounds() * analysis_k());
     const int64_t B = int64_t(set.users.size());
