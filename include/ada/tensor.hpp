@@ -84,6 +84,14 @@ void mem_copy_rows(DeviceMemory* mem, T* dst, int64_t dst_ld, const T* src, int6
 }
 
 template <class T>
+class Buffer;
+
+// A host array as the ops of a backend with memory `mem` take it: the array itself on the host, else
+// its copy uploaded into `staging` (grown as needed).
+template <class T>
+const T* mem_stage(DeviceMemory* mem, const T* host, int64_t n, Buffer<T>& staging);
+
+template <class T>
 class Buffer {
  public:
   Buffer() = default;
@@ -172,6 +180,14 @@ class Buffer {
   size_t size_ = 0, cap_ = 0;
   DeviceMemory* mem_ = nullptr;
 };
+
+template <class T>
+const T* mem_stage(DeviceMemory* mem, const T* host, int64_t n, Buffer<T>& staging) {
+  if (!mem) return host;
+  staging.ensure(size_t(n), mem);
+  mem_upload(mem, staging.data(), host, n);
+  return staging.data();
+}
 
 // Non-owning row-major view with a shape; cheap to copy, checked element access for tests and tools.
 template <class T>

@@ -140,17 +140,8 @@ void SasRec<T>::prepare(Context& ctx, const Ragged& hist, bool training, uint64_
     }
   }
   ctx.layers.resize(size_t(cfg_.layers));
-  if (mem_) {
-    ctx.d_ids.ensure(size_t(ntok), mem_);
-    ctx.d_pos.ensure(size_t(ntok), mem_);
-    mem_upload(mem_, ctx.d_ids.data(), ctx.ids.data(), ntok);
-    mem_upload(mem_, ctx.d_pos.data(), ctx.pos.data(), ntok);
-    ctx.op_ids = ctx.d_ids.data();
-    ctx.op_pos = ctx.d_pos.data();
-  } else {
-    ctx.op_ids = ctx.ids.data();
-    ctx.op_pos = ctx.pos.data();
-  }
+  ctx.op_ids = mem_stage(mem_, ctx.ids.data(), ntok, ctx.d_ids);
+  ctx.op_pos = mem_stage(mem_, ctx.pos.data(), ntok, ctx.d_pos);
 }
 
 template <class T>

@@ -128,14 +128,6 @@ std::vector<float> user_vectors(SasRec<float>& model, const Ragged& histories, i
 
 namespace {
 
-// The batch's item ids as the backend's ops take them: the host array, or its copy in `staging`.
-const int32_t* op_items(DeviceMemory* mem, const std::vector<int32_t>& items, Buffer<int32_t>& staging) {
-  if (!mem) return items.data();
-  staging.ensure(items.size(), mem);
-  mem_upload(mem, staging.data(), items.data(), int64_t(items.size()));
-  return staging.data();
-}
-
 // Per-row exclusion lists of an evaluation set (rows follow set.users).
 Ragged rows_of(const EvalSet& set, const Ragged& exclude) {
   Ragged ex;
@@ -207,7 +199,7 @@ double SasRecTrainable::train_step(const Batch& batch, uint64_t seed, uint64_t s
   u_.ensure(size_t(B * D), mem);
   du_.ensure(size_t(B * D), mem);
   logits_.ensure(size_t(B * C), mem);
-  const int32_t* items = op_items(mem, batch.items, items_);
+  const int32_t* items = mem_stage(mem, batch.items.data(), int64_t(batch.items.size()), items_);
   m_.forward(batch.histories, true, seed, step, u_.data());
   const double loss = m_.backend().sampled_bce(logits_.data(), du_.data(), m_.item_table_grad(), m_.item_bias_grad(),
                                                u_.data(), m_.item_table(), m_.item_bias(), items, B, C, D, 1.0);
@@ -287,7 +279,7 @@ double AdaTrainable::train_step(const Batch& batch, uint64_t seed, uint64_t step
   u_.ensure(size_t(R * B * D), mem);
   du_.ensure(size_t(R * B * D), mem);
   logits_.ensure(size_t(B * C), mem);
-  const int32_t* items = op_items(mem, batch.items, items_);
+  const int32_t* items = mem_stage(mem, batch.items.data(), int64_t(batch.items.size()), items_);
   m_.forward(batch.histories, true, seed, step, u_.data());
   double loss = 0;
   auto& be = m_.backend();
