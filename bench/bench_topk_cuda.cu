@@ -9,6 +9,8 @@
 //                                 sort of all scores, then a stable sort by row) + gather
 //   BM_topk_bounds_only/B/N/k     the first of BM_topk's two kernels alone (scores -> group bounds)
 //   BM_topk_fp32_bounds/B/N/k     BM_topk without tensor cores (FP32 bounds; identical lists)
+//   BM_topk_unstaged/B/N/k        BM_topk for small batches with the warp kernel that reads each
+//                                 table row from global memory, not the staged one (identical lists)
 // (scripts/gpu-check prints BM_topk's speed-up over each BM_topk_baseline_* with the same arguments.)
 // The acceptance cases (B, N, k) = (1024, 1M, 100), (1024, 12101, 100), (1, 1M, 100) run first.
 //
@@ -207,6 +209,14 @@ void BM_topk_fp32_bounds(benchmark::State& st) {
   ada::cuda::topk_tensor_cores(0);
 }
 
+// BM_topk for small batches with the warp kernel that reads each row straight from global memory
+// (not the default staged one; the same lists).
+void BM_topk_unstaged(benchmark::State& st) {
+  ada::cuda::topk_staged(false);
+  run_fused(st, 64);
+  ada::cuda::topk_staged(true);
+}
+
 // Kernel 1 of BM_topk alone (the per-group bounds): the rest of BM_topk's time is the select kernel.
 void BM_topk_bounds_only(benchmark::State& st) {
   if (!gpu_present(st)) return;
@@ -361,6 +371,14 @@ BENCHMARK(BM_topk)->Apply(other_cases);
 BENCHMARK(BM_topk_baseline_sgemm)->Apply(other_cases);
 BENCHMARK(BM_topk_baseline_cub)->Apply(other_cases);
 BENCHMARK(BM_topk_baseline_thrust)->Apply(other_cases);
+BENCHMARK(BM_topk_unstaged)
+    ->Args({1, 1000000, 100})
+    ->Args({1, 12101, 100})
+    ->Args({8, 1000000, 100})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(0.05)->MinWarmUpTime(0.01);
+BENCHMARK(BM_topk)->Args({8, 1000000, 100})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05)->MinWarmUpTime(0.01);
 BENCHMARK(BM_topk_d)
     ->Args({1024, 1000000, 100, 32})
     ->Args({1024, 1000000, 100, 128})

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "ada/check.hpp"
@@ -378,6 +379,97 @@ bounds_warp(const float* __restrict__ U, int B, int D, const float* __restrict__
   }
 }
 
+// Kernel 1 for small batches with D = 32 or 64: the warp kernel's work and arithmetic, with the
+// table read coalesced. Each warp stages 32 rows at a time in its own part of shared memory (rows
+// padded to D + 4 floats: the lanes of a quarter-warp then read 8 different 16-byte bank groups)
+// from 32 consecutive float4 loads per instruction, and loads the next 32 rows into registers while
+// its lanes score the staged ones (lane l: row l, fmaf over d in order from 0, then + bias).
+constexpr int kStageRows = 32;
+
+template <int D>
+constexpr size_t stage_floats() {
+  return size_t(kThreads / 32) * kStageRows * (D + 4);
+}
+
+template <int QPT, int D>
+__global__ void __launch_bounds__(kThreads)
+bounds_staged(const float* __restrict__ U, int B, int /*D, the template's*/, const float* __restrict__ E,
+              const float* __restrict__ bias, int64_t lo, int64_t n, int g, int64_t G, Bounds out) {
+  static_assert(D % 4 == 0 && (kStageRows * D / 4) % 32 == 0, "whole float4 loads per lane");
+  constexpr int kLd = D + 4, kVecs = D / 4, kLoads = kStageRows * kVecs / 32;
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* qs = reinterpret_cast<float*>(smem);  // [QPT][D]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* tile = qs + QPT * D + warp * kStageRows * kLd;  // [32][kLd], this warp's
+  const int q0 = blockIdx.x * QPT;
+  const int nq = min(QPT, B - q0);
+  for (int i = threadIdx.x; i < QPT * D; i += blockDim.x) {
+    const int q = i / D;
+    qs[i] = q < nq ? U[int64_t(q0 + q) * D + (i - q * D)] : 0.0f;
+  }
+  __syncthreads();
+  const int64_t span = g > 32 ? g : 32;
+  const int64_t start = (int64_t(blockIdx.y) * (kThreads / 32) + warp) * span;
+  if (start >= n) return;  // the whole warp; no block barrier follows
+  Top2 run[QPT];
+#pragma unroll
+  for (int j = 0; j < QPT; ++j) run[j] = top2_empty();
+  const int64_t end = min(n, start + span);
+  // float4 number lane + 32 i of a stage: row (lane + 32 i) / kVecs, column ((lane + 32 i) % kVecs) * 4
+  float4 buf[kLoads];
+  auto load = [&](int64_t t0) {
+    const int rows = end - t0 < kStageRows ? int(end - t0) : kStageRows;
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int j = lane + 32 * i, r = j / kVecs, c = (j % kVecs) * 4;
+      buf[i] = r < rows ? __ldg(reinterpret_cast<const float4*>(E + (t0 + r) * D + c)) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+  };
+  load(start);
+  for (int64_t t0 = start; t0 < end; t0 += kStageRows) {
+#pragma unroll
+    for (int i = 0; i < kLoads; ++i) {
+      const int j = lane + 32 * i, r = j / kVecs, c = (j % kVecs) * 4;
+      *reinterpret_cast<float4*>(tile + r * kLd + c) = buf[i];
+    }
+    __syncwarp();
+    if (t0 + kStageRows < end) load(t0 + kStageRows);  // in flight while this stage is scored
+    const int64_t item = t0 + lane;
+    if (item < end) {
+      const float* row = tile + lane * kLd;
+      float acc[QPT];
+#pragma unroll
+      for (int j = 0; j < QPT; ++j) acc[j] = 0.0f;
+#pragma unroll 4
+      for (int d = 0; d < D; d += 4) {
+        const float4 e = *reinterpret_cast<const float4*>(row + d);
+#pragma unroll
+        for (int j = 0; j < QPT; ++j) {
+          const float4 q = *reinterpret_cast<const float4*>(qs + j * D + d);
+          acc[j] = fmaf(q.x, e.x, acc[j]);
+          acc[j] = fmaf(q.y, e.y, acc[j]);
+          acc[j] = fmaf(q.z, e.z, acc[j]);
+          acc[j] = fmaf(q.w, e.w, acc[j]);
+        }
+      }
+      const float b = bias ? __ldg(bias + item) : -0.0f;  // x + -0 == x bit for bit
+      const int gid = int(lo + item);
+#pragma unroll
+      for (int j = 0; j < QPT; ++j) top2_add(run[j], acc[j] + b, gid);
+    }
+    __syncwarp();  // the stage is read before the next one overwrites it
+  }
+  const int seg = g < 32 ? g : 32;
+#pragma unroll
+  for (int j = 0; j < QPT; ++j) top2_reduce(run[j], seg);
+  if (lane % seg == 0 && start + lane < n) {
+    const int64_t group = (start + lane) / g;
+#pragma unroll
+    for (int j = 0; j < QPT; ++j)
+      if (j < nq) write_bounds(out, q0 + j, G, group, run[j]);
+  }
+}
+
 // Kernel 1 on tensor cores (batches of 64 queries or more, D = 32, 64 or 128): TF32
 // products with FP32 accumulation (wmma m16n16k8), so the bounds are approximate: for each score
 // |approx - exact| <= 2^-8 (|u| |e| + |b|) (TF32 rounds each operand to 11 significant bits:
@@ -720,6 +812,7 @@ size_t tc_smem(int D) {
 }
 
 int g_tensor_cores = 0;  // TensorCores of topk.hpp: 0 auto, 1 always, 2 never
+bool g_staged = true;    // small batches: the staged warp kernel where it applies (topk_staged)
 constexpr int64_t kTcAutoMinItems = 65536;
 
 template <class Kernel>
@@ -779,10 +872,16 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
     ADA_CHECK(size_t(qb) * D * sizeof(float) <= size_t(smem_optin),
               "topk: D = " << D << " needs more shared memory than the device has (" << smem_optin << " bytes)");
     p.queries_per_block = qb;
+    const size_t staged = size_t(qb) * D * sizeof(float) +
+                          (D == 32 ? stage_floats<32>() : stage_floats<64>()) * sizeof(float);
+    if ((D == 32 || D == 64) && g_staged && staged <= size_t(smem_optin)) {
+      p.staged = true;
+      p.smem_bounds = staged;
+    }
     // Rounded up to whole 16-byte words: compute-sanitizer memcheck on an H100 (3cc2338) reported a
     // 12-byte shared read past the 4 bytes of the D = 1, one-query case (the compiled code reads
     // the query row in wider words than the source does).
-    p.smem_bounds = (size_t(qb) * D * sizeof(float) + 15) / 16 * 16;
+    if (!p.staged) p.smem_bounds = (size_t(qb) * D * sizeof(float) + 15) / 16 * 16;
   }
   // Groups: a power of two of items (at least 8: one tiled thread's items), about 16 (k + 64) of
   // them per query (at least kMinGroups, at most kMaxGroups): tau then sits among the best few
@@ -865,6 +964,20 @@ void launch_bounds_kernel(const TopkPlan& p, const float* Us, int64_t nb, bool f
       kern<<<grid, kThreads, p.smem_bounds, stream>>>(Us, int(nb), D, E, bias, lo, n, p.group, G, bounds);
     };
     const bool vec4 = D % 4 == 0;
+    if (p.staged) {
+      auto staged = [&](auto q) {
+        constexpr int Q = decltype(q)::value;
+        if (D == 32) launch(bounds_staged<Q, 32>);
+        else launch(bounds_staged<Q, 64>);
+      };
+      switch (p.queries_per_block) {
+        case 16: staged(std::integral_constant<int, 16>{}); break;
+        case 8: staged(std::integral_constant<int, 8>{}); break;
+        case 4: staged(std::integral_constant<int, 4>{}); break;
+        case 2: staged(std::integral_constant<int, 2>{}); break;
+        default: staged(std::integral_constant<int, 1>{}); break;
+      }
+    } else
     switch (p.queries_per_block) {
       case 16: vec4 ? launch(bounds_warp<16, true>) : launch(bounds_warp<16, false>); break;
       case 8: vec4 ? launch(bounds_warp<8, true>) : launch(bounds_warp<8, false>); break;
@@ -917,6 +1030,7 @@ void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, c
 }
 
 void topk_tensor_cores(int mode) { g_tensor_cores = mode; }
+void topk_staged(bool on) { g_staged = on; }
 
 }  // namespace cuda
 
@@ -1040,6 +1154,7 @@ class GpuSearcher final : public TopkSearcher {
 }  // namespace
 
 void set_gpu_topk_tensor_cores(TensorCores mode) { cuda::topk_tensor_cores(int(mode)); }
+void set_gpu_topk_staged(bool on) { cuda::topk_staged(on); }
 
 std::unique_ptr<TopkSearcher> make_gpu_searcher(const float* E, const float* bias, int64_t lo, int64_t hi, int64_t D,
                                                 int device) {

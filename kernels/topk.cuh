@@ -50,6 +50,7 @@ class TopkWorkspace {
 struct TopkPlan {
   bool tensor_cores = false;   // the TF32 bounds kernel (64 queries per block)
   bool tiled = false;          // the register-tiled bounds kernel (16, 32 or 64 queries per block)
+  bool staged = false;         // the warp kernel that stages table rows in shared memory (D = 32, 64)
   int queries_per_block = 0;   // 1 .. 16 for the warp kernel
   int group = 0;               // items per group (a power of two >= 8)
   int64_t n_groups = 0;        // groups per query (<= 16384)
@@ -72,6 +73,11 @@ void topk_device(const float* U, int64_t B, int D, const float* E, const float* 
 // When the tensor-core bounds kernel is used: 0 = auto (the default), 1 = always, 2 = never (the
 // values of ada::TensorCores in topk.hpp; process-wide, for tests and benchmarks). Results are identical.
 void topk_tensor_cores(int mode);
+
+// Whether batches too small for the tiled kernel use the staged warp kernel (D = 32 or 64; the
+// default) or the one that reads each row straight from global memory (process-wide, for tests and
+// benchmarks). Results are identical.
+void topk_staged(bool on);
 
 // Kernel 1 alone (its output stays in ws): for benchmarks that split the time between the kernels.
 void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo,

@@ -57,6 +57,14 @@ struct TensorCoreMode {
   TensorCoreMode& operator=(const TensorCoreMode&) = delete;
 };
 
+// Sets whether small batches use the staged warp kernel for a scope (back to the default, on).
+struct StagedMode {
+  explicit StagedMode(bool on) { ada::set_gpu_topk_staged(on); }
+  ~StagedMode() { ada::set_gpu_topk_staged(true); }
+  StagedMode(const StagedMode&) = delete;
+  StagedMode& operator=(const StagedMode&) = delete;
+};
+
 }  // namespace
 
 // Every kernel variant on problems small enough for compute-sanitizer (scripts/gpu-check runs the
@@ -72,6 +80,18 @@ TEST_CASE("cuda top-k: every bounds kernel on small problems", "[cuda][topk]") {
     for (int64_t j = 0; j < p.N; ++j)  // score grows with the id: the winners share groups
       for (int64_t d = 0; d < p.D; ++d) p.E[size_t(j * p.D + d)] = float(j) / float(p.N) * p.U[size_t(d)];
     compare(p, 0, p.N, 50);
+    if (B < 16) {  // the warp kernel that reads rows from global memory (the staged one ran above)
+      const StagedMode unstaged(false);
+      compare(p, 0, p.N, 10);
+      compare(p, 100, p.N, 33);
+    }
+  }
+  // The staged warp kernel with groups of 64 items (two stages of 32 rows per warp, the last
+  // warp's span cut short), D = 64 and 32, one and three queries.
+  for (int64_t D : {64, 32}) {
+    const Problem p = random_problem(D == 64 ? 1 : 3, 70001, D, uint32_t(31 + D), 10);
+    compare(p, 0, p.N, 5);
+    compare(p, 1000, p.N - 7, 40);
   }
 }
 
@@ -130,6 +150,10 @@ TEST_CASE("cuda top-k equals the CPU searcher on random problems", "[cuda][topk]
         const TensorCoreMode scope(mode);
         compare(p, 0, c.N, c.k);
       }
+    if (c.B < 16 && (c.D == 32 || c.D == 64)) {  // small batches: the unstaged warp kernel too
+      const StagedMode scope(false);
+      compare(p, 0, c.N, c.k);
+    }
     if (c.B <= 8 || c.N <= 1000) {  // against exact double scores too, where that is cheap
       auto gpu = ada::make_gpu_searcher(p.E.data(), p.bias.data(), 0, c.N, c.D, 0);
       const ada::TopkLists got = gpu->search(p.U.data(), c.B, c.k, p.exclude);

@@ -90,6 +90,10 @@ constexpr int kGpuTopkMaxK = 1024;
 // without CUDA.
 enum class TensorCores { kAuto, kAlways, kNever };
 void set_gpu_topk_tensor_cores(TensorCores mode);
+// Whether GPU searches of fewer than 16 queries with D = 32 or 64 stage the table's rows in shared
+// memory, read coalesced (true, the default), or read each row straight from global memory. The
+// lists are the same either way; for tests and benchmarks. Process-wide; a no-op without CUDA.
+void set_gpu_topk_staged(bool on);
 
 // Exact merge of shard results for the same rows: the best k of the union, in the order above.
 // Shards must cover disjoint item ranges (a repeated id is an error).
