@@ -5,6 +5,8 @@
 // backend, and the GPU (skipped without a CUDA device): the model on the CUDA backend, its context
 // and the returned lists from the fused top-k kernel. scripts/gpu-check runs the GPU rows.
 //   BM_retrieve/<device: 0 cpu-sgemm, 1 cpu-shards, 2 cuda>/<N>/<B>
+//   BM_user_vectors/<device>/<N>/<B>   the same without the list searches (the model's forward and
+//                                      its context searches only)
 #include <benchmark/benchmark.h>
 #include <unistd.h>
 
@@ -73,6 +75,25 @@ void BM_retrieve(benchmark::State& st) {
   st.counters["users/s"] = benchmark::Counter(double(B), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// The model's part of BM_retrieve alone: the T rounds' user vectors (with the context searches
+// between rounds) and their copy to the host; BM_retrieve adds the T list searches.
+void BM_user_vectors(benchmark::State& st) {
+  const int mode = int(st.range(0));
+  const int32_t n_items = int32_t(st.range(1));
+  const int64_t B = st.range(2);
+  if (mode == 2 && cuda_device_count() == 0) {
+    st.SkipWithError("no CUDA device");
+    return;
+  }
+  RetrieverOptions o;
+  o.device = mode == 2 ? "cuda" : "cpu";
+  o.shards = mode == 1 ? 4 : (mode == 2 ? 1 : 0);
+  AdaRetriever r = AdaRetriever::load(checkpoint_for(n_items), o);
+  const auto seqs = histories(B, n_items);
+  for (auto _ : st) benchmark::DoNotOptimize(r.user_vectors(seqs, 5));
+  st.counters["users/s"] = benchmark::Counter(double(B), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void grid(benchmark::internal::Benchmark* b) {
   for (int mode : {0, 1, 2})
     for (int64_t N : {12101, 1000000})
@@ -84,6 +105,7 @@ void grid(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK(BM_retrieve)->Apply(grid);
+BENCHMARK(BM_user_vectors)->Apply(grid);
 
 }  // namespace
 
