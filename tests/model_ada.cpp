@@ -201,3 +201,63 @@ TEST_CASE("fixture: Ada-SASRec user vectors, context ids and the training step m
     REQUIRE(std::sqrt(num) <= 1e-3 * std::sqrt(den) + 1e-9);
   }
 }
+
+TEST_CASE("forward_lists gives forward's vectors and multi_round_topk's lists, one search per round where it can",
+          "[model]") {
+  auto be = make_cpu_backend<float>();
+  AdaConfig ac;
+  ac.rounds = 3;
+  ac.total_k = 12;  // 4 context items per round
+  const Ragged hist = ada_test::tiny_histories();
+  const int64_t B = 5, D = 8;
+  // Exclusions: the histories plus extras that overlap the model's own context, a repeat and item 0.
+  std::vector<float> U(size_t(3 * B * D)), U2(U.size());
+  std::vector<ItemId> ctx(size_t(2 * B * 4));
+  for (int32_t n_items : {200, 1500}) {  // 1500: a row excludes 1100 items, beyond one search's limit
+    AdaSasRec<float> m(ada_test::tiny_sasrec_config(n_items), ac, *be);
+    m.init(5);
+    m.forward(hist, false, 0, 0, U.data(), ctx.data());
+    REQUIRE(m.last_searches() == 2);
+    Ragged ex;
+    for (int64_t b = 0; b < B; ++b) {
+      std::vector<ItemId> row(hist.row_begin(size_t(b)), hist.row_end(size_t(b)));
+      row.push_back(ctx[size_t(b * 4)]);          // round 0's best context item
+      row.push_back(ctx[size_t((B + b) * 4 + 1)]);  // one of round 1's
+      row.push_back(0);
+      if (b % 2) row.push_back(row.front());
+      if (n_items == 1500 && b == 2)
+        for (ItemId j = 300; j < 1400; ++j) row.push_back(j);
+      ex.push_row(row.data(), row.data() + row.size());
+    }
+    for (const std::vector<int>& ks : {std::vector<int>{4, 4, 4}, std::vector<int>{5, 3, 2}, std::vector<int>{1, 1, 1}}) {
+      INFO("catalog " << n_items << " rounds " << ks[0] << " " << ks[1] << " " << ks[2]);
+      const int total = ks[0] + ks[1] + ks[2];
+      std::vector<ItemId> want(size_t(B * total)), got(want.size());
+      std::vector<float> want_s(want.size()), got_s(want.size());
+      multi_round_topk(*be, U.data(), B, m.base().item_table(), m.base().item_bias(), n_items, D, ks, ex, want.data(),
+                       want_s.data());
+      m.forward_lists(hist, ex, ks, U2.data(), got.data(), got_s.data());
+      REQUIRE(U2 == U);
+      REQUIRE(got == want);
+      REQUIRE(got_s == want_s);
+      // 200: rounds 0 and 1 search once for their list and the next context, round 2 for its list;
+      // 1500: the long row needs over 1024 items from one search, so two searches a round
+      REQUIRE(m.last_searches() == (n_items == 200 ? 3 : 5));
+      // the model's context is what forward() found
+      std::vector<ItemId> ctx2(ctx.size());
+      m.forward(hist, false, 0, 0, U2.data(), ctx2.data());
+      REQUIRE(ctx2 == ctx);
+    }
+  }
+  REQUIRE_THROWS_WITH(
+      [&] {
+        AdaSasRec<float> m(ada_test::tiny_sasrec_config(200), ac, *be);
+        m.init(5);
+        std::vector<ItemId> ids(size_t(B * 12));
+        std::vector<float> sc(ids.size());
+        Ragged short_ex;
+        short_ex.push_row(ctx.data(), ctx.data() + 1);
+        m.forward_lists(hist, short_ex, {4, 4, 4}, U2.data(), ids.data(), sc.data());
+      }(),
+      Catch::Contains("1 exclusion rows for 5 histories"));
+}

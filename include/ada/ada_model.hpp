@@ -50,6 +50,17 @@ class AdaSasRec {
   // training keeps activations for backward.
   void forward(const Ragged& histories, bool training, uint64_t seed, uint64_t step, T* users,
                ItemId* ctx_ids = nullptr, int rounds = 0);
+  // Evaluation and serving: forward() (not training) of ks.size() rounds that also returns each
+  // round's list, multi_round_topk's rule: round t's list is the top ks[t] of users[t] over the
+  // catalog minus item 0, the row's `exclude` ids and the earlier rounds' lists; ids and scores are
+  // [B, sum ks] (HOST), the rounds' lists concatenated per row. One search per round gives both a
+  // round's list and the next round's context (the best m items minus the ids both exclude, m large
+  // enough for either; the same lists as searching twice), unless m would exceed what the search
+  // takes (then two searches). users as forward(). Throws when a row has too few candidates.
+  void forward_lists(const Ragged& histories, const Ragged& exclude, const std::vector<int>& ks, T* users,
+                     ItemId* ids, float* scores);
+  // Catalog searches (contexts and lists) the last forward or forward_lists ran.
+  int last_searches() const { return searches_; }
   // d_users: [T, B, D] gradients of the loss w.r.t. each round's adapted user vector (consumed; in
   // the backend's memory).
   void backward(T* d_users);
@@ -83,6 +94,19 @@ class AdaSasRec {
   void ura_forward(Round& rd, int t, int64_t B, const T* users, T* out);
   void ura_backward(Round& rd, int t, int64_t B, const T* d_out, T* d_users);
   void context_topk(const T* u, int64_t B, const ItemId* prev, int n_prev, ItemId* out);
+  // The top k of u over 1..N-1 minus `ex` through the searcher or the backend (HOST ids, scores).
+  void search(const T* u, int64_t B, int k, const Ragged& ex, ItemId* ids, float* scores);
+  // forward_lists' state: the request and which rounds' lists are done.
+  struct Lists {
+    const Ragged* exclude = nullptr;
+    std::vector<int> ks, start;  // round t's list: columns start[t] .. start[t] + ks[t] of a row
+    int total = 0;
+    ItemId* ids = nullptr;
+    float* scores = nullptr;
+  };
+  // Round t's list, and when t is not the last round and one search can give both, its context
+  // into ctx_out (returns whether it did).
+  bool round_lists(const T* u, int64_t B, int t, bool with_context, ItemId* ctx_out);
   // The context ids as the ops take them (the device copy on a device backend).
   const ItemId* ctx_op() const { return mem_ ? d_ctx_.data() : ctx_.data(); }
 
@@ -113,6 +137,8 @@ class AdaSasRec {
   Buffer<T> users_;          // [T, B, D] forward outputs (URA inputs of later rounds)
   Buffer<T> scratch_, scratch2_, zeros_;
   ShardedSearcher* searcher_ = nullptr;
+  Lists* lists_ = nullptr;  // set during forward_lists
+  int searches_ = 0;
 };
 
 extern template class AdaSasRec<float>;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <type_traits>
 
 #include "ada/check.hpp"
@@ -84,21 +85,11 @@ uint64_t AdaSasRec<T>::stream(int round, uint32_t site) const {
   return rng_stream(RngPurpose::kDropout, uint32_t(step_), uint32_t(round) * kSitesPerRound + site);
 }
 
-// The model's own context: top-kc of <u, e_j> + b_j over 1..N-1 minus earlier context (no history).
 template <class T>
-void AdaSasRec<T>::context_topk(const T* u, int64_t B, const ItemId* prev, int n_prev, ItemId* out) {
+void AdaSasRec<T>::search(const T* u, int64_t B, int k, const Ragged& ex, ItemId* ids, float* scores) {
   const auto& c = base_.config();
   const int64_t D = c.hidden, N = c.n_items;
-  Ragged ex;
-  ex.offsets.reserve(size_t(B) + 1);
-  ex.ids.reserve(size_t(B * n_prev * kc_));
-  for (int64_t b = 0; b < B; ++b) {
-    for (int r = 0; r < n_prev; ++r) {
-      const ItemId* row = prev + (int64_t(r) * B + b) * kc_;
-      ex.ids.insert(ex.ids.end(), row, row + kc_);
-    }
-    ex.offsets.push_back(int64_t(ex.ids.size()));
-  }
+  ++searches_;
   if (searcher_) {
     ADA_CHECK((std::is_same_v<T, float>), "AdaSasRec: a context searcher needs a float model");
     if constexpr (std::is_same_v<T, float>) {
@@ -109,12 +100,133 @@ void AdaSasRec<T>::context_topk(const T* u, int64_t B, const ItemId* prev, int n
         mem_download(mem_, host_u.data(), u, B * D);
         uh = host_u.data();
       }
-      const TopkLists top = searcher_->search(uh, B, kc_, ex);  // throws when a row has too few items
-      std::copy(top.ids.begin(), top.ids.end(), out);
+      const TopkLists top = searcher_->search(uh, B, k, ex);  // throws when a row has too few items
+      std::copy(top.ids.begin(), top.ids.end(), ids);
+      if (scores) std::copy(top.scores.begin(), top.scores.end(), scores);
     }
   } else {
-    be_.topk(out, u, B, base_.item_table(), base_.item_bias(), N, D, kc_, ex);
+    be_.topk(ids, u, B, base_.item_table(), base_.item_bias(), N, D, k, ex, scores);
   }
+}
+
+// The model's own context: top-kc of <u, e_j> + b_j over 1..N-1 minus earlier context (no history).
+template <class T>
+void AdaSasRec<T>::context_topk(const T* u, int64_t B, const ItemId* prev, int n_prev, ItemId* out) {
+  Ragged ex;
+  ex.offsets.reserve(size_t(B) + 1);
+  ex.ids.reserve(size_t(B * n_prev * kc_));
+  for (int64_t b = 0; b < B; ++b) {
+    for (int r = 0; r < n_prev; ++r) {
+      const ItemId* row = prev + (int64_t(r) * B + b) * kc_;
+      ex.ids.insert(ex.ids.end(), row, row + kc_);
+    }
+    ex.offsets.push_back(int64_t(ex.ids.size()));
+  }
+  search(u, B, kc_, ex, out, nullptr);
+}
+
+// Round t of forward_lists. Per row, A = the earlier contexts (the context search excludes them), P =
+// the row's exclusions and earlier lists (the list search excludes them). The best m items of the
+// catalog minus item 0 and A n P, in the search order, hold the best kc items outside A (the context)
+// when m >= kc + |A \ P|, and the best k_t outside P (the list) when m >= k_t + |P \ A|: both are
+// prefixes of that order filtered. With m over the GPU search's limit (on every backend, so the
+// searches do not depend on it), two searches. (m exceeds a row's candidates only when one of the
+// two searches would: they then report it.)
+template <class T>
+bool AdaSasRec<T>::round_lists(const T* u, int64_t B, int t, bool with_context, ItemId* ctx_out) {
+  Lists& L = *lists_;
+  const int64_t N = base_.config().n_items;
+  const int kt = L.ks[size_t(t)];
+  std::vector<std::vector<ItemId>> A(static_cast<size_t>(B)), P(static_cast<size_t>(B));
+  Ragged both;  // A n P per row
+  int64_t m = kt, room = N;
+  for (int64_t b = 0; b < B; ++b) {
+    auto& a = A[size_t(b)];
+    auto& pr = P[size_t(b)];
+    if (with_context)
+      for (int r = 0; r < t; ++r) {
+        const ItemId* row = ctx_.data() + (int64_t(r) * B + b) * kc_;
+        a.insert(a.end(), row, row + kc_);
+      }
+    pr.assign(L.exclude->row_begin(size_t(b)), L.exclude->row_end(size_t(b)));
+    pr.insert(pr.end(), L.ids + b * L.total, L.ids + b * L.total + L.start[size_t(t)]);
+    for (auto* v : {&a, &pr}) {
+      std::sort(v->begin(), v->end());
+      v->erase(std::unique(v->begin(), v->end()), v->end());
+      v->erase(std::remove(v->begin(), v->end(), ItemId(0)), v->end());
+    }
+    std::vector<ItemId> common;
+    std::set_intersection(a.begin(), a.end(), pr.begin(), pr.end(), std::back_inserter(common));
+    both.push_row(common.data(), common.data() + common.size());
+    const int64_t nc = int64_t(common.size());
+    if (with_context) m = std::max(m, int64_t(kc_) + int64_t(a.size()) - nc);
+    m = std::max(m, int64_t(kt) + int64_t(pr.size()) - nc);
+    room = std::min(room, N - 1 - nc);  // the row's candidates (ids in range: the search checks them)
+  }
+  if (!with_context || m > room || m > kGpuTopkMaxK) {
+    // the list alone (multi_round_topk's search): the row's exclusions and the earlier lists
+    Ragged ex;
+    for (int64_t b = 0; b < B; ++b) {
+      ex.ids.insert(ex.ids.end(), L.exclude->row_begin(size_t(b)), L.exclude->row_end(size_t(b)));
+      ex.ids.insert(ex.ids.end(), L.ids + b * L.total, L.ids + b * L.total + L.start[size_t(t)]);
+      ex.offsets.push_back(int64_t(ex.ids.size()));
+    }
+    std::vector<ItemId> ids(size_t(B * kt));
+    std::vector<float> sc(size_t(B * kt));
+    search(u, B, kt, ex, ids.data(), sc.data());
+    for (int64_t b = 0; b < B; ++b) {
+      std::copy_n(ids.begin() + b * kt, kt, L.ids + b * L.total + L.start[size_t(t)]);
+      std::copy_n(sc.begin() + b * kt, kt, L.scores + b * L.total + L.start[size_t(t)]);
+    }
+    return false;
+  }
+  std::vector<ItemId> ids(size_t(B * m));
+  std::vector<float> sc(size_t(B * m));
+  search(u, B, int(m), both, ids.data(), sc.data());
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& a = A[size_t(b)];
+    const auto& pr = P[size_t(b)];
+    int nctx = 0, nlist = 0;
+    ItemId* lid = L.ids + b * L.total + L.start[size_t(t)];
+    float* lsc = L.scores + b * L.total + L.start[size_t(t)];
+    for (int64_t j = 0; j < m && (nctx < kc_ || nlist < kt); ++j) {
+      const ItemId id = ids[size_t(b * m + j)];
+      if (nctx < kc_ && !std::binary_search(a.begin(), a.end(), id)) ctx_out[b * kc_ + nctx++] = id;
+      if (nlist < kt && !std::binary_search(pr.begin(), pr.end(), id)) {
+        lid[nlist] = id;
+        lsc[nlist++] = sc[size_t(b * m + j)];
+      }
+    }
+    ADA_CHECK(nctx == kc_ && nlist == kt, "AdaSasRec: round " << t << " of row " << b << " found " << nctx
+                                                              << " context and " << nlist << " list items");
+  }
+  return true;
+}
+
+template <class T>
+void AdaSasRec<T>::forward_lists(const Ragged& hist, const Ragged& exclude, const std::vector<int>& ks, T* users,
+                                 ItemId* ids, float* scores) {
+  ADA_CHECK(!ks.empty(), "AdaSasRec::forward_lists: no rounds");
+  ADA_CHECK(exclude.rows() == hist.rows(), "AdaSasRec::forward_lists: " << exclude.rows() << " exclusion rows for "
+                                                                        << hist.rows() << " histories");
+  Lists L;
+  L.exclude = &exclude;
+  L.ks = ks;
+  for (int k : ks) {
+    ADA_CHECK(k >= 1, "AdaSasRec::forward_lists: a round of " << k << " items");
+    L.start.push_back(L.total);
+    L.total += k;
+  }
+  L.ids = ids;
+  L.scores = scores;
+  lists_ = &L;
+  try {
+    forward(hist, false, 0, 0, users, nullptr, int(ks.size()));
+  } catch (...) {
+    lists_ = nullptr;
+    throw;
+  }
+  lists_ = nullptr;
 }
 
 template <class T>
@@ -339,6 +451,7 @@ void AdaSasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uin
   step_ = step;
   rounds_run_ = R;
   batch_ = B;
+  searches_ = 0;
   rounds_.resize(size_t(R));
   ctx_.resize(size_t(std::max(0, R - 1)) * size_t(B * kc_));
   if (mem_) d_ctx_.ensure(ctx_.size(), mem_);
@@ -357,9 +470,11 @@ void AdaSasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uin
     } else {
       base_.forward(rd.sctx, rd.ira ? rd.Xp.data() : nullptr, u);
     }
-    if (t + 1 < R) {
-      ItemId* round_ids = ctx_.data() + int64_t(t) * B * kc_;
-      context_topk(u, B, ctx_.data(), t, round_ids);
+    const bool context = t + 1 < R;
+    ItemId* round_ids = context ? ctx_.data() + int64_t(t) * B * kc_ : nullptr;
+    const bool both = lists_ && round_lists(u, B, t, context, round_ids);
+    if (context) {
+      if (!both) context_topk(u, B, ctx_.data(), t, round_ids);
       if (mem_) mem_upload(mem_, d_ctx_.data() + int64_t(t) * B * kc_, round_ids, B * kc_);
     }
   }

@@ -78,12 +78,34 @@ struct AdaRetriever::Impl {
 
   // The user vectors of rounds 0..T-1 for B histories: [T, B, D] (round-major). A base model's one
   // vector serves every round.
-  std::vector<float> round_users(const Ragged& hist, int T) {
+  void check_rounds(int T) const {
     ADA_CHECK(T >= 1, "retrieve: T must be >= 1, got " << T);
-    const int64_t B = int64_t(hist.rows()), D = info.sasrec.hidden;
     ADA_CHECK(!ada || int64_t(T - 1) * ada->k_ctx() <= int64_t(info.sasrec.n_items) - 1,
               "retrieve: T = " << T << " rounds need " << int64_t(T - 1) * (ada ? ada->k_ctx() : 0)
                                << " context items, the catalog has " << info.sasrec.n_items - 1);
+  }
+
+  // An Ada model's lists: the rounds' forward with one search per round for its list and the next
+  // round's context (AdaSasRec::forward_lists; the user vectors stay where the model runs).
+  void ada_lists(const Ragged& hist, const std::vector<int>& ks, ItemId* ids, float* scores) {
+    check_rounds(int(ks.size()));
+    const int64_t B = int64_t(hist.rows()), D = info.sasrec.hidden;
+    const size_t n = ks.size() * size_t(B * D);
+    std::vector<float> host;
+    float* out = nullptr;
+    if (mem) {
+      d_users.ensure(n, mem);
+      out = d_users.data();
+    } else {
+      host.resize(n);
+      out = host.data();
+    }
+    ada->forward_lists(hist, hist, ks, out, ids, scores);
+  }
+
+  std::vector<float> round_users(const Ragged& hist, int T) {
+    check_rounds(T);
+    const int64_t B = int64_t(hist.rows()), D = info.sasrec.hidden;
     std::vector<float> users(size_t(T) * size_t(B * D));
     if (B == 0) return users;
     // On a device the vectors stay there too (d_users) for the device search.
@@ -187,18 +209,22 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
   }
   std::vector<std::vector<Retrieved>> out(seqs.size());
   if (B == 0) return out;
-  const std::vector<float> users = impl_->round_users(hist, T);
-  SasRec<float>& bb = impl_->backbone();
   std::vector<ItemId> ids(size_t(B * k));
   std::vector<float> scores(size_t(B * k));
-  if (impl_->searcher)
-    impl_->searcher_rounds(users.data(), hist, ks, ids.data(), scores.data());
-  else if (impl_->mem)  // the device-resident user vectors, searched where they are
-    multi_round_topk(*impl_->be, impl_->d_users.data(), B, bb.item_table(), bb.item_bias(), N, D, ks, hist,
-                     ids.data(), scores.data());
-  else
-    multi_round_topk(users.data(), B, bb.host_item_table(), bb.host_item_bias(), N, D, ks, hist, ids.data(),
-                     scores.data());
+  if (impl_->ada) {  // the rounds' lists searched with their contexts
+    impl_->ada_lists(hist, ks, ids.data(), scores.data());
+  } else {  // one user vector for every round
+    const std::vector<float> users = impl_->round_users(hist, T);
+    SasRec<float>& bb = impl_->backbone();
+    if (impl_->searcher)
+      impl_->searcher_rounds(users.data(), hist, ks, ids.data(), scores.data());
+    else if (impl_->mem)  // the device-resident user vectors, searched where they are
+      multi_round_topk(*impl_->be, impl_->d_users.data(), B, bb.item_table(), bb.item_bias(), N, D, ks, hist,
+                       ids.data(), scores.data());
+    else
+      multi_round_topk(users.data(), B, bb.host_item_table(), bb.host_item_bias(), N, D, ks, hist, ids.data(),
+                       scores.data());
+  }
   for (int64_t b = 0; b < B; ++b) {
     out[size_t(b)].reserve(size_t(k));
     int round = 0, left = ks[0];

@@ -316,11 +316,9 @@ std::vector<int32_t> AdaTrainable::ranks(const EvalSet& set, const Ragged& exclu
       ex.push_row(row.data(), row.data() + row.size());
     }
     users.ensure(size_t(R * B * D));
-    m_.forward(hist, false, 0, 0, users.data());
     ids.resize(size_t(B * total));
     scores.resize(size_t(B * total));
-    multi_round_topk(m_.backend(), users.data(), B, m_.base().item_table(), m_.base().item_bias(), c.n_items, D, ks,
-                     ex, ids.data(), scores.data());
+    m_.forward_lists(hist, ex, ks, users.data(), ids.data(), scores.data());
     for (int64_t b = 0; b < B; ++b)
       for (int64_t j = 0; j < total; ++j)
         if (ids[size_t(b * total + j)] == set.targets[b0 + size_t(b)]) {
