@@ -74,14 +74,14 @@ class AdaSasRec {
 
  private:
   struct Block {  // one earlier round's context through the filter block
-    Buffer<T> E, F, G, R, mean, rstd, Et;  // [B, kc, D] each (mean/rstd [B*kc])
+    Buffer<T> E, F, R, mean, rstd, Et;  // [B, kc, D] each (mean/rstd [B*kc]); filter_block_forward's
   };
   struct Round {
     typename SasRec<T>::Context sctx;
     // IRA (rounds > 0)
     bool ira = false;
     std::vector<Block> blocks;
-    Buffer<T> X, C, probs, att, r, mean, rstd, Xp;
+    Buffer<T> X, C, probs, r, mean, rstd, Xp;  // context_block_forward's inputs, saved tensors, output
     // URA (rounds > 0)
     bool ura = false;
     Buffer<T> v;                         // backbone user vector [B, D]
@@ -93,6 +93,11 @@ class AdaSasRec {
   void ira_backward(Round& rd, int t, int64_t B, const T* d_xp);
   void ura_forward(Round& rd, int t, int64_t B, const T* users, T* out);
   void ura_backward(Round& rd, int t, int64_t B, const T* d_out, T* d_users);
+  // Arguments of Backend::user_adapter_forward/backward (the GRU + MLP configuration).
+  UserAdapterTensors<const T*> ura_weights();
+  UserAdapterShape ura_shape(int t, int64_t B, float p) const;
+  void ura_op_buffers(Round& rd, int t, int64_t B);
+  UserAdapterSaved<T> ura_saved(Round& rd);
   void context_topk(const T* u, int64_t B, const ItemId* prev, int n_prev, ItemId* out);
   // The top k of u over 1..N-1 minus `ex` through the searcher or the backend (HOST ids, scores).
   void search(const T* u, int64_t B, int k, const Ragged& ex, ItemId* ids, float* scores);

@@ -50,6 +50,39 @@ struct AttentionShape {
   }
 };
 
+// The user representation adapter's tensors (Backend::user_adapter_forward/backward, 3.2), D hidden:
+// parameters (or, in UserAdapterTensors<T*> for the backward, their gradients, accumulated +=)
+//   w_ih, w_hh [3D, D], b_ih, b_hh [3D] (GRU, gates r, z, n); w1 [2D, 2D], b1 [2D]; w2 [D, 2D],
+//   b2 [D] (MLP); ln_w, ln_b [D] (ffn_LayerNorm).
+template <class P>
+struct UserAdapterTensors {
+  P w_ih = nullptr, b_ih = nullptr, w_hh = nullptr, b_hh = nullptr, w1 = nullptr, b1 = nullptr,
+    w2 = nullptr, b2 = nullptr, ln_w = nullptr, ln_b = nullptr;
+};
+// What user_adapter_forward saves for user_adapter_backward (B rows, t steps):
+//   hs [t+1, B, D]: h_0 = 0, h_1 .. h_t;  gates [t, B, 3D]: (r, z, n) per step;
+//   gh [t, B, 3D]: h_s W_hh^T + b_hh per step (the backward reads its n part);
+//   a1r [B, 2D]: relu(W1 [v; h_t] + b1) (relu' is taken as a1r > 0, which is a1 > 0);
+//   r2 [B, D]: the LayerNorm input v + dropout(a2);  mean, rstd [B]: its statistics.
+template <class T>
+struct UserAdapterSaved {
+  T *hs = nullptr, *gates = nullptr, *gh = nullptr, *a1r = nullptr, *r2 = nullptr, *mean = nullptr,
+    *rstd = nullptr;
+};
+// Round t >= 1 of the adapter over B rows of D; dropout p on a2 with (seed, stream), element i of
+// the [B, D] tensor; LayerNorm eps.
+struct UserAdapterShape {
+  int64_t B = 0, D = 0;
+  int t = 1;
+  float p = 0.0f;
+  uint64_t seed = 0, stream = 0;
+  double eps = 1e-12;
+};
+// Elements of the `work` scratch both user adapter ops need (any content, overwritten).
+inline int64_t user_adapter_work_size(const UserAdapterShape& s) {
+  return s.B * s.D * (20 + 6 * int64_t(s.t)) + 64;
+}
+
 // kRelu: max(x, 0), derivative 0 at x <= 0 (PyTorch's threshold backward).
 enum class Activation { kSilu, kGelu, kRelu };
 
@@ -141,6 +174,32 @@ class Backend {
   virtual void filter_backward(T* din, T* dW, const T* dout, const T* in, const T* W, int64_t R,
                                int64_t K, int64_t D) = 0;
 
+  // The learnable-filter block of IRA (3.1, LowFilterLayer) as one op, on R blocks of K rows x D
+  // channels (n = R*K rows; every [n, D] array row-major, block r = rows r*K .. r*K+K-1):
+  //   F  = filter_forward(E; cw)                  cw [K/2+1, D, 2] (the complex weight)
+  //   G  = F dense_w^T + dense_b                  dense_w [D, D] (out, in), dense_b [D]; not kept
+  //   Rr = dropout(G; p, seed, stream) + E        the counter RNG over the [n, D] tensor
+  //   Et = LayerNorm(Rr; ln_w, ln_b, eps)         ln_w, ln_b [D]
+  // Written (=): Et [n, D], and for backward F [n, D], Rr [n, D] (the LayerNorm input), mean and
+  // rstd [n]. The backward needs exactly these (with E, the weights and the dropout arguments).
+  // No argument may alias another. Any K >= 1, D >= 1, R >= 0. The default definition
+  // (src/core/fused_filter.cpp) is the composition of the primitive ops above, the sequence the
+  // model ran before this op existed; backends may override it with a fused kernel computing the
+  // same function (the CUDA one: kernels/fused_filter.cu).
+  virtual void filter_block_forward(T* Et, T* F, T* Rr, T* mean, T* rstd, const T* E, const T* cw,
+                                    const T* dense_w, const T* dense_b, const T* ln_w,
+                                    const T* ln_b, int64_t R, int64_t K, int64_t D, T eps, float p,
+                                    uint64_t seed, uint64_t stream);
+  // Backward of filter_block_forward given dEt [n, D]: dE [n, D] (overwrite) = the full gradient
+  // to E (the residual's plus the filter branch's); d_cw, d_dense_w, d_dense_b, d_ln_w, d_ln_b
+  // (+=, shapes of their parameters). E, F, Rr, mean, rstd as the forward wrote them; p, seed,
+  // stream as in the forward. dE may not alias any input; dEt is only read.
+  virtual void filter_block_backward(T* dE, T* d_cw, T* d_dense_w, T* d_dense_b, T* d_ln_w,
+                                     T* d_ln_b, const T* dEt, const T* E, const T* F, const T* Rr,
+                                     const T* mean, const T* rstd, const T* cw, const T* dense_w,
+                                     const T* ln_w, int64_t R, int64_t K, int64_t D, float p,
+                                     uint64_t seed, uint64_t stream);
+
   // Context-aware attention (3.1): single head, no projections, no mask, no dropout. Row b has the
   // queries X[q_offsets[b] .. q_offsets[b+1]) (rows of D; a row may have none) and the context
   // C[b] = Nc rows of D (C is [B, Nc, D], Nc >= 1):
@@ -152,6 +211,33 @@ class Backend {
   virtual void context_attention_backward(T* dX, T* dC, const T* dout, const T* probs, const T* X,
                                           const T* C, const int64_t* q_offsets, int64_t B,
                                           int64_t Nc, int64_t D) = 0;
+
+  // The context-aware attention block of IRA (3.1) as one op: with Ntok = q_offsets[B] tokens,
+  //   att = context_attention(Q, C)              Q = X when `attention`, else zeros (the softmax is
+  //                                              then uniform: att = the mean of the context rows)
+  //   r   = dropout(att, p, seed, stream) + X    the counter RNG over the [Ntok, D] tensor
+  //   out = LayerNorm(r; ln_w, ln_b, eps)
+  // Shapes: X, out, r [Ntok, D]; C [B, Nc, D] (Nc >= 1); probs [Ntok, Nc]; mean, rstd [Ntok];
+  // ln_w, ln_b [D]; q_offsets is the jagged row split (host, as context_attention_forward's).
+  // Written (=): out, and for backward probs (softmax before dropout), r (the LayerNorm input),
+  // mean, rstd. The backward needs exactly these (with X, C, ln_w and the dropout arguments).
+  // No argument may alias another. The default definition (src/core/fused_context.cpp) is the
+  // composition of the primitive ops above, the sequence the model ran before this op existed;
+  // backends may override it with a fused kernel computing the same function.
+  virtual void context_block_forward(T* out, T* probs, T* r, T* mean, T* rstd, const T* X,
+                                     const T* C, const T* ln_w, const T* ln_b,
+                                     const int64_t* q_offsets, int64_t B, int64_t Nc, int64_t D,
+                                     bool attention, float p, uint64_t seed, uint64_t stream,
+                                     T eps);
+  // Backward of context_block_forward given d out [Ntok, D]: dX (overwrite) = the full gradient to
+  // X, the residual's plus (when `attention`) the queries'; dC [B, Nc, D] (+=); d_ln_w, d_ln_b [D]
+  // (+=). probs, r, mean, rstd as the forward wrote them; p, seed, stream as in the forward. dX
+  // may not alias any input.
+  virtual void context_block_backward(T* dX, T* dC, T* d_ln_w, T* d_ln_b, const T* dout,
+                                      const T* probs, const T* r, const T* mean, const T* rstd,
+                                      const T* X, const T* C, const T* ln_w,
+                                      const int64_t* q_offsets, int64_t B, int64_t Nc, int64_t D,
+                                      bool attention, float p, uint64_t seed, uint64_t stream);
 
   // GRU cell, PyTorch nn.GRU (gate order r, z, n), given gi = x W_ih^T + b_ih and
   // gh = h W_hh^T + b_hh (both [B, 3D], from linear_forward):
@@ -168,6 +254,30 @@ class Backend {
   // db += dout[:, Da:] (either may be null: skipped).
   virtual void concat_cols(T* out, const T* a, const T* b, int64_t M, int64_t Da, int64_t Db) = 0;
   virtual void split_cols_add(T* da, T* db, const T* dout, int64_t M, int64_t Da, int64_t Db) = 0;
+
+  // The user representation adapter (URA, 3.2) at round t = sh.t >= 1, GRU + MLP configuration:
+  //   h_0 = 0;  h_{s+1} = gru_cell(users[s] W_ih^T + b_ih, h_s W_hh^T + b_hh, h_s)   s = 0 .. t-1
+  //   a1r = relu(W1 [v; h_t] + b1);  a2 = W2 a1r + b2
+  //   r2  = dropout(a2, p, seed, stream) + v;  out = LayerNorm(r2; ln_w, ln_b, eps)
+  // users [t, B, D] (users[s] at users + s*B*D), v [B, D], out [B, D]. Written (=): out and every
+  // array of `saved` (UserAdapterSaved: exactly what the backward reads, besides users, v and the
+  // parameters). work: user_adapter_work_size(sh) elements of scratch. No argument may alias another.
+  // The default definition (src/core/fused_user.cpp) is the composition of the primitive ops above,
+  // the sequence the model ran before this op existed (the CPU backend uses it); backends may
+  // override it with a fused kernel computing the same function.
+  virtual void user_adapter_forward(T* out, const UserAdapterSaved<T>& saved, T* work,
+                                    const T* users, const T* v,
+                                    const UserAdapterTensors<const T*>& w,
+                                    const UserAdapterShape& sh);
+  // Backward given d out [B, D]: d_v [B, D] (overwrite: the residual's and the MLP's gradient),
+  // d_users [t, B, D] (+=), every parameter gradient of g (+=). saved as the forward wrote it (read
+  // only), users, v, w and sh as in the forward. work: user_adapter_work_size(sh) elements of
+  // scratch. No output may alias an input or another output.
+  virtual void user_adapter_backward(T* d_v, T* d_users, const UserAdapterTensors<T*>& g, T* work,
+                                     const T* d_out, const UserAdapterSaved<T>& saved,
+                                     const T* users, const T* v,
+                                     const UserAdapterTensors<const T*>& w,
+                                     const UserAdapterShape& sh);
 
   // Global gradient norm over n values.
   virtual double sum_squares(const T* x, int64_t n) = 0;

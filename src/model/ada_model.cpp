@@ -247,42 +247,31 @@ void AdaSasRec<T>::ira_forward(Round& rd, int t, int64_t B) {
     const T* ctx_rows = bl.E.data();
     if (ada_.filter) {
       // Et = LN_tf(E + dropout(dense(irfft(rfft(E) * W))))
+      // (one op: Backend::filter_block_forward; G is not kept)
       bl.F.ensure(size_t(n * D), mem_);
-      bl.G.ensure(size_t(n * D), mem_);
       bl.R.ensure(size_t(n * D), mem_);
       bl.mean.ensure(size_t(n), mem_);
       bl.rstd.ensure(size_t(n), mem_);
       bl.Et.ensure(size_t(n * D), mem_);
-      be_.filter_forward(bl.F.data(), bl.E.data(), ps.dvalue(p_cw_), B, K, D);
-      be_.linear_forward(bl.G.data(), bl.F.data(), ps.dvalue(p_fd_w_), ps.dvalue(p_fd_b_), n, D, D);
-      be_.dropout_forward(bl.R.data(), bl.G.data(), n * D, p, seed_, stream(t, kBlockSite + uint32_t(r)));
-      be_.add_inplace(bl.R.data(), bl.E.data(), n * D);
-      be_.layernorm_forward(bl.Et.data(), bl.mean.data(), bl.rstd.data(), bl.R.data(), ps.dvalue(p_fln_w_),
-                            ps.dvalue(p_fln_b_), n, D, T(ada_.ln_eps));
+      be_.filter_block_forward(bl.Et.data(), bl.F.data(), bl.R.data(), bl.mean.data(), bl.rstd.data(), bl.E.data(),
+                               ps.dvalue(p_cw_), ps.dvalue(p_fd_w_), ps.dvalue(p_fd_b_), ps.dvalue(p_fln_w_),
+                               ps.dvalue(p_fln_b_), B, K, D, T(ada_.ln_eps), p, seed_,
+                               stream(t, kBlockSite + uint32_t(r)));
       ctx_rows = bl.Et.data();
     }
     copy_rows_in(mem_, rd.C.data(), ctx_rows, B, Nc, int64_t(r) * K, K, D);
   }
-  // Xp = LN(X + dropout(softmax(X C^T / sqrt(D)) C)); without attention the queries are zero, which
-  // makes the softmax uniform: the mean of the context.
-  const T* queries = rd.X.data();
-  if (!ada_.attention) {
-    zeros_.ensure(size_t(Ntok * D), mem_);
-    mem_zero(mem_, zeros_.data(), Ntok * D);
-    queries = zeros_.data();
-  }
+  // Xp = LN(X + dropout(softmax(X C^T / sqrt(D)) C)) in one op (Backend::context_block_forward: the
+  // CPU composes the primitive ops, the CUDA backend runs a fused kernel); without attention the
+  // queries are zero, which makes the softmax uniform: the mean of the context.
   rd.probs.ensure(size_t(Ntok * Nc), mem_);
-  rd.att.ensure(size_t(Ntok * D), mem_);
   rd.r.ensure(size_t(Ntok * D), mem_);
   rd.mean.ensure(size_t(Ntok), mem_);
   rd.rstd.ensure(size_t(Ntok), mem_);
   rd.Xp.ensure(size_t(Ntok * D), mem_);
-  be_.context_attention_forward(rd.att.data(), rd.probs.data(), queries, rd.C.data(), rd.sctx.tok_offsets.data(),
-                                B, Nc, D);
-  be_.dropout_forward(rd.r.data(), rd.att.data(), Ntok * D, p, seed_, stream(t, kIraSite));
-  be_.add_inplace(rd.r.data(), rd.X.data(), Ntok * D);
-  be_.layernorm_forward(rd.Xp.data(), rd.mean.data(), rd.rstd.data(), rd.r.data(), ps.dvalue(p_aln_w_),
-                        ps.dvalue(p_aln_b_), Ntok, D, T(ada_.ln_eps));
+  be_.context_block_forward(rd.Xp.data(), rd.probs.data(), rd.r.data(), rd.mean.data(), rd.rstd.data(), rd.X.data(),
+                            rd.C.data(), ps.dvalue(p_aln_w_), ps.dvalue(p_aln_b_), rd.sctx.tok_offsets.data(), B, Nc,
+                            D, ada_.attention, p, seed_, stream(t, kIraSite), T(ada_.ln_eps));
 }
 
 template <class T>
@@ -290,28 +279,16 @@ void AdaSasRec<T>::ira_backward(Round& rd, int t, int64_t B, const T* d_xp) {
   const int64_t D = base_.config().hidden, K = kc_, Ntok = rd.sctx.num_tokens(), Nc = int64_t(t) * K;
   ParamStore<T>& ps = params();
   const float p = base_.config().dropout;
-  Buffer<T>& d_r = scratch_;
-  d_r.ensure(size_t(Ntok * D), mem_);
-  be_.layernorm_backward(d_r.data(), ps.dgrad(p_aln_w_), ps.dgrad(p_aln_b_), d_xp, rd.r.data(), ps.dvalue(p_aln_w_),
-                         rd.mean.data(), rd.rstd.data(), Ntok, D);
-  // d X = d_r (residual) + attention's d queries; d att = dropout^T d_r
+  // d X = d r (residual) + attention's d queries, d C, d LN (Backend::context_block_backward)
   Buffer<T>& d_x = g_.d_x;
   d_x.ensure(size_t(Ntok * D), mem_);
-  mem_copy(mem_, d_x.data(), d_r.data(), Ntok * D);
-  be_.dropout_backward(d_r.data(), d_r.data(), Ntok * D, p, seed_, stream(t, kIraSite));
   Buffer<T>& d_c = g_.d_c;
   d_c.ensure(size_t(B * Nc * D), mem_);
   mem_zero(mem_, d_c.data(), B * Nc * D);
-  Buffer<T>& d_q = g_.d_q;
-  d_q.ensure(size_t(Ntok * D), mem_);
-  if (!ada_.attention) {
-    zeros_.ensure(size_t(Ntok * D), mem_);
-    mem_zero(mem_, zeros_.data(), Ntok * D);
-  }
-  const T* queries = ada_.attention ? rd.X.data() : zeros_.data();
-  be_.context_attention_backward(d_q.data(), d_c.data(), d_r.data(), rd.probs.data(), queries, rd.C.data(),
-                                 rd.sctx.tok_offsets.data(), B, Nc, D);
-  if (ada_.attention) be_.add_inplace(d_x.data(), d_q.data(), Ntok * D);
+  be_.context_block_backward(d_x.data(), d_c.data(), ps.dgrad(p_aln_w_), ps.dgrad(p_aln_b_), d_xp, rd.probs.data(),
+                             rd.r.data(), rd.mean.data(), rd.rstd.data(), rd.X.data(), rd.C.data(),
+                             ps.dvalue(p_aln_w_), rd.sctx.tok_offsets.data(), B, Nc, D, ada_.attention, p, seed_,
+                             stream(t, kIraSite));
   // history tokens: gradient into the item table (padding tokens skipped by the op)
   be_.embedding_backward(base_.item_table_grad(), nullptr, d_x.data(), rd.sctx.op_ids, nullptr, Ntok, D);
   // each earlier round's block
@@ -323,20 +300,75 @@ void AdaSasRec<T>::ira_backward(Round& rd, int t, int64_t B, const T* d_xp) {
     d_et.ensure(size_t(n * D), mem_);
     copy_rows_out(mem_, d_et.data(), d_c.data(), B, Nc, int64_t(r) * K, K, D);
     if (ada_.filter) {
-      Buffer<T>&d_e = g_.d_e, &d_f = g_.d_f;
+      // d E = the residual's gradient plus the branch's through dropout, dense and the filter
+      Buffer<T>& d_e = g_.d_e;
       d_e.ensure(size_t(n * D), mem_);
-      d_f.ensure(size_t(n * D), mem_);
-      be_.layernorm_backward(d_e.data(), ps.dgrad(p_fln_w_), ps.dgrad(p_fln_b_), d_et.data(), bl.R.data(),
-                             ps.dvalue(p_fln_w_), bl.mean.data(), bl.rstd.data(), n, D);
-      // d_e is d R: the residual goes to E as it is, the branch through dropout, dense and the filter
-      be_.dropout_backward(d_et.data(), d_e.data(), n * D, p, seed_, stream(t, kBlockSite + uint32_t(r)));
-      be_.linear_backward(d_f.data(), ps.dgrad(p_fd_w_), ps.dgrad(p_fd_b_), d_et.data(), bl.F.data(),
-                          ps.dvalue(p_fd_w_), n, D, D, false);
-      be_.filter_backward(d_et.data(), ps.dgrad(p_cw_), d_f.data(), bl.E.data(), ps.dvalue(p_cw_), B, K, D);
-      be_.add_inplace(d_et.data(), d_e.data(), n * D);
+      be_.filter_block_backward(d_e.data(), ps.dgrad(p_cw_), ps.dgrad(p_fd_w_), ps.dgrad(p_fd_b_),
+                                ps.dgrad(p_fln_w_), ps.dgrad(p_fln_b_), d_et.data(), bl.E.data(), bl.F.data(),
+                                bl.R.data(), bl.mean.data(), bl.rstd.data(), ps.dvalue(p_cw_), ps.dvalue(p_fd_w_),
+                                ps.dvalue(p_fln_w_), B, K, D, p, seed_, stream(t, kBlockSite + uint32_t(r)));
     }
-    be_.embedding_backward(base_.item_table_grad(), nullptr, d_et.data(), ids, nullptr, n, D);
+    be_.embedding_backward(base_.item_table_grad(), nullptr, ada_.filter ? g_.d_e.data() : d_et.data(), ids,
+                           nullptr, n, D);
   }
+}
+
+// The fused user adapter op's arguments (GRU + MLP configuration).
+template <class T>
+UserAdapterTensors<const T*> AdaSasRec<T>::ura_weights() {
+  const ParamStore<T>& ps = params();
+  UserAdapterTensors<const T*> w;
+  w.w_ih = ps.dvalue(p_wih_);
+  w.b_ih = ps.dvalue(p_bih_);
+  w.w_hh = ps.dvalue(p_whh_);
+  w.b_hh = ps.dvalue(p_bhh_);
+  w.w1 = ps.dvalue(p_m1_w_);
+  w.b1 = ps.dvalue(p_m1_b_);
+  w.w2 = ps.dvalue(p_m2_w_);
+  w.b2 = ps.dvalue(p_m2_b_);
+  w.ln_w = ps.dvalue(p_mln_w_);
+  w.ln_b = ps.dvalue(p_mln_b_);
+  return w;
+}
+
+template <class T>
+UserAdapterShape AdaSasRec<T>::ura_shape(int t, int64_t B, float p) const {
+  UserAdapterShape sh;
+  sh.B = B;
+  sh.D = base_.config().hidden;
+  sh.t = t;
+  sh.p = p;
+  sh.seed = seed_;
+  sh.stream = stream(t, kUraSite);
+  sh.eps = ada_.ln_eps;
+  return sh;
+}
+
+// The saved arrays live in the round's buffers; the work scratch is g_.d_gi (free between ops).
+template <class T>
+void AdaSasRec<T>::ura_op_buffers(Round& rd, int t, int64_t B) {
+  const int64_t D = base_.config().hidden;
+  rd.hs.ensure(size_t((t + 1) * B * D), mem_);
+  rd.gh.ensure(size_t(t * B * 3 * D), mem_);
+  rd.gates.ensure(size_t(t * B * 3 * D), mem_);
+  rd.a1r.ensure(size_t(B * 2 * D), mem_);
+  rd.r2.ensure(size_t(B * D), mem_);
+  rd.mean2.ensure(size_t(B), mem_);
+  rd.rstd2.ensure(size_t(B), mem_);
+  g_.d_gi.ensure(size_t(user_adapter_work_size(ura_shape(t, B, 0.0f))), mem_);
+}
+
+template <class T>
+UserAdapterSaved<T> AdaSasRec<T>::ura_saved(Round& rd) {
+  UserAdapterSaved<T> sv;
+  sv.hs = rd.hs.data();
+  sv.gates = rd.gates.data();
+  sv.gh = rd.gh.data();
+  sv.a1r = rd.a1r.data();
+  sv.r2 = rd.r2.data();
+  sv.mean = rd.mean2.data();
+  sv.rstd = rd.rstd2.data();
+  return sv;
 }
 
 template <class T>
@@ -344,6 +376,12 @@ void AdaSasRec<T>::ura_forward(Round& rd, int t, int64_t B, const T* users, T* o
   const int64_t D = base_.config().hidden;
   const ParamStore<T>& ps = params();
   const float p = training_ ? base_.config().dropout : 0.0f;
+  if (ada_.gru && ada_.mlp) {  // the default configuration: one op (Backend::user_adapter_forward)
+    ura_op_buffers(rd, t, B);
+    be_.user_adapter_forward(out, ura_saved(rd), g_.d_gi.data(), users, rd.v.data(), ura_weights(),
+                             ura_shape(t, B, p));
+    return;
+  }
   // h: GRU over the earlier adapted vectors users[0..t-1] from h_0 = 0 (or their mean without GRU)
   rd.hs.ensure(size_t((t + 1) * B * D), mem_);
   mem_zero(mem_, rd.hs.data(), B * D);
@@ -394,6 +432,24 @@ void AdaSasRec<T>::ura_backward(Round& rd, int t, int64_t B, const T* d_out, T* 
   const int64_t D = base_.config().hidden;
   ParamStore<T>& ps = params();
   const float p = base_.config().dropout;
+  if (ada_.gru && ada_.mlp) {  // Backend::user_adapter_backward; d v into scratch2_ as below
+    scratch2_.ensure(size_t(B * D), mem_);
+    g_.d_gi.ensure(size_t(user_adapter_work_size(ura_shape(t, B, p))), mem_);
+    UserAdapterTensors<T*> g;
+    g.w_ih = ps.dgrad(p_wih_);
+    g.b_ih = ps.dgrad(p_bih_);
+    g.w_hh = ps.dgrad(p_whh_);
+    g.b_hh = ps.dgrad(p_bhh_);
+    g.w1 = ps.dgrad(p_m1_w_);
+    g.b1 = ps.dgrad(p_m1_b_);
+    g.w2 = ps.dgrad(p_m2_w_);
+    g.b2 = ps.dgrad(p_m2_b_);
+    g.ln_w = ps.dgrad(p_mln_w_);
+    g.ln_b = ps.dgrad(p_mln_b_);
+    be_.user_adapter_backward(scratch2_.data(), d_users, g, g_.d_gi.data(), d_out, ura_saved(rd), users_.data(),
+                              rd.v.data(), ura_weights(), ura_shape(t, B, p));
+    return;
+  }
   Buffer<T>&d_r2 = g_.d_r2, &d_a2 = g_.d_a2, &d_h = g_.d_h;
   d_r2.ensure(size_t(B * D), mem_);
   d_a2.ensure(size_t(B * D), mem_);
