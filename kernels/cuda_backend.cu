@@ -22,7 +22,10 @@
 #include "ada/tensor.hpp"
 #include "ada/topk.hpp"
 #include "kernels/cuda_util.cuh"
+#include "kernels/fused_context.cuh"
+#include "kernels/fused_filter.cuh"
 #include "kernels/topk.cuh"
+#include "kernels/fused_user.cuh"
 
 namespace ada {
 namespace cuda {
@@ -1128,6 +1131,32 @@ class CudaBackend final : public Backend<float> {
     ADA_CUDA_LAUNCHED();
   }
 
+  // The fused filter block (kernels/fused_filter.cu); the composition (Backend's default) where
+  // the fused kernels do not apply (K > 64, D > 128, shared memory).
+  void filter_block_forward(float* Et, float* F, float* Rr, float* mean, float* rstd,
+                            const float* E, const float* cw, const float* dense_w,
+                            const float* dense_b, const float* ln_w, const float* ln_b, int64_t R,
+                            int64_t K, int64_t D, float eps, float p, uint64_t seed,
+                            uint64_t stream) override {
+    if (!filter_block_forward_fused(filter_block_ws_, stream_, Et, F, Rr, mean, rstd, E, cw,
+                                    dense_w, dense_b, ln_w, ln_b, R, K, D, eps, p, seed, stream))
+      Backend<float>::filter_block_forward(Et, F, Rr, mean, rstd, E, cw, dense_w, dense_b, ln_w,
+                                           ln_b, R, K, D, eps, p, seed, stream);
+  }
+  void filter_block_backward(float* dE, float* d_cw, float* d_dense_w, float* d_dense_b,
+                             float* d_ln_w, float* d_ln_b, const float* dEt, const float* E,
+                             const float* F, const float* Rr, const float* mean, const float* rstd,
+                             const float* cw, const float* dense_w, const float* ln_w, int64_t R,
+                             int64_t K, int64_t D, float p, uint64_t seed,
+                             uint64_t stream) override {
+    if (!filter_block_backward_fused(filter_block_ws_, stream_, dE, d_cw, d_dense_w, d_dense_b,
+                                     d_ln_w, d_ln_b, dEt, E, F, Rr, mean, rstd, cw, dense_w, ln_w,
+                                     R, K, D, p, seed, stream))
+      Backend<float>::filter_block_backward(dE, d_cw, d_dense_w, d_dense_b, d_ln_w, d_ln_b, dEt, E,
+                                            F, Rr, mean, rstd, cw, dense_w, ln_w, R, K, D, p, seed,
+                                            stream);
+  }
+
   void context_attention_forward(float* out, float* probs, const float* X, const float* C,
                                  const int64_t* q_offsets, int64_t B, int64_t Nc,
                                  int64_t D) override {
@@ -1152,6 +1181,42 @@ class CudaBackend final : public Backend<float> {
     ADA_CUDA_LAUNCHED();
   }
 
+  // The fused context block (kernels/fused_context.cu); the composition (Backend's default) where
+  // the context does not fit a block's shared memory.
+  void context_block_forward(float* out, float* probs, float* r, float* mean, float* rstd,
+                             const float* X, const float* C, const float* ln_w, const float* ln_b,
+                             const int64_t* q_offsets, int64_t B, int64_t Nc, int64_t D,
+                             bool attention, float p, uint64_t seed, uint64_t stream,
+                             float eps) override {
+    ADA_CHECK(Nc >= 1, "context_block_forward: needs at least one context row, Nc=" << Nc);
+    if (B <= 0 || q_offsets[B] <= 0 || D <= 0) return;
+    if (!context_block_fused_fits(Nc, D))
+      return Backend<float>::context_block_forward(out, probs, r, mean, rstd, X, C, ln_w, ln_b,
+                                                   q_offsets, B, Nc, D, attention, p, seed,
+                                                   stream, eps);
+    const int64_t* qo = upload_offsets(q_offsets, B);
+    context_block_forward_launch(out, probs, r, mean, rstd, X, C, ln_w, ln_b, qo, B, Nc, D,
+                                 attention, p, seed, stream, eps, stream_);
+  }
+
+  void context_block_backward(float* dX, float* dC, float* d_ln_w, float* d_ln_b,
+                              const float* dout, const float* probs, const float* r,
+                              const float* mean, const float* rstd, const float* X, const float* C,
+                              const float* ln_w, const int64_t* q_offsets, int64_t B, int64_t Nc,
+                              int64_t D, bool attention, float p, uint64_t seed,
+                              uint64_t stream) override {
+    ADA_CHECK(Nc >= 1, "context_block_backward: needs at least one context row, Nc=" << Nc);
+    if (B <= 0 || q_offsets[B] <= 0 || D <= 0) return;
+    if (!context_block_fused_fits(Nc, D))
+      return Backend<float>::context_block_backward(dX, dC, d_ln_w, d_ln_b, dout, probs, r, mean,
+                                                    rstd, X, C, ln_w, q_offsets, B, Nc, D,
+                                                    attention, p, seed, stream);
+    float* partial = work(size_t(context_block_partial_size(B, D)));  // before the upload: a
+    const int64_t* qo = upload_offsets(q_offsets, B);                 // growth waits for the stream
+    context_block_backward_launch(dX, dC, d_ln_w, d_ln_b, dout, probs, r, mean, rstd, X, C, ln_w,
+                                  qo, B, Nc, D, attention, p, seed, stream, partial, stream_);
+  }
+
   void gru_cell_forward(float* h_new, float* gates, const float* gi, const float* gh,
                         const float* h_prev, int64_t B, int64_t D) override {
     if (B * D == 0) return;
@@ -1165,6 +1230,26 @@ class CudaBackend final : public Backend<float> {
     k_gru_bwd<<<grid_for(B * D), kThreads, 0, stream_>>>(d_gi, d_gh, d_hprev, d_hnew, gates, gh,
                                                          h_prev, B, D);
     ADA_CUDA_LAUNCHED();
+  }
+
+  // The fused user adapter (kernels/fused_user.cu); the composition where it does not apply.
+  void user_adapter_forward(float* out, const UserAdapterSaved<float>& saved, float* work,
+                            const float* users, const float* v,
+                            const UserAdapterTensors<const float*>& w,
+                            const UserAdapterShape& sh) override {
+    if (!user_fused_supported(sh))
+      return Backend<float>::user_adapter_forward(out, saved, work, users, v, w, sh);
+    user_fused_forward(stream_, out, saved, users, v, w, sh);
+  }
+  void user_adapter_backward(float* d_v, float* d_users, const UserAdapterTensors<float*>& g,
+                             float* work, const float* d_out, const UserAdapterSaved<float>& saved,
+                             const float* users, const float* v,
+                             const UserAdapterTensors<const float*>& w,
+                             const UserAdapterShape& sh) override {
+    if (!user_fused_supported(sh))
+      return Backend<float>::user_adapter_backward(d_v, d_users, g, work, d_out, saved, users, v, w,
+                                                   sh);
+    user_fused_backward(stream_, blas_, d_v, d_users, g, work, d_out, saved, users, v, w, sh);
   }
 
   void concat_cols(float* out, const float* a, const float* b, int64_t M, int64_t Da,
@@ -1366,6 +1451,7 @@ class CudaBackend final : public Backend<float> {
   std::map<int64_t, float*> filter_tables_;
   CudaDeviceMemory memory_;
   TopkWorkspace topk_ws_;
+  FilterBlockWorkspace filter_block_ws_;  // the fused filter block's tables and partials
   std::vector<int64_t> ex_off_;  // topk's host staging
   std::vector<int32_t> ex_ids_;
   std::vector<int32_t> counts_;

@@ -7,7 +7,8 @@
 //   * every T* / int32_t* data argument of a Backend op (activations, parameters, gradients, ids,
 //     positions, items, probabilities) is a DEVICE pointer (e.g. DeviceArray::data());
 //   * JaggedLayout::tok_offsets and JaggedLayout::all_masked (attention, gather_last,
-//     scatter_last_add) and the q_offsets of the context attention are HOST pointers, as the CPU
+//     scatter_last_add) and the q_offsets of the context attention and the context block
+//     (context_block_forward/backward) are HOST pointers, as the CPU
 //     backend reads them; the backend copies them into its own device scratch during the call, so
 //     the caller may change or free them as soon as the call returns.
 //   * topk: U, table and bias are DEVICE pointers; the exclusion lists (a host Ragged) and out_ids

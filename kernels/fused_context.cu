@@ -1,0 +1,673 @@
+// Fused context-aware attention block (IRA, reference-spec 3.1): the CUDA form of
+// Backend::context_block_forward / context_block_backward (include/ada/backend.hpp), whose default
+// definition (src/core/fused_context.cpp, the CPU backend's) is the specification:
+//   att = softmax(Q C^T / sqrt(D)) C,  r = dropout(att) + X,  out = LayerNorm(r).
+//
+// Forward, one block per sample b (its queries X[q_offsets[b] .. q_offsets[b+1])): the context
+// C[b] (Nc x D) is staged once in shared memory with a row stride of D + 1 (a lane per context row
+// reads its row without bank conflicts). A warp takes kQW = 4 queries at a time (warp w of nw has
+// queries q0 + 4 w + 4 nw t + i), staged in its own shared scratch interleaved as float4 per
+// channel (x of the 4 queries in one broadcast load), so every context value loaded from shared
+// memory feeds 4 FMAs (shared-memory bandwidth, not the FMA units, bounds this kernel):
+//   scores   lane j (j = lane, lane + 32, ...) dots its context row with the 4 queries; softmax per
+//            query by warp reductions (probabilities kept as float4 per row), probs written;
+//   P C      lane owns channels d = lane + 32 k (k < KD = D / 32 rounded up to 1, 2, 4 or 8),
+//            context rows summed in order, 4 queries at once;
+//   dropout  the counter RNG of the [Ntok, D] tensor bit for bit (element q * D + d): with D % 4 == 0
+//            a lane draws one Philox block (4 elements) and the keep bits reach their owners by
+//            one shuffle per channel slot; otherwise a draw per element;
+//   residual + LayerNorm  per query, warp sums (two passes, as the CPU), out / r / mean / rstd
+//            written.
+// Backward, the same mapping, 4 queries per warp: LayerNorm backward from the saved r, mean, rstd
+// (warp sums), the dropout mask redrawn, d att and the queries staged as float4 per channel, then
+// dp_j = <d att, C_j> (lane per context row), ds_j = p_j (dp_j - sum p dp) / sqrt(D), and
+// dX = d r + sum_j ds_j C_j (lane per channel). dC[b] is accumulated in shared memory: after each
+// group of nw * 4 queries (a barrier) every thread owns a channel d and the rows r0, r0 + stride,
+// ... of dC[b] and adds p_j d att_d + ds_j x_d query by query in order (d att_d and x_d of 4 queries
+// in registers, p_j and ds_j broadcast float4 loads); after the last group dC[b] is added (+=) to
+// global memory once. The LayerNorm parameter gradients are per-lane register sums, reduced over
+// the warps in order into one partial per block, then a small kernel sums the B partials per
+// channel in a fixed order: no atomics, deterministic results.
+// Nothing goes to cuBLAS: per sample the products are at most (50 x 64) x (64 x 80), far too small
+// for a GEMM launch to pay, and fusing them with the softmax and LayerNorm is the point.
+// Shared memory (floats): forward Nc (D + 1) + 4 nw (D + Nc), backward Nc (D + 1) + Nc D +
+// 4 nw (2 D + 2 Nc), nw = 8 warps (Beauty, Nc = 80, D = 64: 38 KiB and 76 KiB), halved while one
+// of them does not fit the device's opt-in limit; shapes that do not fit with one warp (or
+// D > kCtxBlockMaxD) go to the composition (context_block_fused_fits).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "ada/check.hpp"
+#include "ada/rng.hpp"
+#include "kernels/cuda_util.cuh"
+#include "kernels/fused_context.cuh"
+
+namespace ada {
+namespace cuda {
+namespace {
+
+constexpr int kCtxWarps = 8;
+constexpr int kQW = 4;  // queries a warp handles at a time
+constexpr size_t kDefaultSmem = 48 * 1024;
+
+__device__ __forceinline__ float pick4(const Philox4& r, int c) {
+  const uint32_t v = c == 0 ? r.v[0] : c == 1 ? r.v[1] : c == 2 ? r.v[2] : r.v[3];
+  return u32_to_unit_float(v);
+}
+
+// keep[k] for the channels d = lane + 32 k of the row starting at flat index `base` (= q * D) of a
+// D-wide tensor: element i kept iff u(seed, stream, i) >= p (the CPU's for_each_uniform blocks).
+template <int KD>
+__device__ __forceinline__ void keep_mask(bool (&keep)[KD], int64_t base, int D, int lane, float p,
+                                          uint64_t seed, uint64_t stream) {
+  if ((D & 3) == 0) {
+    // lane draws block base/4 + lane + 32 m; element d = lane + 32 k lies in block base/4 + 8 k +
+    // lane/4, drawn by lane 8 (k % 4) + lane / 4 at m = k / 4, word lane % 4.
+    constexpr int KM = (KD + 3) / 4;
+    uint32_t nib[KM];
+#pragma unroll
+    for (int m = 0; m < KM; ++m) {
+      const uint64_t blk = uint64_t(base >> 2) + uint64_t(lane + 32 * m);
+      const Philox4 r = philox4x32_10(uint32_t(blk), uint32_t(blk >> 32), uint32_t(stream),
+                                      uint32_t(stream >> 32), uint32_t(seed), uint32_t(seed >> 32));
+      nib[m] = uint32_t(u32_to_unit_float(r.v[0]) >= p) |
+               (uint32_t(u32_to_unit_float(r.v[1]) >= p) << 1) |
+               (uint32_t(u32_to_unit_float(r.v[2]) >= p) << 2) |
+               (uint32_t(u32_to_unit_float(r.v[3]) >= p) << 3);
+    }
+#pragma unroll
+    for (int k = 0; k < KD; ++k) {
+      const uint32_t n = __shfl_sync(0xffffffffu, nib[k / 4], 8 * (k % 4) + (lane >> 2));
+      keep[k] = ((n >> (lane & 3)) & 1u) != 0;
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < KD; ++k) {
+      const int d = lane + 32 * k;
+      keep[k] = false;
+      if (d < D) {
+        const uint64_t i = uint64_t(base + d), blk = i >> 2;
+        const Philox4 r = philox4x32_10(uint32_t(blk), uint32_t(blk >> 32), uint32_t(stream),
+                                        uint32_t(stream >> 32), uint32_t(seed),
+                                        uint32_t(seed >> 32));
+        keep[k] = pick4(r, int(i & 3)) >= p;
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ void stage_context(float* Cs, const float* Cb, int Nc, int D) {
+  const int ld = D + 1, n = Nc * D;
+  for (int e = threadIdx.x; e < n; e += blockDim.x) {
+    const int j = e / D;
+    Cs[j * ld + (e - j * D)] = Cb[e];
+  }
+}
+
+template <int KD>
+__global__ void __launch_bounds__(kCtxWarps * 32)
+    k_ctx_block_fwd(float* out, float* probs, float* rbuf, float* mean, float* rstd,
+                    const float* X, const float* C, const float* w, const float* bias,
+                    const int64_t* qo, int Nc, int D, int attention, float p, float keep_scale,
+                    uint64_t seed, uint64_t rstream, float eps, float scale) {
+  extern __shared__ __align__(16) float smem[];
+  const int64_t b = blockIdx.x;
+  const int64_t q0 = qo[b], q1 = qo[b + 1];
+  if (q0 >= q1) return;  // the whole block: no barrier below is skipped by part of it
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int ld = D + 1;
+  // per warp: its kQW queries interleaved [D] x float4 and their probabilities [Nc] x float4
+  float4* xs4 = reinterpret_cast<float4*>(smem) + warp * (D + Nc);
+  float4* ps4 = xs4 + D;
+  float* Cs = smem + 4 * nw * (D + Nc);
+  stage_context(Cs, C + b * int64_t(Nc) * D, Nc, D);
+  float wk[KD], bk[KD];
+#pragma unroll
+  for (int k = 0; k < KD; ++k) {
+    const int d = lane + 32 * k;
+    wk[k] = d < D ? w[d] : 0.f;
+    bk[k] = d < D ? bias[d] : 0.f;
+  }
+  __syncthreads();
+  for (int64_t qb = q0 + int64_t(warp) * kQW; qb < q1; qb += int64_t(nw) * kQW) {
+    const int nv = q1 - qb < kQW ? int(q1 - qb) : kQW;  // valid queries of this batch
+    float xr[kQW][KD];
+#pragma unroll
+    for (int i = 0; i < kQW; ++i)
+#pragma unroll
+      for (int k = 0; k < KD; ++k) {
+        const int d = lane + 32 * k;
+        xr[i][k] = i < nv && d < D ? X[(qb + i) * D + d] : 0.f;
+      }
+#pragma unroll
+    for (int k = 0; k < KD; ++k) {
+      const int d = lane + 32 * k;
+      if (d < D)
+        xs4[d] = attention ? make_float4(xr[0][k], xr[1][k], xr[2][k], xr[3][k])
+                           : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+    __syncwarp();
+    // scores (lane j = its context rows), softmax per query (zero queries: uniform)
+    float mx[kQW];
+#pragma unroll
+    for (int i = 0; i < kQW; ++i) mx[i] = -INFINITY;
+    for (int j = lane; j < Nc; j += 32) {
+      float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (attention) {
+        const float* c = Cs + j * ld;
+        for (int d = 0; d < D; ++d) {
+          const float4 xv = xs4[d];
+          const float cv = c[d];
+          s.x += xv.x * cv;
+          s.y += xv.y * cv;
+          s.z += xv.z * cv;
+          s.w += xv.w * cv;
+        }
+        s.x *= scale;
+        s.y *= scale;
+        s.z *= scale;
+        s.w *= scale;
+      }
+      ps4[j] = s;
+      mx[0] = fmaxf(mx[0], s.x);
+      mx[1] = fmaxf(mx[1], s.y);
+      mx[2] = fmaxf(mx[2], s.z);
+      mx[3] = fmaxf(mx[3], s.w);
+    }
+    float sum[kQW];
+#pragma unroll
+    for (int i = 0; i < kQW; ++i) {
+      mx[i] = warp_max(mx[i]);
+      sum[i] = 0.f;
+    }
+    for (int j = lane; j < Nc; j += 32) {
+      float4 e = ps4[j];
+      e.x = expf(e.x - mx[0]);
+      e.y = expf(e.y - mx[1]);
+      e.z = expf(e.z - mx[2]);
+      e.w = expf(e.w - mx[3]);
+      ps4[j] = e;
+      sum[0] += e.x;
+      sum[1] += e.y;
+      sum[2] += e.z;
+      sum[3] += e.w;
+    }
+    float inv[kQW];
+#pragma unroll
+    for (int i = 0; i < kQW; ++i) inv[i] = 1.f / warp_sum(sum[i]);
+    for (int j = lane; j < Nc; j += 32) {
+      float4 e = ps4[j];
+      e.x *= inv[0];
+      e.y *= inv[1];
+      e.z *= inv[2];
+      e.w *= inv[3];
+      ps4[j] = e;
+      float* pq = probs + qb * Nc + j;
+      pq[0] = e.x;
+      if (nv > 1) pq[Nc] = e.y;
+      if (nv > 2) pq[2 * Nc] = e.z;
+      if (nv > 3) pq[3 * Nc] = e.w;
+    }
+    __syncwarp();
+    // att = P C (lane = channels), context rows in order
+    float acc[kQW][KD];
+#pragma unroll
+    for (int i = 0; i < kQW; ++i)
+#pragma unroll
+      for (int k = 0; k < KD; ++k) acc[i][k] = 0.f;
+    for (int j = 0; j < Nc; ++j) {
+      const float4 pv = ps4[j];
+      const float* c = Cs + j * ld + lane;
+#pragma unroll
+      for (int k = 0; k < KD; ++k)
+        if (lane + 32 * k < D) {
+          const float cv = c[32 * k];
+          acc[0][k] += pv.x * cv;
+          acc[1][k] += pv.y * cv;
+          acc[2][k] += pv.z * cv;
+          acc[3][k] += pv.w * cv;
+        }
+    }
+    // per query: dropout + residual, LayerNorm (two passes)
+#pragma unroll
+    for (int i = 0; i < kQW; ++i) {
+      if (i >= nv) break;  // nv is the same for the whole warp
+      const int64_t q = qb + i;
+      if (p > 0.f) {
+        bool keep[KD];
+        keep_mask<KD>(keep, q * D, D, lane, p, seed, rstream);
+#pragma unroll
+        for (int k = 0; k < KD; ++k) acc[i][k] = keep[k] ? acc[i][k] * keep_scale : 0.f;
+      }
+      float s = 0.f;
+#pragma unroll
+      for (int k = 0; k < KD; ++k) {
+        acc[i][k] += xr[i][k];  // 0 + 0 in the channels >= D
+        s += acc[i][k];
+      }
+      const float mu = warp_sum(s) / float(D);
+      float v = 0.f;
+#pragma unroll
+      for (int k = 0; k < KD; ++k)
+        if (lane + 32 * k < D) {
+          const float dv = acc[i][k] - mu;
+          v += dv * dv;
+        }
+      const float var = warp_sum(v) / float(D);
+      const float rs = 1.0f / sqrtf(var + eps);
+      float* rq = rbuf + q * D;
+      float* oq = out + q * D;
+#pragma unroll
+      for (int k = 0; k < KD; ++k) {
+        const int d = lane + 32 * k;
+        if (d < D) {
+          rq[d] = acc[i][k];
+          oq[d] = (acc[i][k] - mu) * rs * wk[k] + bk[k];
+        }
+      }
+      if (lane == 0) {
+        mean[q] = mu;
+        rstd[q] = rs;
+      }
+    }
+    __syncwarp();  // xs4 / ps4 are rewritten by the warp's next batch
+  }
+}
+
+template <int KD>
+__global__ void __launch_bounds__(kCtxWarps * 32)
+    k_ctx_block_bwd(float* dX, float* dC, float* partial, const float* dout, const float* probs,
+                    const float* rbuf, const float* mean, const float* rstd, const float* X,
+                    const float* C, const float* w, const int64_t* qo, int Nc, int D,
+                    int attention, float p, float keep_scale, uint64_t seed, uint64_t rstream,
+                    float scale) {
+  extern __shared__ __align__(16) float smem[];
+  const int64_t b = blockIdx.x;
+  const int64_t q0 = qo[b], q1 = qo[b + 1];
+  float* part = partial + b * 2 * D;
+  if (q0 >= q1) {  // the whole block
+    for (int d = threadIdx.x; d < 2 * D; d += blockDim.x) part[d] = 0.f;
+    return;
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int ld = D + 1, nd = Nc * D, wsz = 2 * D + 2 * Nc;
+  // per warp (float4 = its kQW queries interleaved): d att [D], queries [D], probs [Nc], ds [Nc]
+  float4* wbase = reinterpret_cast<float4*>(smem);
+  float4* gs4 = wbase + warp * wsz;
+  float4* xs4 = gs4 + D;
+  float4* ps4 = xs4 + D;
+  float4* ds4 = ps4 + Nc;
+  float* Cs = smem + 4 * nw * wsz;
+  float* dCs = Cs + Nc * ld;
+  stage_context(Cs, C + b * int64_t(nd), Nc, D);
+  for (int e = threadIdx.x; e < nd; e += blockDim.x) dCs[e] = 0.f;
+  float wk[KD], dw_acc[KD], db_acc[KD];
+#pragma unroll
+  for (int k = 0; k < KD; ++k) {
+    const int d = lane + 32 * k;
+    wk[k] = d < D ? w[d] : 0.f;
+    dw_acc[k] = 0.f;
+    db_acc[k] = 0.f;
+  }
+  __syncthreads();
+  for (int64_t base = q0; base < q1; base += int64_t(nw) * kQW) {
+    const int64_t qb = base + int64_t(warp) * kQW;
+    if (qb < q1) {
+      const int nv = q1 - qb < kQW ? int(q1 - qb) : kQW;  // the same for the whole warp
+      float dr[kQW][KD], g[kQW][KD], x[kQW][KD];
+#pragma unroll
+      for (int i = 0; i < kQW; ++i) {
+#pragma unroll
+        for (int k = 0; k < KD; ++k) {
+          dr[i][k] = 0.f;
+          g[i][k] = 0.f;
+          x[i][k] = 0.f;
+        }
+        if (i < nv) {
+          // LayerNorm backward of query q: d r
+          const int64_t q = qb + i;
+          const float* dy = dout + q * D;
+          const float* rq = rbuf + q * D;
+          const float mu = mean[q], rs = rstd[q];
+          float xh[KD], dyk[KD];
+          float a = 0.f, bs = 0.f;
+#pragma unroll
+          for (int k = 0; k < KD; ++k) {
+            const int d = lane + 32 * k;
+            dyk[k] = d < D ? dy[d] : 0.f;
+            xh[k] = d < D ? (rq[d] - mu) * rs : 0.f;
+            const float dn = wk[k] * dyk[k];
+            a += dn;
+            bs += dn * xh[k];
+            dw_acc[k] += xh[k] * dyk[k];
+            db_acc[k] += dyk[k];
+          }
+          const float dnm = warp_sum(a) / float(D);
+          const float dnnm = warp_sum(bs) / float(D);
+          bool keep[KD];
+#pragma unroll
+          for (int k = 0; k < KD; ++k) keep[k] = true;
+          if (p > 0.f) keep_mask<KD>(keep, q * D, D, lane, p, seed, rstream);
+#pragma unroll
+          for (int k = 0; k < KD; ++k) {
+            const int d = lane + 32 * k;
+            if (d < D) {
+              dr[i][k] = (wk[k] * dyk[k] - dnm - xh[k] * dnnm) * rs;
+              g[i][k] = p > 0.f ? (keep[k] ? dr[i][k] * keep_scale : 0.f) : dr[i][k];
+              x[i][k] = attention ? X[q * D + d] : 0.f;
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < KD; ++k) {
+        const int d = lane + 32 * k;
+        if (d < D) {
+          gs4[d] = make_float4(g[0][k], g[1][k], g[2][k], g[3][k]);
+          xs4[d] = make_float4(x[0][k], x[1][k], x[2][k], x[3][k]);
+        }
+      }
+      for (int j = lane; j < Nc; j += 32) {
+        const float* pq = probs + qb * Nc + j;
+        ps4[j] = make_float4(pq[0], nv > 1 ? pq[Nc] : 0.f, nv > 2 ? pq[2 * Nc] : 0.f,
+                             nv > 3 ? pq[3 * Nc] : 0.f);
+      }
+      __syncwarp();
+      if (attention) {
+        // dp_j = <d att, C_j> (lane j), ds_j = p_j (dp_j - sum_k p_k dp_k) / sqrt(D)
+        float dot[kQW] = {0.f, 0.f, 0.f, 0.f};
+        for (int j = lane; j < Nc; j += 32) {
+          const float* c = Cs + j * ld;
+          float4 dp = make_float4(0.f, 0.f, 0.f, 0.f);
+          for (int d = 0; d < D; ++d) {
+            const float4 gv = gs4[d];
+            const float cv = c[d];
+            dp.x += gv.x * cv;
+            dp.y += gv.y * cv;
+            dp.z += gv.z * cv;
+            dp.w += gv.w * cv;
+          }
+          ds4[j] = dp;
+          const float4 pv = ps4[j];
+          dot[0] += pv.x * dp.x;
+          dot[1] += pv.y * dp.y;
+          dot[2] += pv.z * dp.z;
+          dot[3] += pv.w * dp.w;
+        }
+#pragma unroll
+        for (int i = 0; i < kQW; ++i) dot[i] = warp_sum(dot[i]);
+        for (int j = lane; j < Nc; j += 32) {
+          const float4 pv = ps4[j];
+          float4 dp = ds4[j];
+          dp.x = pv.x * (dp.x - dot[0]) * scale;
+          dp.y = pv.y * (dp.y - dot[1]) * scale;
+          dp.z = pv.z * (dp.z - dot[2]) * scale;
+          dp.w = pv.w * (dp.w - dot[3]) * scale;
+          ds4[j] = dp;
+        }
+        __syncwarp();
+        // dX = d r + sum_j ds_j C_j (lane = channels)
+        for (int j = 0; j < Nc; ++j) {
+          const float4 dv = ds4[j];
+          const float* c = Cs + j * ld + lane;
+#pragma unroll
+          for (int k = 0; k < KD; ++k)
+            if (lane + 32 * k < D) {
+              const float cv = c[32 * k];
+              dr[0][k] += dv.x * cv;
+              dr[1][k] += dv.y * cv;
+              dr[2][k] += dv.z * cv;
+              dr[3][k] += dv.w * cv;
+            }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kQW; ++i)
+        if (i < nv) {
+          float* dxq = dX + (qb + i) * D;
+#pragma unroll
+          for (int k = 0; k < KD; ++k) {
+            const int d = lane + 32 * k;
+            if (d < D) dxq[d] = dr[i][k];
+          }
+        }
+    }
+    __syncthreads();
+    // dC[b] += p_j d att_d + ds_j x_d over the group's queries in order (warp u's queries are
+    // base + kQW u + i): a thread owns channel d and the rows r0, r0 + rstride, ...
+    const int64_t left = q1 - base;
+    const int active = left >= int64_t(nw) * kQW ? nw : int((left + kQW - 1) / kQW);
+    const int rstride = int(blockDim.x) >= D ? int(blockDim.x) / D : 1;
+    for (int cidx = threadIdx.x; cidx < D * rstride; cidx += blockDim.x) {
+      const int d = cidx % D, r0 = cidx / D;
+      for (int u = 0; u < active; ++u) {
+        const float4* wu = wbase + u * wsz;
+        const float4 gv = wu[d], xv = wu[D + d];
+        const float4* pu = wu + 2 * D;
+        const float4* du = pu + Nc;
+        for (int j = r0; j < Nc; j += rstride) {
+          float acc = dCs[j * D + d];
+          const float4 pv = pu[j];
+          if (attention) {
+            const float4 dv = du[j];
+            acc += pv.x * gv.x;
+            acc += dv.x * xv.x;
+            acc += pv.y * gv.y;
+            acc += dv.y * xv.y;
+            acc += pv.z * gv.z;
+            acc += dv.z * xv.z;
+            acc += pv.w * gv.w;
+            acc += dv.w * xv.w;
+          } else {
+            acc += pv.x * gv.x;
+            acc += pv.y * gv.y;
+            acc += pv.z * gv.z;
+            acc += pv.w * gv.w;
+          }
+          dCs[j * D + d] = acc;
+        }
+      }
+    }
+    __syncthreads();
+  }
+  float* dCb = dC + b * int64_t(nd);
+  for (int e = threadIdx.x; e < nd; e += blockDim.x) dCb[e] += dCs[e];
+  // LayerNorm parameter partials: the warps' sums (scratch free after the last barrier), in order
+  float* mine = reinterpret_cast<float*>(gs4);
+#pragma unroll
+  for (int k = 0; k < KD; ++k) {
+    const int d = lane + 32 * k;
+    if (d < D) {
+      mine[d] = dw_acc[k];
+      mine[D + d] = db_acc[k];
+    }
+  }
+  __syncthreads();
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float sw = 0.f, sb = 0.f;
+    for (int u = 0; u < nw; ++u) {
+      const float* r = reinterpret_cast<const float*>(wbase + u * wsz);
+      sw += r[d];
+      sb += r[D + d];
+    }
+    part[d] = sw;
+    part[D + d] = sb;
+  }
+}
+
+// dw[c] += sum_b partial[b, c], db[c] += sum_b partial[b, D + c]: rows b = ty mod 8 summed by 8
+// threads, then the 8 in order (deterministic). Block (32, 8), grid ceil(2 D / 32).
+__global__ void k_ctx_ln_param_reduce(float* dw, float* db, const float* partial, int64_t B,
+                                      int D) {
+  __shared__ float pr[8][33];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int o = blockIdx.x * 32 + tx;
+  float acc = 0.f;
+  if (o < 2 * D)
+    for (int64_t b = ty; b < B; b += 8) acc += partial[b * 2 * D + o];
+  pr[ty][tx] = acc;
+  __syncthreads();
+  if (ty == 0 && o < 2 * D) {
+    float s = 0.f;
+    for (int k = 0; k < 8; ++k) s += pr[k][tx];
+    if (o < D) {
+      if (dw) dw[o] += s;
+    } else if (db) {
+      db[o - D] += s;
+    }
+  }
+}
+
+size_t fwd_smem(int64_t Nc, int64_t D, int nw) {
+  return sizeof(float) * size_t(Nc * (D + 1) + kQW * nw * (D + Nc));
+}
+size_t bwd_smem(int64_t Nc, int64_t D, int nw) {
+  return sizeof(float) * size_t(Nc * (D + 1) + Nc * D + kQW * nw * (2 * D + 2 * Nc));
+}
+
+// The current device's opt-in shared memory per block (remembered per thread and device).
+size_t smem_optin_limit() {
+  thread_local int cached_dev = -1;
+  thread_local size_t cached = 0;
+  int dev = 0;
+  ADA_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev != cached_dev) {
+    int v = 0;
+    ADA_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    cached = std::max<size_t>(size_t(v), kDefaultSmem);
+    cached_dev = dev;
+  }
+  return cached;
+}
+
+// Warps per block: kCtxWarps, halved while the backward's (the larger) shared memory does not fit;
+// 0 when even one warp does not fit.
+int pick_warps(int64_t Nc, int64_t D) {
+  if (Nc < 1 || D < 1 || D > kCtxBlockMaxD) return 0;
+  const size_t limit = smem_optin_limit();
+  for (int nw = kCtxWarps; nw >= 1; nw /= 2)
+    if (std::max(fwd_smem(Nc, D, nw), bwd_smem(Nc, D, nw)) <= limit) return nw;
+  return 0;
+}
+
+int kd_for(int64_t D) {
+  const int64_t k = (D + 31) / 32;
+  return k <= 1 ? 1 : k <= 2 ? 2 : k <= 4 ? 4 : 8;
+}
+
+template <class K>
+void allow_smem(K kernel, size_t bytes) {
+  if (bytes > kDefaultSmem)
+    ADA_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+template <int KD>
+void launch_fwd(float* out, float* probs, float* r, float* mean, float* rstd, const float* X,
+                const float* C, const float* w, const float* b, const int64_t* qo, int64_t B,
+                int Nc, int D, bool attention, float p, uint64_t seed, uint64_t rstream, float eps,
+                int nw, cudaStream_t stream) {
+  const size_t smem = fwd_smem(Nc, D, nw);
+  allow_smem(k_ctx_block_fwd<KD>, smem);
+  const float keep_scale = p > 0.f ? 1.0f / (1.0f - p) : 1.0f;  // the CPU's T(1) / (T(1) - T(p))
+  const float scale = 1.0f / std::sqrt(float(D));               // context_attention's
+  k_ctx_block_fwd<KD><<<unsigned(B), unsigned(nw * 32), smem, stream>>>(
+      out, probs, r, mean, rstd, X, C, w, b, qo, Nc, D, attention ? 1 : 0, p, keep_scale, seed,
+      rstream, eps, scale);
+  ADA_CUDA_LAUNCHED();
+}
+
+template <int KD>
+void launch_bwd(float* dX, float* dC, float* partial, const float* dout, const float* probs,
+                const float* r, const float* mean, const float* rstd, const float* X,
+                const float* C, const float* w, const int64_t* qo, int64_t B, int Nc, int D,
+                bool attention, float p, uint64_t seed, uint64_t rstream, int nw,
+                cudaStream_t stream) {
+  const size_t smem = bwd_smem(Nc, D, nw);
+  allow_smem(k_ctx_block_bwd<KD>, smem);
+  const float keep_scale = p > 0.f ? 1.0f / (1.0f - p) : 1.0f;
+  const float scale = 1.0f / std::sqrt(float(D));
+  k_ctx_block_bwd<KD><<<unsigned(B), unsigned(nw * 32), smem, stream>>>(
+      dX, dC, partial, dout, probs, r, mean, rstd, X, C, w, qo, Nc, D, attention ? 1 : 0, p,
+      keep_scale, seed, rstream, scale);
+  ADA_CUDA_LAUNCHED();
+}
+
+}  // namespace
+
+bool context_block_fused_fits(int64_t Nc, int64_t D) { return pick_warps(Nc, D) > 0; }
+
+int64_t context_block_partial_size(int64_t B, int64_t D) { return std::max<int64_t>(B * 2 * D, 1); }
+
+void context_block_forward_launch(float* out, float* probs, float* r, float* mean, float* rstd,
+                                  const float* X, const float* C, const float* ln_w,
+                                  const float* ln_b, const int64_t* q_offsets, int64_t B,
+                                  int64_t Nc, int64_t D, bool attention, float p, uint64_t seed,
+                                  uint64_t rng_stream, float eps, cudaStream_t stream) {
+  const int nw = pick_warps(Nc, D);
+  ADA_CHECK(nw > 0, "context_block_forward: Nc=" << Nc << " D=" << D << " does not fit the fused kernel");
+  if (B <= 0) return;
+  ADA_CHECK(B <= INT32_MAX, "context_block_forward: B=" << B << " exceeds the grid");
+  const int nc = int(Nc), d = int(D);
+  switch (kd_for(D)) {
+    case 1:
+      launch_fwd<1>(out, probs, r, mean, rstd, X, C, ln_w, ln_b, q_offsets, B, nc, d, attention, p,
+                    seed, rng_stream, eps, nw, stream);
+      break;
+    case 2:
+      launch_fwd<2>(out, probs, r, mean, rstd, X, C, ln_w, ln_b, q_offsets, B, nc, d, attention, p,
+                    seed, rng_stream, eps, nw, stream);
+      break;
+    case 4:
+      launch_fwd<4>(out, probs, r, mean, rstd, X, C, ln_w, ln_b, q_offsets, B, nc, d, attention, p,
+                    seed, rng_stream, eps, nw, stream);
+      break;
+    default:
+      launch_fwd<8>(out, probs, r, mean, rstd, X, C, ln_w, ln_b, q_offsets, B, nc, d, attention, p,
+                    seed, rng_stream, eps, nw, stream);
+      break;
+  }
+}
+
+void context_block_backward_launch(float* dX, float* dC, float* d_ln_w, float* d_ln_b,
+                                   const float* dout, const float* probs, const float* r,
+                                   const float* mean, const float* rstd, const float* X,
+                                   const float* C, const float* ln_w, const int64_t* q_offsets,
+                                   int64_t B, int64_t Nc, int64_t D, bool attention, float p,
+                                   uint64_t seed, uint64_t rng_stream, float* partial,
+                                   cudaStream_t stream) {
+  const int nw = pick_warps(Nc, D);
+  ADA_CHECK(nw > 0, "context_block_backward: Nc=" << Nc << " D=" << D << " does not fit the fused kernel");
+  if (B <= 0) return;
+  ADA_CHECK(B <= INT32_MAX, "context_block_backward: B=" << B << " exceeds the grid");
+  const int nc = int(Nc), d = int(D);
+  switch (kd_for(D)) {
+    case 1:
+      launch_bwd<1>(dX, dC, partial, dout, probs, r, mean, rstd, X, C, ln_w, q_offsets, B, nc, d,
+                    attention, p, seed, rng_stream, nw, stream);
+      break;
+    case 2:
+      launch_bwd<2>(dX, dC, partial, dout, probs, r, mean, rstd, X, C, ln_w, q_offsets, B, nc, d,
+                    attention, p, seed, rng_stream, nw, stream);
+      break;
+    case 4:
+      launch_bwd<4>(dX, dC, partial, dout, probs, r, mean, rstd, X, C, ln_w, q_offsets, B, nc, d,
+                    attention, p, seed, rng_stream, nw, stream);
+      break;
+    default:
+      launch_bwd<8>(dX, dC, partial, dout, probs, r, mean, rstd, X, C, ln_w, q_offsets, B, nc, d,
+                    attention, p, seed, rng_stream, nw, stream);
+      break;
+  }
+  if (d_ln_w || d_ln_b) {
+    k_ctx_ln_param_reduce<<<unsigned((2 * D + 31) / 32), dim3(32, 8), 0, stream>>>(d_ln_w, d_ln_b,
+                                                                                   partial, B, d);
+    ADA_CUDA_LAUNCHED();
+  }
+}
+
+}  // namespace cuda
+}  // namespace ada
