@@ -261,3 +261,32 @@ TEST_CASE("forward_lists gives forward's vectors and multi_round_topk's lists, o
       }(),
       Catch::Contains("1 exclusion rows for 5 histories"));
 }
+
+TEST_CASE("forward_lists over 70 rows (the per-row work in parallel) equals multi_round_topk", "[model]") {
+  auto be = make_cpu_backend<float>();
+  AdaConfig ac;
+  ac.rounds = 4;
+  ac.total_k = 10;  // 3 context items per round; lists of 3, 3, 2, 2
+  const int32_t n_items = 300;
+  AdaSasRec<float> m(ada_test::tiny_sasrec_config(n_items), ac, *be);
+  m.init(8);
+  Ragged hist;
+  for (int b = 0; b < 70; ++b) {
+    std::vector<ItemId> row;
+    for (int j = 0; j < b % 9; ++j) row.push_back(ItemId(1 + (b * 37 + j * 11) % (n_items - 1)));
+    hist.push_row(row.data(), row.data() + row.size());
+  }
+  const int64_t B = 70, D = 8;
+  const std::vector<int> ks = {3, 3, 2, 2};
+  std::vector<float> U(size_t(4 * B * D)), U2(U.size());
+  m.forward(hist, false, 0, 0, U.data());
+  std::vector<ItemId> want(size_t(B * 10)), got(want.size());
+  std::vector<float> want_s(want.size()), got_s(want.size());
+  multi_round_topk(*be, U.data(), B, m.base().item_table(), m.base().item_bias(), n_items, D, ks, hist, want.data(),
+                   want_s.data());
+  m.forward_lists(hist, hist, ks, U2.data(), got.data(), got_s.data());
+  REQUIRE(m.last_searches() == 4);
+  REQUIRE(U2 == U);
+  REQUIRE(got == want);
+  REQUIRE(got_s == want_s);
+}

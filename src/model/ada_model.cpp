@@ -137,9 +137,11 @@ bool AdaSasRec<T>::round_lists(const T* u, int64_t B, int t, bool with_context, 
   Lists& L = *lists_;
   const int64_t N = base_.config().n_items;
   const int kt = L.ks[size_t(t)];
-  std::vector<std::vector<ItemId>> A(static_cast<size_t>(B)), P(static_cast<size_t>(B));
-  Ragged both;  // A n P per row
-  int64_t m = kt, room = N;
+  const size_t nb = static_cast<size_t>(B);
+  std::vector<std::vector<ItemId>> A(nb), P(nb), common(nb);
+  std::vector<int64_t> need(nb);
+  // Per row (rows in parallel: at B = 1024 this host work cost as much as a search on an H100).
+#pragma omp parallel for schedule(static) if (B >= 64)
   for (int64_t b = 0; b < B; ++b) {
     auto& a = A[size_t(b)];
     auto& pr = P[size_t(b)];
@@ -155,13 +157,19 @@ bool AdaSasRec<T>::round_lists(const T* u, int64_t B, int t, bool with_context, 
       v->erase(std::unique(v->begin(), v->end()), v->end());
       v->erase(std::remove(v->begin(), v->end(), ItemId(0)), v->end());
     }
-    std::vector<ItemId> common;
-    std::set_intersection(a.begin(), a.end(), pr.begin(), pr.end(), std::back_inserter(common));
-    both.push_row(common.data(), common.data() + common.size());
-    const int64_t nc = int64_t(common.size());
-    if (with_context) m = std::max(m, int64_t(kc_) + int64_t(a.size()) - nc);
-    m = std::max(m, int64_t(kt) + int64_t(pr.size()) - nc);
-    room = std::min(room, N - 1 - nc);  // the row's candidates (ids in range: the search checks them)
+    auto& c = common[size_t(b)];
+    std::set_intersection(a.begin(), a.end(), pr.begin(), pr.end(), std::back_inserter(c));
+    const int64_t nc = int64_t(c.size());
+    need[size_t(b)] = std::max(with_context ? int64_t(kc_) + int64_t(a.size()) - nc : 0,
+                               int64_t(kt) + int64_t(pr.size()) - nc);
+  }
+  Ragged both;  // A n P per row
+  int64_t m = kt, room = N;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& c = common[size_t(b)];
+    both.push_row(c.data(), c.data() + c.size());
+    m = std::max(m, need[size_t(b)]);
+    room = std::min(room, N - 1 - int64_t(c.size()));  // the row's candidates (ids in range: the search checks them)
   }
   if (!with_context || m > room || m > kGpuTopkMaxK) {
     // the list alone (multi_round_topk's search): the row's exclusions and the earlier lists
@@ -183,6 +191,8 @@ bool AdaSasRec<T>::round_lists(const T* u, int64_t B, int t, bool with_context, 
   std::vector<ItemId> ids(size_t(B * m));
   std::vector<float> sc(size_t(B * m));
   search(u, B, int(m), both, ids.data(), sc.data());
+  int64_t short_row = -1;
+#pragma omp parallel for schedule(static) if (B >= 64)
   for (int64_t b = 0; b < B; ++b) {
     const auto& a = A[size_t(b)];
     const auto& pr = P[size_t(b)];
@@ -197,9 +207,13 @@ bool AdaSasRec<T>::round_lists(const T* u, int64_t B, int t, bool with_context, 
         lsc[nlist++] = sc[size_t(b * m + j)];
       }
     }
-    ADA_CHECK(nctx == kc_ && nlist == kt, "AdaSasRec: round " << t << " of row " << b << " found " << nctx
-                                                              << " context and " << nlist << " list items");
+    if (nctx < kc_ || nlist < kt) {  // cannot happen (m covers both); reported after the loop
+#pragma omp critical(ada_round_lists)
+      short_row = std::max(short_row, b);
+    }
   }
+  ADA_CHECK(short_row < 0, "AdaSasRec: round " << t << " of row " << short_row
+                                               << " found too few context or list items in one search");
   return true;
 }
 

@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <numeric>
-#include <unordered_set>
 
 #include "ada/ada_model.hpp"
 #include "ada/check.hpp"
@@ -200,8 +199,11 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
   const int32_t N = num_items();
   const int64_t B = int64_t(seqs.size()), D = impl_->info.sasrec.hidden;
   const Ragged hist = impl_->histories(seqs, "retrieve");
+  std::vector<ItemId> distinct;
   for (size_t b = 0; b < seqs.size(); ++b) {
-    const std::unordered_set<ItemId> distinct(seqs[b].begin(), seqs[b].end());
+    distinct.assign(seqs[b].begin(), seqs[b].end());
+    std::sort(distinct.begin(), distinct.end());
+    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
     const int64_t candidates = int64_t(N) - 1 - int64_t(distinct.size());
     ADA_CHECK(k <= candidates, "retrieve: k = " << k << " but sequence " << b << " leaves only " << candidates
                                                << " candidate items (" << N - 1 << " in the catalog, "
