@@ -12,6 +12,7 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <random>
 
 #include "ada/ada_model.hpp"
@@ -58,40 +59,35 @@ std::vector<std::vector<ItemId>> histories(int64_t B, int32_t n_items) {
   return out;
 }
 
-void BM_retrieve(benchmark::State& st) {
+// The retriever and histories of a row (device, catalog, batch); nullopt (and the row skipped) when
+// it asks for a GPU and there is none.
+std::optional<std::pair<AdaRetriever, std::vector<std::vector<ItemId>>>> setup(benchmark::State& st) {
   const int mode = int(st.range(0));
   const int32_t n_items = int32_t(st.range(1));
-  const int64_t B = st.range(2);
   if (mode == 2 && cuda_device_count() == 0) {
     st.SkipWithError("no CUDA device");
-    return;
+    return std::nullopt;
   }
   RetrieverOptions o;
   o.device = mode == 2 ? "cuda" : "cpu";
   o.shards = mode == 1 ? 4 : (mode == 2 ? 1 : 0);
-  AdaRetriever r = AdaRetriever::load(checkpoint_for(n_items), o);
-  const auto seqs = histories(B, n_items);
-  for (auto _ : st) benchmark::DoNotOptimize(r.retrieve_batch(seqs, 100, 5));
-  st.counters["users/s"] = benchmark::Counter(double(B), benchmark::Counter::kIsIterationInvariantRate);
+  return std::make_pair(AdaRetriever::load(checkpoint_for(n_items), o), histories(st.range(2), n_items));
+}
+
+void BM_retrieve(benchmark::State& st) {
+  auto s = setup(st);
+  if (!s) return;
+  for (auto _ : st) benchmark::DoNotOptimize(s->first.retrieve_batch(s->second, 100, 5));
+  st.counters["users/s"] = benchmark::Counter(double(st.range(2)), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // The model's part of BM_retrieve alone: the T rounds' user vectors (with the context searches
 // between rounds) and their copy to the host; BM_retrieve adds the T list searches.
 void BM_user_vectors(benchmark::State& st) {
-  const int mode = int(st.range(0));
-  const int32_t n_items = int32_t(st.range(1));
-  const int64_t B = st.range(2);
-  if (mode == 2 && cuda_device_count() == 0) {
-    st.SkipWithError("no CUDA device");
-    return;
-  }
-  RetrieverOptions o;
-  o.device = mode == 2 ? "cuda" : "cpu";
-  o.shards = mode == 1 ? 4 : (mode == 2 ? 1 : 0);
-  AdaRetriever r = AdaRetriever::load(checkpoint_for(n_items), o);
-  const auto seqs = histories(B, n_items);
-  for (auto _ : st) benchmark::DoNotOptimize(r.user_vectors(seqs, 5));
-  st.counters["users/s"] = benchmark::Counter(double(B), benchmark::Counter::kIsIterationInvariantRate);
+  auto s = setup(st);
+  if (!s) return;
+  for (auto _ : st) benchmark::DoNotOptimize(s->first.user_vectors(s->second, 5));
+  st.counters["users/s"] = benchmark::Counter(double(st.range(2)), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void grid(benchmark::internal::Benchmark* b) {
