@@ -5,7 +5,8 @@
 //
 // Forward, one block per sample b (its queries X[q_offsets[b] .. q_offsets[b+1])): the context
 // C[b] (Nc x D) is staged once in shared memory with a row stride of D + 1 (a lane per context row
-// reads its row without bank conflicts). A warp takes kQW = 4 queries at a time (warp w of nw has
+// reads its row without bank conflicts; each thread's global loads issued together, float4 when
+// D % 4 == 0, so staging waits about one latency, not one per element). A warp takes kQW = 4 queries at a time (warp w of nw has
 // queries q0 + 4 w + 4 nw t + i), staged in its own shared scratch interleaved as float4 per
 // channel (x of the 4 queries in one broadcast load), so every context value loaded from shared
 // memory feeds 4 FMAs (shared-memory bandwidth, not the FMA units, bounds this kernel):
@@ -17,22 +18,23 @@
 //            a lane draws one Philox block (4 elements) and the keep bits reach their owners by
 //            one shuffle per channel slot; otherwise a draw per element;
 //   residual + LayerNorm  per query, warp sums (two passes, as the CPU), out / r / mean / rstd
-//            written.
-// Backward, the same mapping, 4 queries per warp: LayerNorm backward from the saved r, mean, rstd
+//            written; the 4 queries side by side (their Philox draws and warp sums overlap).
+// Backward, the same mapping, 4 queries per warp (all of a batch's global loads issued first, the 4
+// queries side by side as in the forward): LayerNorm backward from the saved r, mean, rstd
 // (warp sums), the dropout mask redrawn, d att and the queries staged as float4 per channel, then
 // dp_j = <d att, C_j> (lane per context row), ds_j = p_j (dp_j - sum p dp) / sqrt(D), and
 // dX = d r + sum_j ds_j C_j (lane per channel). dC[b] is accumulated in shared memory: after each
 // group of nw * 4 queries (a barrier) every thread owns a channel d and the rows r0, r0 + stride,
 // ... of dC[b] and adds p_j d att_d + ds_j x_d query by query in order (d att_d and x_d of 4 queries
-// in registers, p_j and ds_j broadcast float4 loads); after the last group dC[b] is added (+=) to
+// in registers, p_j and ds_j broadcast float4 loads, 4 rows at a time); after the last group dC[b] is added (+=) to
 // global memory once. The LayerNorm parameter gradients are per-lane register sums, reduced over
 // the warps in order into one partial per block, then a small kernel sums the B partials per
 // channel in a fixed order: no atomics, deterministic results.
 // Nothing goes to cuBLAS: per sample the products are at most (50 x 64) x (64 x 80), far too small
 // for a GEMM launch to pay, and fusing them with the softmax and LayerNorm is the point.
 // Shared memory (floats): forward Nc (D + 1) + 4 nw (D + Nc), backward Nc (D + 1) + Nc D +
-// 4 nw (2 D + 2 Nc), nw = 8 warps (Beauty, Nc = 80, D = 64: 38 KiB and 76 KiB), halved while one
-// of them does not fit the device's opt-in limit; shapes that do not fit with one warp (or
+// 4 nw (2 D + 2 Nc), nw = kCtxWarps = 4 warps (Beauty, Nc = 80, D = 64: 30 KiB and 60 KiB), halved
+// while one of them does not fit the device's opt-in limit; shapes that do not fit with one warp (or
 // D > kCtxBlockMaxD) go to the composition (context_block_fused_fits).
 #include <cuda_runtime.h>
 
@@ -49,7 +51,15 @@ namespace ada {
 namespace cuda {
 namespace {
 
-constexpr int kCtxWarps = 8;
+// Warps per block (both directions). A warp takes kQW queries, so a sample with n queries keeps
+// ceil(n / 4) warps busy; at the Beauty shapes (85% of samples 1..20 queries) an 8-warp block had
+// about 3 busy warps, and the idle ones still held registers and shared memory (forward: 80 x 256
+// registers a block, 3 blocks a SM; backward: 76 KiB, 2 blocks). With 4 warps a block the forward
+// fits 6 blocks a SM (80 x 128 x 6 = 61,440 registers; 30 KiB of shared memory a block) and the
+// backward 3 (60 KiB; 124 x 128 x 3 registers): about 1.3-1.7x the busy warps a SM and 1.5-2x the
+// blocks staging their context (a fixed latency a block) at once. The cost: a sample with 50
+// queries takes 4 rounds of 16 instead of 2 of 32 (15% of the Beauty samples).
+constexpr int kCtxWarps = 4;
 constexpr int kQW = 4;  // queries a warp handles at a time
 constexpr size_t kDefaultSmem = 48 * 1024;
 
@@ -99,16 +109,104 @@ __device__ __forceinline__ void keep_mask(bool (&keep)[KD], int64_t base, int D,
   }
 }
 
+// keep[i][k] for kQW rows at once (bases[i] = q_i * D): the rows' Philox draws are independent, so
+// their latency chains overlap (one row after another, each waited on its own ~10 dependent rounds).
+// Row by row the same bits as keep_mask.
+template <int KD>
+__device__ __forceinline__ void keep_masks(bool (&keep)[kQW][KD], const int64_t (&bases)[kQW], int D,
+                                           int lane, float p, uint64_t seed, uint64_t stream) {
+  if ((D & 3) == 0) {
+    constexpr int KM = (KD + 3) / 4;
+    uint32_t nib[kQW][KM];
+#pragma unroll
+    for (int i = 0; i < kQW; ++i)
+#pragma unroll
+      for (int m = 0; m < KM; ++m) {
+        const uint64_t blk = uint64_t(bases[i] >> 2) + uint64_t(lane + 32 * m);
+        const Philox4 r = philox4x32_10(uint32_t(blk), uint32_t(blk >> 32), uint32_t(stream),
+                                        uint32_t(stream >> 32), uint32_t(seed),
+                                        uint32_t(seed >> 32));
+        nib[i][m] = uint32_t(u32_to_unit_float(r.v[0]) >= p) |
+                    (uint32_t(u32_to_unit_float(r.v[1]) >= p) << 1) |
+                    (uint32_t(u32_to_unit_float(r.v[2]) >= p) << 2) |
+                    (uint32_t(u32_to_unit_float(r.v[3]) >= p) << 3);
+      }
+#pragma unroll
+    for (int i = 0; i < kQW; ++i)
+#pragma unroll
+      for (int k = 0; k < KD; ++k) {
+        const uint32_t n = __shfl_sync(0xffffffffu, nib[i][k / 4], 8 * (k % 4) + (lane >> 2));
+        keep[i][k] = ((n >> (lane & 3)) & 1u) != 0;
+      }
+  } else {
+#pragma unroll
+    for (int i = 0; i < kQW; ++i) keep_mask<KD>(keep[i], bases[i], D, lane, p, seed, stream);
+  }
+}
+
+// warp_sum of N values at once, each with warp_sum's butterfly (the same sums, bit for bit): the N
+// shuffle chains overlap instead of running one after another.
+template <int N>
+__device__ __forceinline__ void warp_sum_n(float (&v)[N]) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+    for (int i = 0; i < N; ++i) v[i] += __shfl_xor_sync(0xffffffffu, v[i], o);
+}
+
+// Cs[j * (D + 1) + c] = Cb[j * D + c] for the Nc x D context of a sample. The loads of a thread
+// are issued together (kStageU per round, float4 when D % 4 == 0 and Cb is 16-byte aligned) before
+// the shared stores, so staging costs about one global latency per round instead of one per
+// element (Beauty, Nc = 80, D = 64, 256 threads: 5 float4 loads a thread, one round; the
+// element loop was 20 dependent load/store pairs).
+constexpr int kStageU = 8;
 __device__ __forceinline__ void stage_context(float* Cs, const float* Cb, int Nc, int D) {
-  const int ld = D + 1, n = Nc * D;
-  for (int e = threadIdx.x; e < n; e += blockDim.x) {
-    const int j = e / D;
-    Cs[j * ld + (e - j * D)] = Cb[e];
+  const int ld = D + 1, n = Nc * D, nt = int(blockDim.x);
+  if ((D & 3) == 0 && (reinterpret_cast<uintptr_t>(Cb) & 15u) == 0) {
+    const float4* C4 = reinterpret_cast<const float4*>(Cb);
+    const int n4 = n >> 2, D4 = D >> 2;
+    for (int e0 = int(threadIdx.x); e0 < n4; e0 += kStageU * nt) {
+      float4 v[kStageU];
+#pragma unroll
+      for (int u = 0; u < kStageU; ++u) {
+        const int e = e0 + u * nt;
+        v[u] = e < n4 ? C4[e] : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+#pragma unroll
+      for (int u = 0; u < kStageU; ++u) {
+        const int e = e0 + u * nt;
+        if (e < n4) {
+          const int j = e / D4, c = (e - j * D4) * 4;
+          float* dst = Cs + j * ld + c;
+          dst[0] = v[u].x;
+          dst[1] = v[u].y;
+          dst[2] = v[u].z;
+          dst[3] = v[u].w;
+        }
+      }
+    }
+  } else {
+    for (int e0 = int(threadIdx.x); e0 < n; e0 += kStageU * nt) {
+      float v[kStageU];
+#pragma unroll
+      for (int u = 0; u < kStageU; ++u) {
+        const int e = e0 + u * nt;
+        v[u] = e < n ? Cb[e] : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < kStageU; ++u) {
+        const int e = e0 + u * nt;
+        if (e < n) {
+          const int j = e / D;
+          Cs[j * ld + (e - j * D)] = v[u];
+        }
+      }
+    }
   }
 }
 
 template <int KD>
-__global__ void __launch_bounds__(kCtxWarps * 32)
+__global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 6 : 1)
     k_ctx_block_fwd(float* out, float* probs, float* rbuf, float* mean, float* rstd,
                     const float* X, const float* C, const float* w, const float* bias,
                     const int64_t* qo, int Nc, int D, int attention, float p, float keep_scale,
@@ -231,33 +329,50 @@ __global__ void __launch_bounds__(kCtxWarps * 32)
           acc[3][k] += pv.w * cv;
         }
     }
-    // per query: dropout + residual, LayerNorm (two passes)
+    // per query: dropout + residual, LayerNorm (two passes). The kQW queries side by side (their
+    // RNG draws and warp sums overlap); the rows past nv are computed (finite: zero queries) but
+    // not stored.
+    if (p > 0.f) {
+      bool keep[kQW][KD];
+      int64_t bases[kQW];
+#pragma unroll
+      for (int i = 0; i < kQW; ++i) bases[i] = (qb + i) * D;
+      keep_masks<KD>(keep, bases, D, lane, p, seed, rstream);
+#pragma unroll
+      for (int i = 0; i < kQW; ++i)
+#pragma unroll
+        for (int k = 0; k < KD; ++k) acc[i][k] = keep[i][k] ? acc[i][k] * keep_scale : 0.f;
+    }
+    float mu[kQW], var[kQW];
 #pragma unroll
     for (int i = 0; i < kQW; ++i) {
-      if (i >= nv) break;  // nv is the same for the whole warp
-      const int64_t q = qb + i;
-      if (p > 0.f) {
-        bool keep[KD];
-        keep_mask<KD>(keep, q * D, D, lane, p, seed, rstream);
-#pragma unroll
-        for (int k = 0; k < KD; ++k) acc[i][k] = keep[k] ? acc[i][k] * keep_scale : 0.f;
-      }
       float s = 0.f;
 #pragma unroll
       for (int k = 0; k < KD; ++k) {
         acc[i][k] += xr[i][k];  // 0 + 0 in the channels >= D
         s += acc[i][k];
       }
-      const float mu = warp_sum(s) / float(D);
+      mu[i] = s;
+    }
+    warp_sum_n<kQW>(mu);
+#pragma unroll
+    for (int i = 0; i < kQW; ++i) {
+      mu[i] = mu[i] / float(D);
       float v = 0.f;
 #pragma unroll
       for (int k = 0; k < KD; ++k)
         if (lane + 32 * k < D) {
-          const float dv = acc[i][k] - mu;
+          const float dv = acc[i][k] - mu[i];
           v += dv * dv;
         }
-      const float var = warp_sum(v) / float(D);
-      const float rs = 1.0f / sqrtf(var + eps);
+      var[i] = v;
+    }
+    warp_sum_n<kQW>(var);
+#pragma unroll
+    for (int i = 0; i < kQW; ++i) {
+      if (i >= nv) break;  // nv is the same for the whole warp
+      const int64_t q = qb + i;
+      const float rs = 1.0f / sqrtf(var[i] / float(D) + eps);
       float* rq = rbuf + q * D;
       float* oq = out + q * D;
 #pragma unroll
@@ -265,11 +380,11 @@ __global__ void __launch_bounds__(kCtxWarps * 32)
         const int d = lane + 32 * k;
         if (d < D) {
           rq[d] = acc[i][k];
-          oq[d] = (acc[i][k] - mu) * rs * wk[k] + bk[k];
+          oq[d] = (acc[i][k] - mu[i]) * rs * wk[k] + bk[k];
         }
       }
       if (lane == 0) {
-        mean[q] = mu;
+        mean[q] = mu[i];
         rstd[q] = rs;
       }
     }
@@ -278,7 +393,7 @@ __global__ void __launch_bounds__(kCtxWarps * 32)
 }
 
 template <int KD>
-__global__ void __launch_bounds__(kCtxWarps * 32)
+__global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 3 : 1)
     k_ctx_block_bwd(float* dX, float* dC, float* partial, const float* dout, const float* probs,
                     const float* rbuf, const float* mean, const float* rstd, const float* X,
                     const float* C, const float* w, const int64_t* qo, int Nc, int D,
@@ -317,48 +432,85 @@ __global__ void __launch_bounds__(kCtxWarps * 32)
     const int64_t qb = base + int64_t(warp) * kQW;
     if (qb < q1) {
       const int nv = q1 - qb < kQW ? int(q1 - qb) : kQW;  // the same for the whole warp
-      float dr[kQW][KD], g[kQW][KD], x[kQW][KD];
+      // Every load of the batch first (d out, r, X, mean, rstd of its queries, then its probs), so
+      // the warp waits about one global latency per batch, not a few per query.
+      float dr[kQW][KD], g[kQW][KD], x[kQW][KD], dyk[kQW][KD], xh[kQW][KD];
+      float mu[kQW], rs[kQW];
 #pragma unroll
       for (int i = 0; i < kQW; ++i) {
+        const bool valid = i < nv;
+        const int64_t q = qb + i;
+        mu[i] = valid ? mean[q] : 0.f;
+        rs[i] = valid ? rstd[q] : 0.f;
 #pragma unroll
         for (int k = 0; k < KD; ++k) {
+          const int d = lane + 32 * k;
+          const bool in = valid && d < D;
+          dyk[i][k] = in ? dout[q * D + d] : 0.f;
+          xh[i][k] = in ? rbuf[q * D + d] : 0.f;
+          x[i][k] = in && attention ? X[q * D + d] : 0.f;
+        }
+      }
+      constexpr int kPU = 4;  // 128 context rows a round (Nc = 80: one)
+      for (int j0 = lane; j0 < Nc; j0 += 32 * kPU) {
+        float4 pv[kPU];
+#pragma unroll
+        for (int t = 0; t < kPU; ++t) {
+          const int j = j0 + 32 * t;
+          pv[t] = make_float4(0.f, 0.f, 0.f, 0.f);
+          if (j < Nc) {
+            const float* pq = probs + qb * Nc + j;
+            pv[t] = make_float4(pq[0], nv > 1 ? pq[Nc] : 0.f, nv > 2 ? pq[2 * Nc] : 0.f,
+                                nv > 3 ? pq[3 * Nc] : 0.f);
+          }
+        }
+#pragma unroll
+        for (int t = 0; t < kPU; ++t)
+          if (j0 + 32 * t < Nc) ps4[j0 + 32 * t] = pv[t];
+      }
+      // LayerNorm backward of the kQW queries side by side: d r (rows past nv stay zero)
+      float sums[2 * kQW];  // sum_d w dy, sum_d w dy xhat
+#pragma unroll
+      for (int i = 0; i < kQW; ++i) {
+        float a = 0.f, bs = 0.f;
+#pragma unroll
+        for (int k = 0; k < KD; ++k) {
+          const int d = lane + 32 * k;
+          xh[i][k] = d < D && i < nv ? (xh[i][k] - mu[i]) * rs[i] : 0.f;
+          const float dn = wk[k] * dyk[i][k];
+          a += dn;
+          bs += dn * xh[i][k];
+          if (i < nv) {
+            dw_acc[k] += xh[i][k] * dyk[i][k];
+            db_acc[k] += dyk[i][k];
+          }
+        }
+        sums[i] = a;
+        sums[kQW + i] = bs;
+      }
+      warp_sum_n<2 * kQW>(sums);
+      bool keep[kQW][KD];
+#pragma unroll
+      for (int i = 0; i < kQW; ++i)
+#pragma unroll
+        for (int k = 0; k < KD; ++k) keep[i][k] = true;
+      if (p > 0.f) {
+        int64_t bases[kQW];
+#pragma unroll
+        for (int i = 0; i < kQW; ++i) bases[i] = (qb + i) * D;
+        keep_masks<KD>(keep, bases, D, lane, p, seed, rstream);
+      }
+#pragma unroll
+      for (int i = 0; i < kQW; ++i) {
+        const float dnm = sums[i] / float(D), dnnm = sums[kQW + i] / float(D);
+#pragma unroll
+        for (int k = 0; k < KD; ++k) {
+          const int d = lane + 32 * k;
           dr[i][k] = 0.f;
           g[i][k] = 0.f;
-          x[i][k] = 0.f;
-        }
-        if (i < nv) {
-          // LayerNorm backward of query q: d r
-          const int64_t q = qb + i;
-          const float* dy = dout + q * D;
-          const float* rq = rbuf + q * D;
-          const float mu = mean[q], rs = rstd[q];
-          float xh[KD], dyk[KD];
-          float a = 0.f, bs = 0.f;
-#pragma unroll
-          for (int k = 0; k < KD; ++k) {
-            const int d = lane + 32 * k;
-            dyk[k] = d < D ? dy[d] : 0.f;
-            xh[k] = d < D ? (rq[d] - mu) * rs : 0.f;
-            const float dn = wk[k] * dyk[k];
-            a += dn;
-            bs += dn * xh[k];
-            dw_acc[k] += xh[k] * dyk[k];
-            db_acc[k] += dyk[k];
-          }
-          const float dnm = warp_sum(a) / float(D);
-          const float dnnm = warp_sum(bs) / float(D);
-          bool keep[KD];
-#pragma unroll
-          for (int k = 0; k < KD; ++k) keep[k] = true;
-          if (p > 0.f) keep_mask<KD>(keep, q * D, D, lane, p, seed, rstream);
-#pragma unroll
-          for (int k = 0; k < KD; ++k) {
-            const int d = lane + 32 * k;
-            if (d < D) {
-              dr[i][k] = (wk[k] * dyk[k] - dnm - xh[k] * dnnm) * rs;
-              g[i][k] = p > 0.f ? (keep[k] ? dr[i][k] * keep_scale : 0.f) : dr[i][k];
-              x[i][k] = attention ? X[q * D + d] : 0.f;
-            }
+          if (d < D && i < nv) {
+            dr[i][k] = (wk[k] * dyk[i][k] - dnm - xh[i][k] * dnnm) * rs[i];
+            g[i][k] = p > 0.f ? (keep[i][k] ? dr[i][k] * keep_scale : 0.f) : dr[i][k];
           }
         }
       }
@@ -369,11 +521,6 @@ __global__ void __launch_bounds__(kCtxWarps * 32)
           gs4[d] = make_float4(g[0][k], g[1][k], g[2][k], g[3][k]);
           xs4[d] = make_float4(x[0][k], x[1][k], x[2][k], x[3][k]);
         }
-      }
-      for (int j = lane; j < Nc; j += 32) {
-        const float* pq = probs + qb * Nc + j;
-        ps4[j] = make_float4(pq[0], nv > 1 ? pq[Nc] : 0.f, nv > 2 ? pq[2 * Nc] : 0.f,
-                             nv > 3 ? pq[3 * Nc] : 0.f);
       }
       __syncwarp();
       if (attention) {
@@ -441,6 +588,10 @@ __global__ void __launch_bounds__(kCtxWarps * 32)
     const int64_t left = q1 - base;
     const int active = left >= int64_t(nw) * kQW ? nw : int((left + kQW - 1) / kQW);
     const int rstride = int(blockDim.x) >= D ? int(blockDim.x) / D : 1;
+    // Four of a thread's rows at a time (kRows): four independent accumulation chains and their
+    // shared loads issued together, where one row's load -> 8 dependent FMAs -> store followed the
+    // previous row's store. Per element the same sums in the same order.
+    constexpr int kRows = 4;
     for (int cidx = threadIdx.x; cidx < D * rstride; cidx += blockDim.x) {
       const int d = cidx % D, r0 = cidx / D;
       for (int u = 0; u < active; ++u) {
@@ -448,33 +599,65 @@ __global__ void __launch_bounds__(kCtxWarps * 32)
         const float4 gv = wu[d], xv = wu[D + d];
         const float4* pu = wu + 2 * D;
         const float4* du = pu + Nc;
-        for (int j = r0; j < Nc; j += rstride) {
-          float acc = dCs[j * D + d];
-          const float4 pv = pu[j];
-          if (attention) {
-            const float4 dv = du[j];
-            acc += pv.x * gv.x;
-            acc += dv.x * xv.x;
-            acc += pv.y * gv.y;
-            acc += dv.y * xv.y;
-            acc += pv.z * gv.z;
-            acc += dv.z * xv.z;
-            acc += pv.w * gv.w;
-            acc += dv.w * xv.w;
-          } else {
-            acc += pv.x * gv.x;
-            acc += pv.y * gv.y;
-            acc += pv.z * gv.z;
-            acc += pv.w * gv.w;
+        for (int j0 = r0; j0 < Nc; j0 += kRows * rstride) {
+          float acc[kRows];
+          float4 pv[kRows], dv[kRows];
+#pragma unroll
+          for (int t = 0; t < kRows; ++t) {
+            const int j = j0 + t * rstride;
+            acc[t] = 0.f;
+            pv[t] = dv[t] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (j < Nc) {
+              acc[t] = dCs[j * D + d];
+              pv[t] = pu[j];
+              if (attention) dv[t] = du[j];
+            }
           }
-          dCs[j * D + d] = acc;
+#pragma unroll
+          for (int t = 0; t < kRows; ++t) {
+            if (j0 + t * rstride >= Nc) break;
+            if (attention) {
+              acc[t] += pv[t].x * gv.x;
+              acc[t] += dv[t].x * xv.x;
+              acc[t] += pv[t].y * gv.y;
+              acc[t] += dv[t].y * xv.y;
+              acc[t] += pv[t].z * gv.z;
+              acc[t] += dv[t].z * xv.z;
+              acc[t] += pv[t].w * gv.w;
+              acc[t] += dv[t].w * xv.w;
+            } else {
+              acc[t] += pv[t].x * gv.x;
+              acc[t] += pv[t].y * gv.y;
+              acc[t] += pv[t].z * gv.z;
+              acc[t] += pv[t].w * gv.w;
+            }
+          }
+#pragma unroll
+          for (int t = 0; t < kRows; ++t) {
+            const int j = j0 + t * rstride;
+            if (j < Nc) dCs[j * D + d] = acc[t];
+          }
         }
       }
     }
     __syncthreads();
   }
+  // dC[b] += dCs: each thread's loads of dC issued together (kStageU per round), as the staging
   float* dCb = dC + b * int64_t(nd);
-  for (int e = threadIdx.x; e < nd; e += blockDim.x) dCb[e] += dCs[e];
+  const int nt = int(blockDim.x);
+  for (int e0 = int(threadIdx.x); e0 < nd; e0 += kStageU * nt) {
+    float v[kStageU];
+#pragma unroll
+    for (int u = 0; u < kStageU; ++u) {
+      const int e = e0 + u * nt;
+      v[u] = e < nd ? dCb[e] : 0.f;
+    }
+#pragma unroll
+    for (int u = 0; u < kStageU; ++u) {
+      const int e = e0 + u * nt;
+      if (e < nd) dCb[e] = v[u] + dCs[e];
+    }
+  }
   // LayerNorm parameter partials: the warps' sums (scratch free after the last barrier), in order
   float* mine = reinterpret_cast<float*>(gs4);
 #pragma unroll
