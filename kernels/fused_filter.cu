@@ -6,15 +6,23 @@
 // lanes hit distinct banks) and the DFT twiddles in shared memory once, then takes filter blocks
 // r = blockIdx.x, + gridDim.x, ... Per block of K rows (NW = ceil(K / 4) warps, warp w owns rows
 // 4w .. 4w+3; lane l owns channels l, l + 32, ... < 32 TN, TN = ceil(D / 32)):
-//   1. the E tile [K, D] -> shared; the dropout keep bits of the block's Philox blocks (one Philox
-//      per 4 consecutive elements of the [n, D] tensor, as the CPU's for_each_uniform) -> shared;
+//   1. the E tile [K, D] -> shared, from registers: each thread loaded its share of it (4 TN
+//      floats, all loads in flight at once) during the previous block, and now issues the loads of
+//      the next block's tile, which land while it computes this one (software pipelining: no
+//      global load latency on a CTA's path per block but the first, which overlaps the staging);
 //   2. forward DFT along K (warp w takes frequencies w, w + NW, ...; lanes the channels) times the
-//      complex weight -> spectrum Gr, Gi [K/2+1, D] in shared;
+//      complex weight -> spectrum Gr, Gi [K/2+1, D] in shared; then the dropout keep bits of the
+//      block's Philox blocks (one Philox per 4 consecutive elements of the [n, D] tensor, as the
+//      CPU's for_each_uniform) -> shared, where warps with fewer frequencies would wait anyway;
 //   3. inverse DFT -> F for the warp's rows, in registers: written to global F (saved) and to the
 //      shared F tile;
 //   4. Linear (float4 reads of the F row, a broadcast, and of the weight row), + bias, dropout,
 //      + E, LayerNorm per row with warp reductions (the row is the warp's): Et, Rr, mean, rstd.
 // Only a warp's own rows pass from step 3 to 4 (__syncwarp); one __syncthreads after steps 1, 2, 4.
+// Registers: __launch_bounds__(512, 2) for TN <= 2 caps them at 64 (the prefetch's 4 TN floats
+// would otherwise let ptxas take 128 and halve the CTAs per SM); at K = 20, D = 64: 160 threads,
+// 64 registers (ptxas, CUDA 13: 16 bytes of spill stores, 8 of loads), 37 KB of shared memory:
+// 6 CTAs per SM by either.
 //
 // Backward, k_fb_bwd: same grid and mapping. Per block: E and F tiles and the keep bits -> shared;
 // LayerNorm backward per row (warp) -> dR (kept in registers), dG = mask dR / (1 - p) -> shared;
@@ -95,7 +103,10 @@ __host__ __device__ inline FbLayout fb_layout(int K, int D, int TN, bool bwd) {
 }
 
 // Stages the weight [D, D] into Ws [S, SW] (zero padding) and zeroes `zero_n` floats at `zero`.
+// Unrolled so that 8 of a thread's global loads are in flight at once (a plain loop waits a full
+// load latency per element: S SW / blockDim = 27 round trips at K = 20, D = 64).
 __device__ __forceinline__ void stage_weight(float* Ws, const float* Wd, const FbLayout& L) {
+#pragma unroll 8
   for (int e = threadIdx.x; e < L.S * L.SW; e += blockDim.x) {
     const int o = e / L.SW, i = e % L.SW;
     Ws[e] = (o < L.D && i < L.D) ? Wd[o * L.D + i] : 0.f;
@@ -130,8 +141,30 @@ __device__ __forceinline__ void load_tile(float* t, const float* src, const FbLa
   }
 }
 
+// This thread's share of the [K, D] tile at src in the [K, S] layout of load_tile (element
+// e = threadIdx.x + k blockDim.x, k < 4 TN: blockDim.x = 32 NW >= 8 K, so 4 TN of them cover K S),
+// loaded into registers: all 4 TN loads are in flight at once, and the forward issues them for the
+// next block before it computes the current one.
 template <int TN>
-__global__ void __launch_bounds__(512)
+__device__ __forceinline__ void fetch_tile(float (&v)[4 * TN], const float* src, const FbLayout& L) {
+#pragma unroll
+  for (int k = 0; k < 4 * TN; ++k) {
+    const int e = threadIdx.x + k * blockDim.x;
+    const int n = e / L.S, d = e % L.S;
+    v[k] = (e < L.K * L.S && d < L.D) ? __ldg(src + (n * L.D + d)) : 0.f;  // < K D <= 2^13
+  }
+}
+template <int TN>
+__device__ __forceinline__ void store_tile(float* t, const float (&v)[4 * TN], const FbLayout& L) {
+#pragma unroll
+  for (int k = 0; k < 4 * TN; ++k) {
+    const int e = threadIdx.x + k * blockDim.x;
+    if (e < L.K * L.S) t[e] = v[k];
+  }
+}
+
+template <int TN>
+__global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
     k_fb_fwd(float* Et, float* F, float* Rr, float* mean, float* rstd, const float* E,
              const float* cw, const float* Wd, const float* bd, const float* lw, const float* lb,
              const float* tables, int64_t R, int K, int D, float eps, float p, float keep_scale,
@@ -149,7 +182,11 @@ __global__ void __launch_bounds__(512)
   unsigned char* keep = reinterpret_cast<unsigned char*>(sm + L.off_keep);
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
 
+  // The first block's E tile is in flight while the CTA stages the weight and the tables.
+  float pre[4 * TN];
+  if (blockIdx.x < R) fetch_tile<TN>(pre, E + int64_t(blockIdx.x) * K * D, L);
   stage_weight(Ws, Wd, L);
+#pragma unroll 4
   for (int e = tid; e < 2 * Kf * K; e += blockDim.x) {
     sm[L.off_twf + e] = tables[e];
     sm[L.off_twi + e] = tables[2 * Kf * K + e];  // the inverse table
@@ -168,15 +205,22 @@ __global__ void __launch_bounds__(512)
 
   for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
     const int64_t e0 = r * K * D, b0 = e0 >> 2;
-    // 1. E tile and keep bits
-    load_tile(xs, E + e0, L);
-    if (drop) keep_bits(keep, e0, int64_t(K) * D, p, seed, stream);
+    // 1. E tile (prefetched) -> shared; then the next block's tile is fetched into registers, its
+    //    loads in flight during steps 2-4 of this block (the previous iteration's last barrier
+    //    freed xs).
+    store_tile<TN>(xs, pre, L);
     __syncthreads();
-    // 2. rfft along K times the complex weight
+    if (r + gridDim.x < R) fetch_tile<TN>(pre, E + (r + gridDim.x) * K * D, L);
+    // 2. rfft along K times the complex weight (the weight's loads issued before the sum)
     for (int f = w; f < Kf; f += NW) {
-      float ar[TN], ai[TN];
+      float ar[TN], ai[TN], wr[TN], wi[TN];
 #pragma unroll
-      for (int j = 0; j < TN; ++j) ar[j] = ai[j] = 0.f;
+      for (int j = 0; j < TN; ++j) {
+        const int d = lane + 32 * j;
+        ar[j] = ai[j] = 0.f;
+        wr[j] = d < D ? __ldg(cw + 2 * (f * D + d)) : 0.f;
+        wi[j] = d < D ? __ldg(cw + 2 * (f * D + d) + 1) : 0.f;
+      }
       const float2* t = twf + f * K;
       for (int n = 0; n < K; ++n) {
         const float2 c = t[n];
@@ -191,12 +235,12 @@ __global__ void __launch_bounds__(512)
       for (int j = 0; j < TN; ++j) {
         const int d = lane + 32 * j;
         const float fr = ar[j] * s, fi = ai[j] * s;
-        const float wr = d < D ? cw[2 * (f * D + d)] : 0.f;
-        const float wi = d < D ? cw[2 * (f * D + d) + 1] : 0.f;
-        Gr[f * S + d] = fr * wr - fi * wi;
-        Gi[f * S + d] = fr * wi + fi * wr;
+        Gr[f * S + d] = fr * wr[j] - fi * wi[j];
+        Gi[f * S + d] = fr * wi[j] + fi * wr[j];
       }
     }
+    // The keep bits, read only in step 4: drawn here, where the warps with fewer frequencies wait.
+    if (drop) keep_bits(keep, e0, int64_t(K) * D, p, seed, stream);
     __syncthreads();
     // 3. irfft -> F (the warp's rows)
     float acc[kRowsPerWarp][TN];

@@ -111,6 +111,7 @@ const std::vector<Shape>& shapes() {
   static const std::vector<Shape> v = {
       {1, 1, 1},    {3, 1, 5},    {2, 2, 3},     {3, 5, 7},    {2, 20, 64},  {3, 20, 33},
       {2, 7, 100},  {1, 64, 128}, {2, 33, 96},   {1, 64, 31},  {2200, 1, 3},  // > the grid
+      {1000, 20, 64}, {1300, 6, 40},  // > the grid: the forward's prefetch of the next E tile
       {1, 65, 8},   {1, 3, 129},  // beyond the fused limits: the composed fallback
   };
   return v;
