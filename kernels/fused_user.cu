@@ -27,12 +27,18 @@
 //     over all steps in one GEMM): a per-tile partial sum plus a reduction would read the same data
 //     and cuBLAS already runs these [O, rows] x [rows, I] shapes near peak. The bias and LayerNorm
 //     parameter gradients are column sums: partial sums over chunks of 256 rows, then the chunks
-//     summed in order (two launches, deterministic).
+//     summed in order by the last CTA to finish (one launch, deterministic).
+//   Global loads in the elementwise loops are batched (batched_for: a thread issues the loads of
+//   several iterations before the first store), so a tile pays one memory latency per batch, not
+//   one per iteration; the bias of a product is loaded with its first weight chunk.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "ada/backend.hpp"
 #include "ada/check.hpp"
@@ -58,6 +64,24 @@ static_assert(kCta == 64 * (kRows / kRowsPer), "64 column groups x row groups");
 
 __device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
 
+// for (i = tid; i < n; i += kCta) use(i, ld(i)), in batches of U iterations whose loads ld(i) are
+// all issued before the first use: a loop that loads from global memory and stores (to global
+// memory, which the compiler must assume may alias the next load, or to shared memory) would
+// otherwise wait one full L2/DRAM latency per iteration. Each element's arithmetic is unchanged.
+template <int U, class Ld, class Use>
+__device__ __forceinline__ void batched_for(int n, Ld ld, Use use) {
+  using V = decltype(ld(0));
+  for (int i0 = int(threadIdx.x); i0 < n; i0 += U * kCta) {
+    V val[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (i0 + u * kCta < n) val[u] = ld(i0 + u * kCta);
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (i0 + u * kCta < n) use(i0 + u * kCta, val[u]);
+  }
+}
+
 // out[rb][r][o] = bias[o] (0 without bias) + sum_k in[rb][r][k] * W(o, k) for the nrb row blocks
 // rb of kRows rows, o < O, k < I, where W(o, k) = W[o * I + k] (trans = false: a linear layer's
 // weight [O, I]) or W[k * O + o] (trans = true: the input gradient of a linear layer with weight
@@ -72,6 +96,10 @@ __device__ void block_product(float* out, int ldo, int so, const float* in, int 
   static_assert(kKc * kLdw <= kWsFloats && kLoads * kCta == kCols * kKc, "weight chunk layout");
   const int tid = threadIdx.x, cg = tid & 63, r0 = (tid >> 6) * kRowsPer;
   float pre[kLoads];
+  // the bias, loaded with chunk 0 (not after the barrier, where its latency would stall every thread)
+  float bv[CT];
+#pragma unroll
+  for (int j = 0; j < CT; ++j) bv[j] = (bias && cg + 64 * j < O) ? bias[cg + 64 * j] : 0.f;
   // prefetch chunk 0
 #pragma unroll
   for (int i = 0; i < kLoads; ++i) {
@@ -105,7 +133,7 @@ __device__ void block_product(float* out, int ldo, int so, const float* in, int 
 #pragma unroll
       for (int j = 0; j < CT; ++j) {
         const int o = cg + 64 * j;
-        const float init = o < O ? (k0 == 0 ? (bias ? bias[o] : 0.f) : 0.f) : 0.f;
+        const float init = o < O ? (k0 == 0 ? bv[j] : 0.f) : 0.f;
 #pragma unroll
         for (int r = 0; r < kRowsPer; ++r) acc[r][j] = (k0 == 0 || o >= O) ? init : y[r * ldo + o];
       }
@@ -191,24 +219,30 @@ __global__ void __launch_bounds__(kCta) k_user_fwd(FwdArgs A) {
   float* A2 = A1 + 2 * RD;  // [R, D]
   float* X = A2 + RD;       // [G, R, D]
   float* GI = X + G * RD;   // [G, R, 3D]
-  for (int i = tid; i < RD; i += kCta) {
-    const int r = i / D;
-    V[i] = r < nr ? A.v[b0 * D + i] : 0.f;
-    H[i] = 0.f;
-    if (r < nr) A.sv.hs[b0 * D + i] = 0.f;
-  }
+  const int nrd = nr * D;  // the tile's live elements (rows b0 .. b0+nr-1 of a [B, D] tensor)
+  batched_for<4>(
+    RD, [&](int i) { return i < nrd ? A.v[b0 * D + i] : 0.f; },
+    [&](int i, float x) {
+      V[i] = x;
+      H[i] = 0.f;
+      if (i < nrd) A.sv.hs[b0 * D + i] = 0.f;
+    });
   for (int s = 0; s < t; ++s) {
     const int gs = s % G;
     if (gs == 0) {  // input projections of steps s .. s+G-1
       const int ng = min(G, t - s);
-      for (int i = tid; i < ng * RD; i += kCta) {
-        const int g = i / RD, j = i % RD, r = j / D;
-        X[i] = r < nr ? A.users[(int64_t(s + g) * B + b0) * D + j] : 0.f;
-      }
+      batched_for<8>(
+        ng * RD,
+        [&](int i) {
+          const int g = i / RD, j = i % RD;
+          return j < nrd ? A.users[(int64_t(s + g) * B + b0) * D + j] : 0.f;
+        },
+        [&](int i, float x) { X[i] = x; });
       block_product<Cts<DB>::k3, false>(GI, 3 * D, 3 * RD, X, D, RD, ng, A.w.w_ih, A.w.b_ih, 3 * D, D, Ws);
     }
     if (s == 0) {
-      for (int i = tid; i < 3 * RD; i += kCta) GH[i] = A.w.b_hh[i % (3 * D)];
+      batched_for<4>(
+        3 * RD, [&](int i) { return A.w.b_hh[i % (3 * D)]; }, [&](int i, float x) { GH[i] = x; });
       __syncthreads();
     } else {
       block_product<Cts<DB>::k3, false>(GH, 3 * D, 0, H, D, 0, 1, A.w.w_hh, A.w.b_hh, 3 * D, D, Ws);
@@ -254,6 +288,14 @@ __global__ void __launch_bounds__(kCta) k_user_fwd(FwdArgs A) {
   block_product<Cts<DB>::k1, false>(A2, D, 0, A1, 2 * D, 0, 1, A.w.w2, A.w.b2, D, 2 * D, Ws);
   // dropout + residual + LayerNorm: one warp per row
   const int lane = tid & 31;
+  constexpr int kQ = kMaxD / 32;
+  float lw[kQ], lb[kQ];  // loaded once, before the rows (the row loop's stores to out would order them)
+#pragma unroll
+  for (int q = 0; q < kQ; ++q) {
+    const int d = lane + 32 * q;
+    lw[q] = d < D ? A.w.ln_w[d] : 0.f;
+    lb[q] = d < D ? A.w.ln_b[d] : 0.f;
+  }
   for (int r = tid >> 5; r < nr; r += kCta / 32) {
     const int64_t row = b0 + r;
     float* x = A2 + r * D;
@@ -277,13 +319,23 @@ __global__ void __launch_bounds__(kCta) k_user_fwd(FwdArgs A) {
     }
     const float var = warp_sum(q) / float(D);
     const float rs = 1.0f / sqrtf(var + A.eps);
-    for (int d = lane; d < D; d += 32) A.out[row * D + d] = (x[d] - mu) * rs * A.w.ln_w[d] + A.w.ln_b[d];
+#pragma unroll
+    for (int q = 0; q < kQ; ++q) {
+      const int d = lane + 32 * q;
+      if (d >= D) break;
+      A.out[row * D + d] = (x[d] - mu) * rs * lw[q] + lb[q];
+    }
     if (lane == 0) {
       A.sv.mean[row] = mu;
       A.sv.rstd[row] = rs;
     }
   }
 }
+
+// One element's saved GRU values for the gate backward: r, z, n, (h W_hh^T + b_hh)_n, h_prev.
+struct GateIn {
+  float r, z, n, ghn, hp;
+};
 
 struct BwdArgs {
   float* d_v;
@@ -293,6 +345,7 @@ struct BwdArgs {
   float* d_gi;   // work [t, B, 3D]
   float* d_gh;   // work [t, B, 3D]
   float* z;      // work [B, 2D]: [v | h_t], the input of W1 (one GEMM for dW1)
+  unsigned* counter;  // work: k_colsum's ticket, zeroed here
   const float* v;
   const float* d_out;
   UserAdapterSaved<float> sv;
@@ -325,6 +378,7 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
   float* P = DGH + 3 * RD;                        // [R, D]
   float* DGI = P + RD;                            // [G, R, 3D]: d gi of the group's steps
   float* PA = DGI + G * 3 * RD;                   // [G, R, D]: their d gi W_ih
+  if (blockIdx.x == 0 && tid == 0) *A.counter = 0u;  // k_colsum runs after this kernel
   // LayerNorm backward (warp per row) and the dropout mask; rows beyond B are zeros
   for (int r = tid >> 5; r < kRows; r += kCta / 32) {
     if (r >= nr) {
@@ -334,18 +388,33 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
     const int64_t row = b0 + r;
     const float* x = A.sv.r2 + row * D;
     const float* dy = A.d_out + row * D;
+    // every load of the row first (one latency, not one per dependent step)
+    constexpr int kQ = kMaxD / 32;
+    float xv[kQ], dyv[kQ], lw[kQ];
+#pragma unroll
+    for (int q = 0; q < kQ; ++q) {
+      const int d = lane + 32 * q;
+      xv[q] = d < D ? x[d] : 0.f;
+      dyv[q] = d < D ? dy[d] : 0.f;
+      lw[q] = d < D ? A.w.ln_w[d] : 0.f;
+    }
     const float mu = A.sv.mean[row], rs = A.sv.rstd[row];
     float a = 0.f, bs = 0.f;
-    for (int d = lane; d < D; d += 32) {
-      const float xhat = (x[d] - mu) * rs;
-      const float dn = A.w.ln_w[d] * dy[d];
+#pragma unroll
+    for (int q = 0; q < kQ; ++q) {
+      if (lane + 32 * q >= D) break;
+      const float xhat = (xv[q] - mu) * rs;
+      const float dn = lw[q] * dyv[q];
       a += dn;
       bs += dn * xhat;
     }
     const float dnm = warp_sum(a) / float(D), dnnm = warp_sum(bs) / float(D);
-    for (int d = lane; d < D; d += 32) {
-      const float xhat = (x[d] - mu) * rs;
-      const float dx = (A.w.ln_w[d] * dy[d] - dnm - xhat * dnnm) * rs;
+#pragma unroll
+    for (int q = 0; q < kQ; ++q) {
+      const int d = lane + 32 * q;
+      if (d >= D) break;
+      const float xhat = (xv[q] - mu) * rs;
+      const float dx = (lw[q] * dyv[q] - dnm - xhat * dnnm) * rs;
       DR[r * D + d] = dx;
       float g = dx;
       if (A.p > 0.f) {
@@ -358,28 +427,36 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
   }
   // d a1r = d a2 W2 (W2 [D, 2D]); relu'
   block_product<Cts<DB>::k2, true>(DA1, 2 * D, 0, DA2, D, 0, 1, A.w.w2, nullptr, 2 * D, D, Ws);
-  for (int i = tid; i < 2 * RD; i += kCta) {
-    const int r = i / (2 * D);
-    if (r < nr) {
-      const float g = DA1[i] * (A.sv.a1r[b0 * 2 * D + i] > 0.f ? 1.f : 0.f);
-      DA1[i] = g;
-      A.d_a1[b0 * 2 * D + i] = g;
-    } else {
-      DA1[i] = 0.f;
-    }
-  }
+  const int nrd = nr * D;  // the tile's live elements of a [B, D] tensor (2 nrd of [B, 2D])
+  batched_for<8>(
+    2 * RD, [&](int i) { return i < 2 * nrd ? A.sv.a1r[b0 * 2 * D + i] : 0.f; },
+    [&](int i, float a1r) {
+      if (i < 2 * nrd) {
+        const float g = DA1[i] * (a1r > 0.f ? 1.f : 0.f);
+        DA1[i] = g;
+        A.d_a1[b0 * 2 * D + i] = g;
+      } else {
+        DA1[i] = 0.f;
+      }
+    });
   // d z = d a1 W1 (W1 [2D, 2D]); d v = d r2 + d z[:, :D], d h = d z[:, D:]
   block_product<Cts<DB>::k2, true>(DZ, 2 * D, 0, DA1, 2 * D, 0, 1, A.w.w1, nullptr, 2 * D, 2 * D, Ws);
-  for (int i = tid; i < RD; i += kCta) {
-    const int r = i / D, d = i % D;
-    DH[i] = DZ[r * 2 * D + D + d];
-    if (r < nr) {
-      A.d_v[b0 * D + i] = DR[i] + DZ[r * 2 * D + d];
-      const int64_t zo = (b0 + r) * 2 * D;
-      A.z[zo + d] = A.v[b0 * D + i];
-      A.z[zo + D + d] = A.sv.hs[(int64_t(t) * B + b0) * D + i];
-    }
-  }
+  batched_for<4>(
+    RD,
+    [&](int i) {
+      return i < nrd ? make_float2(A.v[b0 * D + i], A.sv.hs[(int64_t(t) * B + b0) * D + i])
+                     : make_float2(0.f, 0.f);
+    },
+    [&](int i, float2 vh) {
+      const int r = i / D, d = i % D;
+      DH[i] = DZ[r * 2 * D + D + d];
+      if (r < nr) {
+        A.d_v[b0 * D + i] = DR[i] + DZ[r * 2 * D + d];
+        const int64_t zo = (b0 + r) * 2 * D;
+        A.z[zo + d] = vh.x;
+        A.z[zo + D + d] = vh.y;
+      }
+    });
   // the steps in reverse, in groups of G: slot j of a group is step s_top - j
   int slot = 0, s_top = t - 1;
   for (int s = t - 1; s >= 0; --s) {
@@ -389,39 +466,51 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
     float* dgi = A.d_gi + int64_t(s) * B * 3 * D;
     float* dgh = A.d_gh + int64_t(s) * B * 3 * D;
     __syncthreads();  // DH written by every thread; DGI/DGH free
-    for (int i = tid; i < RD; i += kCta) {
-      const int r = i / D, d = i % D;
-      float* gi3 = DGI + slot * 3 * RD + r * 3 * D;
-      float* gh3 = DGH + r * 3 * D;
-      if (r >= nr) {
-        gi3[d] = gi3[D + d] = gi3[2 * D + d] = 0.f;
-        gh3[d] = gh3[D + d] = gh3[2 * D + d] = 0.f;
-        DH[i] = 0.f;
-        continue;
-      }
-      const int64_t o3 = (b0 + r) * 3 * D;
-      const float rg = gates[o3 + d], zg = gates[o3 + D + d], ng = gates[o3 + 2 * D + d];
-      const float dh = DH[i];
-      const float dn = dh * (1.f - zg);
-      const float dz = dh * (hp[(b0 + r) * D + d] - ng);
-      DH[i] = dh * zg;
-      const float dan = dn * (1.f - ng * ng);
-      const float dr = dan * gh[o3 + 2 * D + d];
-      const float daz = dz * zg * (1.f - zg);
-      const float dar = dr * rg * (1.f - rg);
-      gi3[d] = dar;
-      gh3[d] = dar;
-      gi3[D + d] = daz;
-      gh3[D + d] = daz;
-      gi3[2 * D + d] = dan;
-      gh3[2 * D + d] = dan * rg;
-      dgi[o3 + d] = dar;
-      dgh[o3 + d] = dar;
-      dgi[o3 + D + d] = daz;
-      dgh[o3 + D + d] = daz;
-      dgi[o3 + 2 * D + d] = dan;
-      dgh[o3 + 2 * D + d] = dan * rg;
-    }
+    batched_for<4>(
+      RD,
+      [&](int i) {
+        const int r = i / D, d = i % D;
+        GateIn g{0.f, 0.f, 0.f, 0.f, 0.f};
+        if (r < nr) {
+          const int64_t o3 = (b0 + r) * 3 * D;
+          g = GateIn{gates[o3 + d], gates[o3 + D + d], gates[o3 + 2 * D + d], gh[o3 + 2 * D + d],
+                     hp[(b0 + r) * D + d]};
+        }
+        return g;
+      },
+      [&](int i, const GateIn& g) {
+        const int r = i / D, d = i % D;
+        float* gi3 = DGI + slot * 3 * RD + r * 3 * D;
+        float* gh3 = DGH + r * 3 * D;
+        if (r >= nr) {
+          gi3[d] = gi3[D + d] = gi3[2 * D + d] = 0.f;
+          gh3[d] = gh3[D + d] = gh3[2 * D + d] = 0.f;
+          DH[i] = 0.f;
+          return;
+        }
+        const int64_t o3 = (b0 + r) * 3 * D;
+        const float rg = g.r, zg = g.z, ng = g.n;
+        const float dh = DH[i];
+        const float dn = dh * (1.f - zg);
+        const float dz = dh * (g.hp - ng);
+        DH[i] = dh * zg;
+        const float dan = dn * (1.f - ng * ng);
+        const float dr = dan * g.ghn;
+        const float daz = dz * zg * (1.f - zg);
+        const float dar = dr * rg * (1.f - rg);
+        gi3[d] = dar;
+        gh3[d] = dar;
+        gi3[D + d] = daz;
+        gh3[D + d] = daz;
+        gi3[2 * D + d] = dan;
+        gh3[2 * D + d] = dan * rg;
+        dgi[o3 + d] = dar;
+        dgh[o3 + d] = dar;
+        dgi[o3 + D + d] = daz;
+        dgh[o3 + D + d] = daz;
+        dgi[o3 + 2 * D + d] = dan;
+        dgh[o3 + 2 * D + d] = dan * rg;
+      });
     if (s > 0) {  // d h_{s} = d h_{s+1} z + d gh W_hh  (W_hh [3D, D])
       block_product<Cts<DB>::k1, true>(P, D, 0, DGH, 3 * D, 0, 1, A.w.w_hh, nullptr, D, 3 * D, Ws);
       for (int i = tid; i < RD; i += kCta) DH[i] = P[i] + DH[i];
@@ -429,13 +518,16 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
     // d users[s] += d gi W_ih  (W_ih [3D, D]) for the group's steps at once
     if (++slot == G || s == 0) {
       block_product<Cts<DB>::k1, true>(PA, D, RD, DGI, 3 * D, 3 * RD, slot, A.w.w_ih, nullptr, D, 3 * D, Ws);
-      for (int i = tid; i < slot * RD; i += kCta) {
-        const int j = i / RD, e = i % RD;
-        if (e / D < nr) {
-          float* du = A.d_users + (int64_t(s_top - j) * B + b0) * D;
-          du[e] = PA[i] + du[e];
-        }
-      }
+      batched_for<8>(
+        slot * RD,
+        [&](int i) {
+          const int j = i / RD, e = i % RD;
+          return e < nrd ? A.d_users[(int64_t(s_top - j) * B + b0) * D + e] : 0.f;
+        },
+        [&](int i, float du0) {
+          const int j = i / RD, e = i % RD;
+          if (e < nrd) A.d_users[(int64_t(s_top - j) * B + b0) * D + e] = PA[i] + du0;
+        });
       slot = 0;
       s_top = s - 1;
     }
@@ -461,9 +553,12 @@ struct ColSegs {
   int n;
 };
 
-// grid (column blocks of 32, row chunks, segments), block (32, 8)
-__global__ void k_colsum_partial(ColSegs S, float* partial) {
+// grid (column blocks of 32, row chunks, segments), block (32, 8). The last CTA to finish (ticket
+// on `counter`, which k_user_bwd zeroed) then sums every segment's chunks in order, as a second
+// launch would (one launch fewer on the stream's timeline; the same sums in the same order).
+__global__ void k_colsum(ColSegs S, float* partial, unsigned* counter) {
   __shared__ float red[8][33];
+  __shared__ bool last;
   const ColSeg& g = S.s[blockIdx.z];
   const int tx = threadIdx.x, ty = threadIdx.y;
   const int c = blockIdx.x * 32 + tx;
@@ -485,17 +580,26 @@ __global__ void k_colsum_partial(ColSegs S, float* partial) {
     for (int k = 0; k < 8; ++k) s += red[k][tx];
     partial[g.part + blockIdx.y * g.cols + c] = s;
   }
-}
-
-// grid (column blocks of 128, segments): the chunks in order
-__global__ void k_colsum_final(ColSegs S, const float* partial) {
-  const ColSeg& g = S.s[blockIdx.y];
-  const int c = blockIdx.x * blockDim.x + threadIdx.x;
-  if (c >= g.cols) return;
-  const int64_t chunks = (g.rows + kChunkRows - 1) / kChunkRows;
-  float s = 0.f;
-  for (int64_t k = 0; k < chunks; ++k) s += partial[g.part + k * g.cols + c];
-  g.dst[c] += s;
+  __threadfence();  // this CTA's partials visible device-wide before its ticket
+  __syncthreads();
+  if (tx == 0 && ty == 0) {
+    const unsigned total = gridDim.x * gridDim.y * gridDim.z;
+    last = atomicAdd(counter, 1u) == total - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const volatile float* vp = partial;  // written by other CTAs: read from L2, not a stale L1 line
+  for (int n = 0; n < S.n; ++n) {
+    const ColSeg& h = S.s[n];
+    const int64_t chunks = (h.rows + kChunkRows - 1) / kChunkRows;
+    for (int c2 = ty * 32 + tx; c2 < h.cols; c2 += 256) {
+      float s = 0.f;
+      for (int64_t k = 0; k < chunks; ++k) s += vp[h.part + k * h.cols + c2];
+      h.dst[c2] += s;
+    }
+  }
+  if (tx == 0 && ty == 0) *counter = 0u;
 }
 
 // Row-major C[M, N] (ldc) += A^T B with A [K, M] (lda), B [K, N] (ldb), all row-major: the
@@ -510,10 +614,20 @@ void gemm_tn_acc(cublasHandle_t blas, int64_t M, int64_t N, int64_t K, const flo
                                A, int(lda), &one, C, int(ldc)));
 }
 
+// Raises kernel k's dynamic shared memory limit to `bytes` once per (kernel, device, size): the
+// attribute call is host time on every launch otherwise (and with an idle stream, GPU idle time).
 template <class Kern>
 void set_smem(Kern k, size_t bytes) {
-  if (bytes > 48 * 1024)
-    ADA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  if (bytes <= 48 * 1024) return;
+  int dev = 0;
+  ADA_CUDA_CHECK(cudaGetDevice(&dev));
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, size_t> done;  // the largest limit set so far
+  std::lock_guard<std::mutex> lock(mu);
+  size_t& cur = done[{reinterpret_cast<const void*>(k), dev}];
+  if (bytes <= cur) return;
+  ADA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+  cur = bytes;
 }
 
 }  // namespace
@@ -576,6 +690,8 @@ void user_fused_backward(cudaStream_t stream, cublasHandle_t blas, float* d_v, f
   a.z = a.d_gh + t * B * 3 * D;
   a.v = v;
   float* partial = a.z + B * 2 * D;
+  // the column sums' ticket: the first of the 64 spare elements after the partials (<= 15 B D)
+  a.counter = reinterpret_cast<unsigned*>(partial + B * D * 15);
   a.d_out = d_out;
   a.sv = sv;
   a.w = w;
@@ -632,10 +748,8 @@ void user_fused_backward(cudaStream_t stream, cublasHandle_t blas, float* d_v, f
   add(g.ln_w, d_out, B, D, true);
   ADA_CHECK(part <= B * D * 15, "cuda user adapter: work too small for the column sums");
   if (S.n == 0) return;
-  k_colsum_partial<<<dim3(unsigned((max_cols + 31) / 32), unsigned(max_chunks), unsigned(S.n)), dim3(32, 8), 0,
-                     stream>>>(S, partial);
-  ADA_CUDA_LAUNCHED();
-  k_colsum_final<<<dim3(unsigned((max_cols + 127) / 128), unsigned(S.n)), 128, 0, stream>>>(S, partial);
+  k_colsum<<<dim3(unsigned((max_cols + 31) / 32), unsigned(max_chunks), unsigned(S.n)), dim3(32, 8), 0,
+             stream>>>(S, partial, a.counter);
   ADA_CUDA_LAUNCHED();
 }
 

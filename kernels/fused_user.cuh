@@ -21,7 +21,8 @@ void user_fused_forward(cudaStream_t stream, float* out, const UserAdapterSaved<
 
 // Backward: one kernel for every data gradient (per tile of 8 rows), then the weight gradients as
 // cuBLAS GEMMs (FP32, `blas` bound to `stream`) on the saved activations and the data gradients the
-// kernel left in `work`, and the bias / LayerNorm gradients as two column-sum kernels.
+// kernel left in `work`, and the bias / LayerNorm gradients as one column-sum kernel (its last CTA
+// adds the per-chunk partials in order).
 void user_fused_backward(cudaStream_t stream, cublasHandle_t blas, float* d_v, float* d_users,
                          const UserAdapterTensors<float*>& g, float* work, const float* d_out,
                          const UserAdapterSaved<float>& saved, const float* users, const float* v,

@@ -1,11 +1,12 @@
 // The CUDA backend's fused user representation adapter (Backend::user_adapter_forward/backward,
 // kernels/fused_user.cu) against the CPU backend's, which is the composition of the primitive ops
-// (src/core/fused_user.cpp), on seeded random inputs: B in {1, 2, 3, 5, 8, 9, 13, 33} (a partial
-// tile of 8 rows and several tiles), D in {3, 7, 16, 33, 64, 65, 128} (128: the kernels' maximum)
-// and 130 (beyond it: the CUDA backend falls back to the composition), t in 1..4, dropout p = 0 and
-// p = 0.3. Every case first checks for a device and otherwise ends as skipped (exit 77), never as
-// passed. (D = 1 and 2 are left out: LayerNorm over 1 or 2 features outputs constants (b, or
-// b +- w), so its exact input gradient is 0 and both backends return rounding noise.)
+// (src/core/fused_user.cpp), on seeded random inputs: B in {1, 2, 3, 5, 8, 9, 13, 33, 300} (a
+// partial tile of 8 rows, several tiles, several 256-row chunks of the column sums), D in {3, 7,
+// 16, 33, 64, 65, 128} (128: the kernels' maximum) and 130 (beyond it: the CUDA backend falls back
+// to the composition), t in 1..4, dropout p = 0 and p = 0.3. Every case first checks for a device
+// and otherwise ends as skipped (exit 77), never as passed. (D = 1 and 2 are left out: LayerNorm
+// over 1 or 2 features outputs constants (b, or b +- w), so its exact input gradient is 0 and both
+// backends return rounding noise.)
 //
 // Tolerance: an element passes when |gpu - cpu| <= tol * (|cpu| + mean|cpu|) (as in
 // tests/cuda_backend_ops.cpp):
@@ -186,7 +187,9 @@ TEST_CASE("CUDA fused user adapter forward and backward match the CPU compositio
     int t;
   };
   for (const S s : {S{1, 3, 1}, S{3, 7, 2}, S{13, 33, 3}, S{8, 64, 1}, S{9, 64, 4}, S{5, 65, 2},
-                    S{33, 16, 4}, S{3, 128, 1}, S{2, 128, 3}})
+                    S{33, 16, 4}, S{3, 128, 1}, S{2, 128, 3},
+                    // B t > 256 rows: the column sums span several chunks (their last CTA adds them)
+                    S{300, 16, 2}})
     for (float p : {0.0f, 0.3f}) check_case(*cpu, *gpu, s.B, s.D, s.t, p, ++seed);
 }
 
