@@ -28,27 +28,21 @@
 #include "ada/rng.hpp"
 #include "ada/tensor.hpp"
 #include "ada/topk.hpp"
-#include "tests/test_util.hpp"
+#include "tests/cuda_test_util.hpp"
 
 using namespace ada;
 
 namespace {
 
-void require_gpu() {
-  if (!(built_with_cuda() && cuda_device_count() > 0)) ada_test::skip("no CUDA device");
-}
-
-size_t sz(int64_t n) { return static_cast<size_t>(n); }
+using ada_test::dev;
+using ada_test::require_gpu;
+using ada_test::sz;
+using Pair = ada_test::BackendPair;
 
 constexpr double kExact = 0.0, kElem = 1e-5, kReduce = 1e-4;
 
-// Uniform in [-scale, scale) from the counter RNG (stream = seed).
-std::vector<float> rnd(size_t n, uint64_t seed, float scale = 1.0f) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i)
-    v[i] = (2.0f * u32_to_unit_float(random_u32(1234, seed, i)) - 1.0f) * scale;
-  return v;
-}
+// Uniform in [-scale, scale) from the counter RNG (key 1234, stream = seed).
+std::vector<float> rnd(size_t n, uint64_t seed, float scale = 1.0f) { return ada_test::rnd(n, seed, scale, 0.0f, 1234); }
 std::vector<int32_t> rnd_ids(size_t n, uint64_t seed, int32_t hi) {
   std::vector<int32_t> v(n);
   for (size_t i = 0; i < n; ++i)
@@ -56,53 +50,11 @@ std::vector<int32_t> rnd_ids(size_t n, uint64_t seed, int32_t hi) {
   return v;
 }
 
-template <class T>
-DeviceArray<T> dev(const std::vector<T>& v) {
-  return DeviceArray<T>::from(v);
-}
-
-// tol_each (optional): a tolerance per element instead of tol.
-void expect_close(const std::string& what, const std::vector<float>& gpu,
-                  const std::vector<float>& cpu, double tol,
+// tol_each (optional): a tolerance per element instead of tol. A non-finite CPU value must be matched.
+void expect_close(const std::string& what, const std::vector<float>& gpu, const std::vector<float>& cpu, double tol,
                   const std::vector<double>* tol_each = nullptr) {
-  REQUIRE(gpu.size() == cpu.size());
-  if (tol_each) REQUIRE(tol_each->size() == cpu.size());
-  double mean_abs = 0;
-  for (float c : cpu)
-    if (std::isfinite(c)) mean_abs += std::fabs(double(c));
-  mean_abs /= double(std::max<size_t>(cpu.size(), 1));
-  double worst = 0;
-  size_t wi = 0;
-  bool finite_ok = true;
-  for (size_t i = 0; i < cpu.size(); ++i) {
-    const double g = gpu[i], c = cpu[i];
-    if (!std::isfinite(g) || !std::isfinite(c)) {
-      if (!(std::isnan(g) && std::isnan(c)) && g != c) {
-        finite_ok = false;
-        wi = i;
-        worst = INFINITY;
-      }
-      continue;
-    }
-    const double err = std::fabs(g - c);
-    const double lim = (tol_each ? (*tol_each)[i] : tol) * (std::fabs(c) + mean_abs);
-    const double ratio = err == 0 ? 0 : (lim > 0 ? err / lim : INFINITY);
-    if (ratio > worst) {
-      worst = ratio;
-      wi = i;
-    }
-  }
-  INFO(what << ": worst error/limit " << worst << " at " << wi << " of " << cpu.size() << " (gpu "
-            << (cpu.empty() ? 0.f : gpu[wi]) << ", cpu " << (cpu.empty() ? 0.f : cpu[wi])
-            << ", tol " << (tol_each && !cpu.empty() ? (*tol_each)[wi] : tol) << ")");
-  CHECK(finite_ok);
-  CHECK(worst <= 1.0);
+  ada_test::expect_close(what, gpu, cpu, tol, 0.0, tol_each, ada_test::NonFinite::kMatch);
 }
-
-struct Pair {
-  std::unique_ptr<Backend<float>> cpu = make_cpu_backend<float>();
-  std::unique_ptr<Backend<float>> gpu = make_cuda_backend(0);
-};
 
 // Jagged layout with its storage.
 struct Layout {

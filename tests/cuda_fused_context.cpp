@@ -29,68 +29,19 @@
 #include "ada/cuda_backend.hpp"
 #include "ada/device.hpp"
 #include "ada/rng.hpp"
-#include "tests/test_util.hpp"
+#include "tests/cuda_test_util.hpp"
 
 using namespace ada;
 
 namespace {
 
-void require_gpu() {
-  if (!(built_with_cuda() && cuda_device_count() > 0)) ada_test::skip("no CUDA device");
-}
+using ada_test::dev;
+using ada_test::expect_close;
+using ada_test::require_gpu;
+using ada_test::rnd;
+using Pair = ada_test::BackendPair;
 
 constexpr double kReduce = 1e-4;
-
-std::vector<float> rnd(size_t n, uint64_t seed, float scale = 1.0f) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i)
-    v[i] = (2.0f * u32_to_unit_float(random_u32(4321, seed, i)) - 1.0f) * scale;
-  return v;
-}
-
-template <class T>
-DeviceArray<T> dev(const std::vector<T>& v) {
-  return DeviceArray<T>::from(v);
-}
-
-void expect_close(const std::string& what, const std::vector<float>& gpu,
-                  const std::vector<float>& cpu, double tol, double abs_tol = 0) {
-  REQUIRE(gpu.size() == cpu.size());
-  double mean_abs = 0;
-  for (float c : cpu)
-    if (std::isfinite(c)) mean_abs += std::fabs(double(c));
-  mean_abs /= double(std::max<size_t>(cpu.size(), 1));
-  double worst = 0;
-  size_t wi = 0;
-  bool finite_ok = true;
-  for (size_t i = 0; i < cpu.size(); ++i) {
-    const double g = gpu[i], c = cpu[i];
-    if (!std::isfinite(g) || !std::isfinite(c)) {
-      if (g != c) {
-        finite_ok = false;
-        wi = i;
-        worst = INFINITY;
-      }
-      continue;
-    }
-    const double err = std::fabs(g - c);
-    const double lim = tol * (std::fabs(c) + mean_abs) + abs_tol;
-    const double ratio = err == 0 ? 0 : (lim > 0 ? err / lim : INFINITY);
-    if (ratio > worst) {
-      worst = ratio;
-      wi = i;
-    }
-  }
-  INFO(what << ": worst error/limit " << worst << " at " << wi << " of " << cpu.size() << " (gpu "
-            << (cpu.empty() ? 0.f : gpu[wi]) << ", cpu " << (cpu.empty() ? 0.f : cpu[wi]) << ")");
-  CHECK(finite_ok);
-  CHECK(worst <= 1.0);
-}
-
-struct Pair {
-  std::unique_ptr<Backend<float>> cpu = make_cpu_backend<float>();
-  std::unique_ptr<Backend<float>> gpu = make_cuda_backend(0);
-};
 
 struct Case {
   std::vector<int64_t> lens;  // queries per row

@@ -26,58 +26,19 @@
 #include "ada/cuda_backend.hpp"
 #include "ada/device.hpp"
 #include "ada/rng.hpp"
-#include "tests/test_util.hpp"
+#include "tests/cuda_test_util.hpp"
 
 using namespace ada;
 
 namespace {
 
-void require_gpu() {
-  if (!(built_with_cuda() && cuda_device_count() > 0)) ada_test::skip("no CUDA device");
-}
-
-size_t sz(int64_t n) { return static_cast<size_t>(n); }
+using ada_test::dev;
+using ada_test::expect_close;
+using ada_test::require_gpu;
+using ada_test::rnd;
+using ada_test::sz;
 
 constexpr double kReduce = 1e-4;
-
-// Uniform in [-scale, scale) from the counter RNG (stream = seed).
-std::vector<float> rnd(size_t n, uint64_t seed, float scale = 1.0f, float offset = 0.0f) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i)
-    v[i] = offset + (2.0f * u32_to_unit_float(random_u32(4321, seed, i)) - 1.0f) * scale;
-  return v;
-}
-
-DeviceArray<float> dev(const std::vector<float>& v) { return DeviceArray<float>::from(v); }
-
-void expect_close(const std::string& what, const std::vector<float>& gpu,
-                  const std::vector<float>& cpu, double tol) {
-  REQUIRE(gpu.size() == cpu.size());
-  double mean_abs = 0;
-  for (float c : cpu) mean_abs += std::fabs(double(c));
-  mean_abs /= double(std::max<size_t>(cpu.size(), 1));
-  double worst = 0;
-  size_t wi = 0;
-  bool finite = true;
-  for (size_t i = 0; i < cpu.size(); ++i) {
-    const double g = gpu[i], c = cpu[i];
-    if (!std::isfinite(g) || !std::isfinite(c)) {
-      finite = false;
-      wi = i;
-      break;
-    }
-    const double err = std::fabs(g - c), lim = tol * (std::fabs(c) + mean_abs);
-    const double ratio = err == 0 ? 0 : (lim > 0 ? err / lim : INFINITY);
-    if (ratio > worst) {
-      worst = ratio;
-      wi = i;
-    }
-  }
-  INFO(what << ": worst error/limit " << worst << " at " << wi << " of " << cpu.size() << " (gpu "
-            << (cpu.empty() ? 0.f : gpu[wi]) << ", cpu " << (cpu.empty() ? 0.f : cpu[wi]) << ")");
-  CHECK(finite);
-  CHECK(worst <= 1.0);
-}
 
 struct Shape {
   int64_t R, K, D;

@@ -28,55 +28,18 @@
 #include "ada/cuda_backend.hpp"
 #include "ada/device.hpp"
 #include "ada/rng.hpp"
-#include "tests/test_util.hpp"
+#include "tests/cuda_test_util.hpp"
 
 using namespace ada;
 
 namespace {
 
-void require_gpu() {
-  if (!(built_with_cuda() && cuda_device_count() > 0)) ada_test::skip("no CUDA device");
-}
-
-size_t sz(int64_t n) { return static_cast<size_t>(n); }
+using ada_test::expect_close;
+using ada_test::require_gpu;
+using ada_test::rnd;
+using ada_test::sz;
 
 constexpr double kFwd = 1e-4, kBwd = 3e-4;
-
-std::vector<float> rnd(size_t n, uint64_t seed, float scale = 1.0f) {
-  std::vector<float> v(n);
-  for (size_t i = 0; i < n; ++i)
-    v[i] = (2.0f * u32_to_unit_float(random_u32(4321, seed, i)) - 1.0f) * scale;
-  return v;
-}
-
-void expect_close(const std::string& what, const std::vector<float>& gpu,
-                  const std::vector<float>& cpu, double tol) {
-  REQUIRE(gpu.size() == cpu.size());
-  double mean_abs = 0;
-  for (float c : cpu) mean_abs += std::fabs(double(c));
-  mean_abs /= double(std::max<size_t>(cpu.size(), 1));
-  double worst = 0;
-  size_t wi = 0;
-  bool finite = true;
-  for (size_t i = 0; i < cpu.size(); ++i) {
-    if (!std::isfinite(gpu[i]) || !std::isfinite(cpu[i])) {
-      finite = false;
-      wi = i;
-      continue;
-    }
-    const double err = std::fabs(double(gpu[i]) - double(cpu[i]));
-    const double lim = tol * (std::fabs(double(cpu[i])) + mean_abs);
-    const double ratio = err == 0 ? 0 : (lim > 0 ? err / lim : INFINITY);
-    if (ratio > worst) {
-      worst = ratio;
-      wi = i;
-    }
-  }
-  INFO(what << ": worst error/limit " << worst << " at " << wi << " of " << cpu.size() << " (gpu "
-            << (cpu.empty() ? 0.f : gpu[wi]) << ", cpu " << (cpu.empty() ? 0.f : cpu[wi]) << ")");
-  CHECK(finite);
-  CHECK(worst <= 1.0);
-}
 
 // The ten parameter tensors in UserAdapterTensors order, with their sizes.
 std::vector<int64_t> param_sizes(int64_t D) {
