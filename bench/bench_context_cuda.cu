@@ -47,19 +47,13 @@
 namespace {
 
 using ada::DeviceArray;
+using ada_bench::backend;
+using ada_bench::random_device;
 using ada_bench::Timer;
 
 constexpr int64_t kB = 1024, kD = 64, kL = 50;
 constexpr float kP = 0.5f, kEps = 1e-12f;
 constexpr uint64_t kSeed = 11, kStream = 12;
-
-DeviceArray<float> random_device(size_t n, uint32_t seed, float scale = 1.0f, float shift = 0.f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = nd(rng) + shift;
-  return DeviceArray<float>::from(v);
-}
 
 // Beauty-like jagged batch (as bench_kernels_cuda.cu): 15% empty histories (all 50 padding tokens),
 // else 1..20 items. off: the query offsets; row/pos: each token's sample and its slot in the padded
@@ -89,18 +83,6 @@ const Jagged& batch() {
     return b;
   }();
   return j;
-}
-
-ada::Backend<float>* backend(benchmark::State& st) {
-  static std::unique_ptr<ada::Backend<float>> be;
-  if (!be) {
-    if (ada::cuda_device_count() == 0) {
-      st.SkipWithError("no CUDA device");
-      return nullptr;
-    }
-    be = ada::make_cuda_backend(0);
-  }
-  return be.get();
 }
 
 // Every tensor of the block, forward and backward, at context size Nc.

@@ -49,32 +49,14 @@
 namespace {
 
 using ada::DeviceArray;
+using ada_bench::backend;
+using ada_bench::random_device;
 using ada_bench::Timer;
 
 constexpr int64_t kK = 20, kD = 64, kF = kK / 2 + 1;
 constexpr float kP = 0.5f, kEps = 1e-12f;
 constexpr uint64_t kSeed = 7;
 const uint64_t kStream = ada::rng_stream(ada::RngPurpose::kDropout, 1, 4 * 128 + 64);
-
-DeviceArray<float> random_device(size_t n, uint32_t seed, float scale = 1.0f, float offset = 0.f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = offset + nd(rng);
-  return DeviceArray<float>::from(v);
-}
-
-ada::Backend<float>* backend(benchmark::State& st) {
-  static std::unique_ptr<ada::Backend<float>> be;
-  if (!be) {
-    if (ada::cuda_device_count() == 0) {
-      st.SkipWithError("no CUDA device");
-      return nullptr;
-    }
-    be = ada::make_cuda_backend(0);
-  }
-  return be.get();
-}
 
 // Everything one configuration needs: inputs, weights, saved tensors, gradients, scratch.
 struct Data {

@@ -25,20 +25,14 @@
 
 namespace {
 
+using ada_bench::backend;
+using ada_bench::random_device;
 using ada_bench::Timer;
 
 using ada::DeviceArray;
 
 constexpr int64_t kB = 1024, kD = 64, kL = 50, kHeads = 16, kInner = 512, kCand = 101;
 constexpr int64_t kK = 20, kBlocks = 4 * kB, kNc = 80;
-
-DeviceArray<float> random_device(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = nd(rng);
-  return DeviceArray<float>::from(v);
-}
 
 // Beauty-like jagged batch: 15% empty histories (all 50 padding tokens, all_masked), else 1..20 items.
 struct Jagged {
@@ -66,18 +60,6 @@ const Jagged& batch() {
     return b;
   }();
   return j;
-}
-
-ada::Backend<float>* backend(benchmark::State& st) {
-  static std::unique_ptr<ada::Backend<float>> be;
-  if (!be) {
-    if (ada::cuda_device_count() == 0) {
-      st.SkipWithError("no CUDA device");
-      return nullptr;
-    }
-    be = ada::make_cuda_backend(0);
-  }
-  return be.get();
 }
 
 // Runs `op` (which enqueues work on the backend's stream) under CUDA-event timing.

@@ -30,29 +30,11 @@
 namespace {
 
 using ada::DeviceArray;
+using ada_bench::backend;
+using ada_bench::random_device;
 using ada_bench::Timer;
 
 constexpr int64_t kB = 1024, kD = 64;
-
-DeviceArray<float> random_device(size_t n, uint32_t seed, float scale) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = nd(rng);
-  return DeviceArray<float>::from(v);
-}
-
-ada::Backend<float>* backend(benchmark::State& st) {
-  static std::unique_ptr<ada::Backend<float>> be;
-  if (!be) {
-    if (ada::cuda_device_count() == 0) {
-      st.SkipWithError("no CUDA device");
-      return nullptr;
-    }
-    be = ada::make_cuda_backend(0);
-  }
-  return be.get();
-}
 
 // Everything one adapter call needs, at round t.
 struct Problem {

@@ -1,9 +1,18 @@
-// Shared by the CUDA benchmarks: an abort-on-error check and CUDA-event timing.
+// Shared by the CUDA benchmarks: an abort-on-error check, CUDA-event timing, random device arrays and
+// the process's CUDA backend.
 #pragma once
+#include <benchmark/benchmark.h>
 #include <cuda_runtime.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "ada/backend.hpp"
+#include "ada/cuda_backend.hpp"
+#include "ada/device.hpp"
 
 #define CK(x)                                                                                  \
   do {                                                                                         \
@@ -39,5 +48,28 @@ struct Timer {
     return ms / 1e3;
   }
 };
+
+// n values N(offset, scale^2) from a seeded generator, on the device (the benchmarks time, the tests
+// check values: only the scale matters here).
+inline ada::DeviceArray<float> random_device(size_t n, uint32_t seed, float scale = 1.0f, float offset = 0.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.f, scale);
+  std::vector<float> v(n);
+  for (auto& x : v) x = offset + nd(rng);
+  return ada::DeviceArray<float>::from(v);
+}
+
+// The process's CUDA backend (made on first use), or null with the benchmark skipped without a device.
+inline ada::Backend<float>* backend(benchmark::State& st) {
+  static std::unique_ptr<ada::Backend<float>> be;
+  if (!be) {
+    if (ada::cuda_device_count() == 0) {
+      st.SkipWithError("no CUDA device");
+      return nullptr;
+    }
+    be = ada::make_cuda_backend(0);
+  }
+  return be.get();
+}
 
 }  // namespace ada_bench
