@@ -5,8 +5,9 @@
 // backend, and the GPU (skipped without a CUDA device): the model on the CUDA backend, its context
 // and the returned lists from the fused top-k kernel. scripts/gpu-check runs the GPU rows.
 //   BM_retrieve/<device: 0 cpu-sgemm, 1 cpu-shards, 2 cuda>/<N>/<B>
-//   BM_user_vectors/<device>/<N>/<B>   the same without the list searches (the model's forward and
-//                                      its context searches only)
+//   BM_user_vectors/<device>/<N>/<B>   the model's part alone: forward() of the T rounds with its
+//                                      T - 1 context searches (BM_retrieve runs T searches in all,
+//                                      each giving a round's list and the next round's context)
 #include <benchmark/benchmark.h>
 #include <unistd.h>
 
@@ -81,8 +82,9 @@ void BM_retrieve(benchmark::State& st) {
   st.counters["users/s"] = benchmark::Counter(double(st.range(2)), benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// The model's part of BM_retrieve alone: the T rounds' user vectors (with the context searches
-// between rounds) and their copy to the host; BM_retrieve adds the T list searches.
+// The model's part of BM_retrieve alone: the T rounds' user vectors (forward() with its T - 1
+// context searches) and their copy to the host. BM_retrieve's forward_lists runs T searches that
+// give both the lists and the contexts, so the difference is the lists' extra search and host work.
 void BM_user_vectors(benchmark::State& st) {
   auto s = setup(st);
   if (!s) return;

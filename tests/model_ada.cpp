@@ -243,7 +243,8 @@ TEST_CASE("forward_lists gives forward's vectors and multi_round_topk's lists, o
       // 200: rounds 0 and 1 search once for their list and the next context, round 2 for its list;
       // 1500: the long row needs over 1024 items from one search, so two searches a round
       REQUIRE(m.last_searches() == (n_items == 200 ? 3 : 5));
-      // the model's context is what forward() found
+      // forward_lists leaves no state behind: a forward() after it finds the same context (its own
+      // contexts are checked through U2 == U: later rounds' vectors depend on them)
       std::vector<ItemId> ctx2(ctx.size());
       m.forward(hist, false, 0, 0, U2.data(), ctx2.data());
       REQUIRE(ctx2 == ctx);

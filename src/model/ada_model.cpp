@@ -169,7 +169,8 @@ bool AdaSasRec<T>::round_lists(const T* u, int64_t B, int t, bool with_context, 
     const auto& c = common[size_t(b)];
     both.push_row(c.data(), c.data() + c.size());
     m = std::max(m, need[size_t(b)]);
-    room = std::min(room, N - 1 - int64_t(c.size()));  // the row's candidates (ids in range: the search checks them)
+    room = std::min(room, N - 1 - int64_t(c.size()));  // the row's candidates (out-of-range exclusions are
+                                                       // reported by the list-only search of the last round)
   }
   if (!with_context || m > room || m > kGpuTopkMaxK) {
     // the list alone (multi_round_topk's search): the row's exclusions and the earlier lists
