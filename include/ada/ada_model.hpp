@@ -117,7 +117,7 @@ class AdaSasRec {
 
   // Backward scratch, reused by every step (no allocation in the steady state).
   struct Grads {
-    Buffer<T> d_x, d_c, d_q, d_et, d_e, d_f, d_r2, d_a2, d_h, d_a1r, d_a1, d_z, d_gi, d_gh, d_hprev, d_tokens;
+    Buffer<T> d_x, d_c, d_et, d_e, d_r2, d_a2, d_h, d_a1r, d_a1, d_z, d_gi, d_gh, d_hprev, d_tokens;
   };
 
   AdaConfig ada_;
@@ -140,7 +140,7 @@ class AdaSasRec {
   Grads g_;
   std::vector<Round> rounds_;
   Buffer<T> users_;          // [T, B, D] forward outputs (URA inputs of later rounds)
-  Buffer<T> scratch_, scratch2_, zeros_;
+  Buffer<T> scratch2_;
   ShardedSearcher* searcher_ = nullptr;
   Lists* lists_ = nullptr;  // set during forward_lists
   int searches_ = 0;
