@@ -4,6 +4,8 @@
 // else synthetic data of the same size. Run: build/bench_cpu --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
 
+#include <sys/resource.h>
+
 #include <cstdlib>
 #include <memory>
 
@@ -31,6 +33,18 @@ const Dataset& bench_data() {
   return ds;
 }
 
+// Untimed steps before a training benchmark's loop. The first steps allocate and first-touch the
+// activations (about 1 GB for Ada), and the buffers grow again while batches set new token-count
+// maxima; a 151-step epoch pays that once, a 5-iteration benchmark would pay it in every iteration's
+// average (it inflated the Ada step by about 20%).
+constexpr int kWarmupSteps = 3;
+
+long minor_faults() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_minflt;
+}
+
 // samples/s, and the seconds an epoch takes at that rate: elapsed / (samples / samples_per_epoch).
 void set_training_counters(benchmark::State& state, int64_t samples, size_t samples_per_epoch) {
   state.counters["samples/s"] = benchmark::Counter(double(samples), benchmark::Counter::kIsRate);
@@ -51,7 +65,7 @@ void BM_sasrec_train_step(benchmark::State& state) {
   std::vector<float> U, dU, logits, m(model.params().values().size()), v(m.size());
   uint64_t step = 0;
   int64_t samples = 0;
-  for (auto _ : state) {
+  auto train_step = [&] {
     sampler.fill_batch(step % nb, bs, batch);
     const int64_t B = int64_t(batch.size()), C = 1 + batch.n_neg;
     U.resize(size_t(B * 64));
@@ -65,8 +79,12 @@ void BM_sasrec_train_step(benchmark::State& state) {
     be->adam_update(model.params().values().data(), m.data(), v.data(), model.params().grads().data(),
                     model.params().flat_size(), 1e-3, 0.9, 0.999, 1e-8, int64_t(step) + 1);
     ++step;
-    samples += B;
-  }
+    return B;
+  };
+  for (int w = 0; w < kWarmupSteps; ++w) train_step();
+  const long faults0 = minor_faults();
+  for (auto _ : state) samples += train_step();
+  state.counters["faults/step"] = double(minor_faults() - faults0) / double(state.iterations());
   set_training_counters(state, samples, sampler.num_samples());
 }
 BENCHMARK(BM_sasrec_train_step)->Unit(benchmark::kMillisecond)->MinTime(5.0)->UseRealTime();
@@ -86,13 +104,17 @@ void BM_ada_train_step(benchmark::State& state) {
   Batch batch;
   uint64_t step = 0;
   int64_t samples = 0;
-  for (auto _ : state) {
+  auto train_step = [&] {
     sampler.fill_batch(step % nb, bs, batch);
     model.params().zero_grad();
     benchmark::DoNotOptimize(trainable.train_step(batch, 1, step));
     ++step;
-    samples += int64_t(batch.size());
-  }
+    return int64_t(batch.size());
+  };
+  for (int w = 0; w < kWarmupSteps; ++w) train_step();
+  const long faults0 = minor_faults();
+  for (auto _ : state) samples += train_step();
+  state.counters["faults/step"] = double(minor_faults() - faults0) / double(state.iterations());
   set_training_counters(state, samples, sampler.num_samples());
 }
 BENCHMARK(BM_ada_train_step)->Unit(benchmark::kMillisecond)->MinTime(10.0)->UseRealTime();

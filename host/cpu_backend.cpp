@@ -40,17 +40,22 @@ inline void blas_gemm(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t M, int64_t
               C, int(ldc));
 }
 
-// Calls f(i, u) for every i in [0, n) with u = the uniform float of (seed, stream, i); one Philox
-// block serves four consecutive elements.
+// Calls f(i0, m, u) for consecutive chunks [i0, i0 + m) of [0, n), u[j] = the uniform float of
+// (seed, stream, i0 + j); one Philox block serves four consecutive elements. Each thread draws a
+// chunk's words at once (random_u32_fill's vectorised Philox) and hands f whole arrays, so that f's
+// loop vectorises. The values do not depend on the thread count.
 template <class F>
 void for_each_uniform(int64_t n, uint64_t seed, uint64_t stream, F f) {
-  const int64_t blocks = (n + 3) / 4;
+  constexpr int64_t kChunk = 1024;  // a multiple of 4: chunks start on a Philox block
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    const Philox4 r = philox4x32_10(uint32_t(blk), uint32_t(uint64_t(blk) >> 32), uint32_t(stream),
-                                    uint32_t(stream >> 32), uint32_t(seed), uint32_t(seed >> 32));
-    const int64_t end = std::min<int64_t>(n, blk * 4 + 4);
-    for (int64_t i = blk * 4; i < end; ++i) f(i, u32_to_unit_float(r.v[i & 3]));
+  for (int64_t c = 0; c < chunks; ++c) {
+    uint32_t words[kChunk];
+    float u[kChunk];
+    const int64_t i0 = c * kChunk, m = std::min(kChunk, n - i0);
+    random_u32_fill(seed, stream, uint64_t(i0), uint64_t(m), words);
+    for (int64_t j = 0; j < m; ++j) u[j] = u32_to_unit_float(words[j]);
+    f(i0, m, static_cast<const float*>(u));
   }
 }
 
@@ -298,8 +303,14 @@ class CpuBackend final : public Backend<T> {
       return;
     }
     const T keep_scale = T(1) / (T(1) - T(p));
-    for_each_uniform(n, seed, stream,
-                     [&](int64_t i, float u) { out[i] = u >= p ? in[i] * keep_scale : T(0); });
+    for_each_uniform(n, seed, stream, [out, in, keep_scale, p](int64_t i0, int64_t m, const float* u) {
+      T* o = out + i0;
+      const T* x = in + i0;
+      for (int64_t j = 0; j < m; ++j) {  // a select, not a branch: the mask is random
+        const T kept = x[j] * keep_scale;
+        o[j] = u[j] >= p ? kept : T(0);
+      }
+    });
   }
   void dropout_backward(T* din, const T* dout, int64_t n, float p, uint64_t seed,
                         uint64_t stream) override {
