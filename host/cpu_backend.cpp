@@ -73,6 +73,53 @@ inline T dot_product(const T* a, const T* b, int64_t n) {
   return s;
 }
 
+// Per-thread work arrays of the CPU attention, grown to the longest sequence a thread meets.
+template <class T>
+struct AttentionScratch {
+  std::vector<T> qd, dod, kd, vd, dkd, dvd, S, mask, dp, acc;
+  std::vector<uint32_t> words;
+  std::vector<T> keep;  // [nk][H], 1 or 0
+  // keep[j][h] = 1 when the dropout draw of probability (h, j) of a query whose nk * H probabilities
+  // start at global index pbase (stored [h][j]) keeps it (u >= p), else 0.
+  void draw_keep(uint64_t seed, uint64_t stream, int64_t pbase, int64_t nk, int H, float p) {
+    random_u32_fill(seed, stream, uint64_t(pbase), uint64_t(H * nk), words.data());
+    for (int h = 0; h < H; ++h)
+      for (int64_t j = 0; j < nk; ++j)
+        keep[size_t(j * H + h)] = u32_to_unit_float(words[size_t(h * nk + j)]) >= p ? T(1) : T(0);
+  }
+  void prepare(int64_t n, int H, int hd, bool dropout) {
+    const size_t W = size_t(H) * size_t(hd), nn = size_t(n);
+    qd.resize(W);
+    dod.resize(W);
+    kd.resize(nn * W);
+    vd.resize(nn * W);
+    dkd.resize(nn * W);
+    dvd.resize(nn * W);
+    S.resize(nn * size_t(H));
+    mask.resize(nn * size_t(H));
+    dp.resize(nn * size_t(H));
+    acc.resize(3 * size_t(H) + W);
+    if (dropout) {
+      words.resize(nn * size_t(H));
+      keep.resize(nn * size_t(H));
+    }
+  }
+};
+
+// rows [n][H * hd] (head-major, as the projections write them) -> [n][hd][H], and back (+=).
+template <class T>
+void to_key_d_head(T* dst, const T* src, int64_t n, int H, int hd) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int h = 0; h < H; ++h)
+      for (int d = 0; d < hd; ++d) dst[(j * hd + d) * H + h] = src[(j * H + h) * hd + d];
+}
+template <class T>
+void add_from_key_d_head(T* dst, const T* src, int64_t n, int H, int hd) {
+  for (int64_t j = 0; j < n; ++j)
+    for (int h = 0; h < H; ++h)
+      for (int d = 0; d < hd; ++d) dst[(j * H + h) * hd + d] += src[(j * hd + d) * H + h];
+}
+
 // Per-sequence offsets into the probability buffer (heads * keys per query, queries in order).
 std::vector<int64_t> prob_offsets(const AttentionShape& sh) {
   const auto& L = sh.layout;
@@ -304,11 +351,15 @@ class CpuBackend final : public Backend<T> {
     }
     const T keep_scale = T(1) / (T(1) - T(p));
     for_each_uniform(n, seed, stream, [out, in, keep_scale, p](int64_t i0, int64_t m, const float* u) {
+      // locals, not the closure's members: stores through o could alias those, which kept the loop
+      // scalar and branching (the mask is random: a mispredicted branch per 3 elements)
       T* o = out + i0;
       const T* x = in + i0;
-      for (int64_t j = 0; j < m; ++j) {  // a select, not a branch: the mask is random
-        const T kept = x[j] * keep_scale;
-        o[j] = u[j] >= p ? kept : T(0);
+      const T scale = keep_scale;
+      const float q = p;
+      for (int64_t j = 0; j < m; ++j) {
+        const T kept = x[j] * scale;
+        o[j] = u[j] >= q ? kept : T(0);
       }
     });
   }
@@ -334,7 +385,11 @@ class CpuBackend final : public Backend<T> {
   }
 
   // Thread mapping: one sequence per iteration (its keys are private to it, so dk/dv need no
-  // atomics and the result is independent of the thread count).
+  // atomics and the result is independent of the thread count). Inside a sequence the heads are the
+  // innermost, vectorised, dimension: keys and values are first transposed to [key][d][head] (the
+  // model has many heads of few dims: 16 of 4), so every score, softmax, value and gradient loop runs
+  // over contiguous heads while summing over d and over keys in the order of the plain definition.
+  // The probabilities keep their storage order ([query][head][key], Backend::attention_forward).
   void attention_forward(T* out, T* probs, const T* q, const T* k, const T* v,
                          const AttentionShape& sh) override {
     const auto& L = sh.layout;
@@ -344,52 +399,73 @@ class CpuBackend final : public Backend<T> {
     const std::vector<int64_t> poff = prob_offsets(sh);
     const float p = sh.dropout;
     const T keep_scale = p > 0 ? T(1) / (T(1) - T(p)) : T(1);
-#pragma omp parallel for schedule(dynamic, 8)
-    for (int64_t s = 0; s < L.num_seqs; ++s) {
-      const int64_t t0 = L.tok_offsets[s], n = L.tok_offsets[s + 1] - t0;
-      const T mask_add = L.all_masked[s] ? T(-10000) : T(0);
-      const int64_t i_begin = sh.last_only ? n - 1 : 0;
-      int64_t pbase = poff[s];
-      std::vector<T> pd(static_cast<size_t>(n));
-      std::vector<uint32_t> bits(static_cast<size_t>(n));
-      for (int64_t i = i_begin; i < n; ++i) {
-        const int64_t qrow = sh.last_only ? s : t0 + i;
-        const int64_t nk = L.all_masked[s] ? n : i + 1;
-        for (int h = 0; h < H; ++h) {
-          const T* qh = q + qrow * W + h * hd;
-          T* ph = probs + pbase + int64_t(h) * nk;
-          T mx = -std::numeric_limits<T>::infinity();
+#pragma omp parallel
+    {
+      AttentionScratch<T> sc;
+#pragma omp for schedule(dynamic, 8)
+      for (int64_t s = 0; s < L.num_seqs; ++s) {
+        const int64_t t0 = L.tok_offsets[s], n = L.tok_offsets[s + 1] - t0;
+        const T mask_add = L.all_masked[s] ? T(-10000) : T(0);
+        const int64_t i_begin = sh.last_only ? n - 1 : 0;
+        int64_t pbase = poff[s];
+        sc.prepare(n, H, hd, p > 0);
+        to_key_d_head(sc.kd.data(), k + t0 * W, n, H, hd);
+        to_key_d_head(sc.vd.data(), v + t0 * W, n, H, hd);
+        for (int64_t i = i_begin; i < n; ++i) {
+          const int64_t qrow = sh.last_only ? s : t0 + i;
+          const int64_t nk = L.all_masked[s] ? n : i + 1;
+          to_key_d_head(sc.qd.data(), q + qrow * W, 1, H, hd);
+          T* S = sc.S.data();  // [nk][H]
+          T* mx = sc.acc.data();
+          for (int h = 0; h < H; ++h) mx[h] = -std::numeric_limits<T>::infinity();
           for (int64_t j = 0; j < nk; ++j) {
-            const T* kh = k + (t0 + j) * W + h * hd;
-            T dot = 0;
-            for (int d = 0; d < hd; ++d) dot += qh[d] * kh[d];
-            const T sc = dot * scale + mask_add;
-            ph[j] = sc;
-            mx = std::max(mx, sc);
+            const T* kj = sc.kd.data() + j * W;
+            T* Sj = S + j * H;
+            for (int h = 0; h < H; ++h) Sj[h] = 0;
+            for (int d = 0; d < hd; ++d)
+              for (int h = 0; h < H; ++h) Sj[h] += sc.qd[size_t(d * H + h)] * kj[d * H + h];
+            for (int h = 0; h < H; ++h) {
+              Sj[h] = Sj[h] * scale + mask_add;
+              mx[h] = std::max(mx[h], Sj[h]);
+            }
           }
-          T sum = 0;
+          T* sum = sc.acc.data() + H;
+          for (int h = 0; h < H; ++h) sum[h] = 0;
           for (int64_t j = 0; j < nk; ++j) {
-            ph[j] = std::exp(ph[j] - mx);
-            sum += ph[j];
+            T* Sj = S + j * H;
+            for (int h = 0; h < H; ++h) {
+              Sj[h] = std::exp(Sj[h] - mx[h]);
+              sum[h] += Sj[h];
+            }
           }
-          const T inv = T(1) / sum;
-          for (int64_t j = 0; j < nk; ++j) ph[j] *= inv;
-          // dropout on the probabilities, mask indexed by the global probability index
-          if (p > 0) {
-            random_u32_fill(sh.seed, sh.stream, uint64_t(pbase + int64_t(h) * nk), uint64_t(nk), bits.data());
-            for (int64_t j = 0; j < nk; ++j)
-              pd[j] = u32_to_unit_float(bits[j]) >= p ? ph[j] * keep_scale : T(0);
-          } else {
-            for (int64_t j = 0; j < nk; ++j) pd[j] = ph[j];
-          }
-          T* oh = out + qrow * W + h * hd;
-          for (int d = 0; d < hd; ++d) oh[d] = 0;
+          T* inv = sc.acc.data() + 2 * H;
+          for (int h = 0; h < H; ++h) inv[h] = T(1) / sum[h];
+          // the probabilities, stored per head; dropout on them, masked by the global probability index
+          if (p > 0) sc.draw_keep(sh.seed, sh.stream, pbase, nk, H, p);
+          T* outd = sc.acc.data() + 3 * H;  // [hd][H]
+          for (int64_t c = 0; c < W; ++c) outd[c] = 0;
           for (int64_t j = 0; j < nk; ++j) {
-            const T* vh = v + (t0 + j) * W + h * hd;
-            for (int d = 0; d < hd; ++d) oh[d] += pd[j] * vh[d];
+            T* Sj = S + j * H;
+            for (int h = 0; h < H; ++h) {
+              Sj[h] *= inv[h];
+              probs[pbase + h * nk + j] = Sj[h];
+            }
+            if (p > 0) {
+              const T* keep = sc.keep.data() + j * H;
+              for (int h = 0; h < H; ++h) {
+                const T kept = Sj[h] * keep_scale;
+                Sj[h] = keep[h] != T(0) ? kept : T(0);
+              }
+            }
+            const T* vj = sc.vd.data() + j * W;
+            for (int d = 0; d < hd; ++d)
+              for (int h = 0; h < H; ++h) outd[d * H + h] += Sj[h] * vj[d * H + h];
           }
+          T* oq = out + qrow * W;
+          for (int h = 0; h < H; ++h)
+            for (int d = 0; d < hd; ++d) oq[h * hd + d] = outd[d * H + h];
+          pbase += int64_t(H) * nk;
         }
-        pbase += int64_t(H) * nk;
       }
     }
   }
@@ -403,51 +479,79 @@ class CpuBackend final : public Backend<T> {
     const std::vector<int64_t> poff = prob_offsets(sh);
     const float p = sh.dropout;
     const T keep_scale = p > 0 ? T(1) / (T(1) - T(p)) : T(1);
-#pragma omp parallel for schedule(dynamic, 8)
-    for (int64_t s = 0; s < L.num_seqs; ++s) {
-      const int64_t t0 = L.tok_offsets[s], n = L.tok_offsets[s + 1] - t0;
-      const int64_t i_begin = sh.last_only ? n - 1 : 0;
-      int64_t pbase = poff[s];
-      std::vector<T> dp(static_cast<size_t>(n));
-      std::vector<uint32_t> bits(static_cast<size_t>(n));
-      for (int64_t i = i_begin; i < n; ++i) {
-        const int64_t qrow = sh.last_only ? s : t0 + i;
-        const int64_t nk = L.all_masked[s] ? n : i + 1;
-        for (int h = 0; h < H; ++h) {
-          const T* ph = probs + pbase + int64_t(h) * nk;
-          const T* doh = dout + qrow * W + h * hd;
-          const T* qh = q + qrow * W + h * hd;
-          T dot_sum = 0;
-          if (p > 0)
-            random_u32_fill(sh.seed, sh.stream, uint64_t(pbase + int64_t(h) * nk), uint64_t(nk), bits.data());
+#pragma omp parallel
+    {
+      AttentionScratch<T> sc;
+#pragma omp for schedule(dynamic, 8)
+      for (int64_t s = 0; s < L.num_seqs; ++s) {
+        const int64_t t0 = L.tok_offsets[s], n = L.tok_offsets[s + 1] - t0;
+        const int64_t i_begin = sh.last_only ? n - 1 : 0;
+        int64_t pbase = poff[s];
+        sc.prepare(n, H, hd, p > 0);
+        to_key_d_head(sc.kd.data(), k + t0 * W, n, H, hd);
+        to_key_d_head(sc.vd.data(), v + t0 * W, n, H, hd);
+        std::fill(sc.dkd.begin(), sc.dkd.end(), T(0));
+        std::fill(sc.dvd.begin(), sc.dvd.end(), T(0));
+        for (int64_t i = i_begin; i < n; ++i) {
+          const int64_t qrow = sh.last_only ? s : t0 + i;
+          const int64_t nk = L.all_masked[s] ? n : i + 1;
+          to_key_d_head(sc.qd.data(), q + qrow * W, 1, H, hd);
+          T* dod = sc.dod.data();  // dout as [hd][H]
+          to_key_d_head(dod, dout + qrow * W, 1, H, hd);
+          if (p > 0) sc.draw_keep(sh.seed, sh.stream, pbase, nk, H, p);
+          T* P = sc.S.data();     // [nk][H] probabilities
+          T* M = sc.mask.data();  // [nk][H] dropout factor (0, or 1/(1-p); 1 without dropout)
+          T* dp = sc.dp.data();   // [nk][H]
+          T* dot_sum = sc.acc.data();
+          for (int h = 0; h < H; ++h) dot_sum[h] = 0;
           for (int64_t j = 0; j < nk; ++j) {
-            const T m = p > 0 ? (u32_to_unit_float(bits[j]) >= p ? keep_scale : T(0)) : T(1);
-            const T* vh = v + (t0 + j) * W + h * hd;
-            T* dvh = dv + (t0 + j) * W + h * hd;
-            T g = 0;
-            for (int d = 0; d < hd; ++d) {
-              g += doh[d] * vh[d];
-              dvh[d] += ph[j] * m * doh[d];
+            T* Pj = P + j * H;
+            T* Mj = M + j * H;
+            T* dpj = dp + j * H;
+            for (int h = 0; h < H; ++h) Pj[h] = probs[pbase + h * nk + j];
+            if (p > 0) {
+              const T* keep = sc.keep.data() + j * H;
+              for (int h = 0; h < H; ++h) Mj[h] = keep[h] != T(0) ? keep_scale : T(0);
+            } else
+              for (int h = 0; h < H; ++h) Mj[h] = T(1);
+            const T* vj = sc.vd.data() + j * W;
+            T* dvj = sc.dvd.data() + j * W;
+            for (int h = 0; h < H; ++h) dpj[h] = 0;
+            for (int d = 0; d < hd; ++d)
+              for (int h = 0; h < H; ++h) {
+                dpj[h] += dod[d * H + h] * vj[d * H + h];
+                dvj[d * H + h] += Pj[h] * Mj[h] * dod[d * H + h];
+              }
+            for (int h = 0; h < H; ++h) {
+              dpj[h] *= Mj[h];
+              dot_sum[h] += Pj[h] * dpj[h];
             }
-            dp[j] = g * m;
-            dot_sum += ph[j] * dp[j];
           }
-          T* dqh = dq + qrow * W + h * hd;
-          for (int d = 0; d < hd; ++d) dqh[d] = 0;
+          T* dqd = sc.acc.data() + H;  // [hd][H]
+          for (int64_t c = 0; c < W; ++c) dqd[c] = 0;
           for (int64_t j = 0; j < nk; ++j) {
-            const T ds = ph[j] * (dp[j] - dot_sum) * scale;
-            const T* kh = k + (t0 + j) * W + h * hd;
-            T* dkh = dk + (t0 + j) * W + h * hd;
-            for (int d = 0; d < hd; ++d) {
-              dqh[d] += ds * kh[d];
-              dkh[d] += ds * qh[d];
-            }
+            const T* Pj = P + j * H;
+            T* ds = dp + j * H;  // ds overwrites dp
+            for (int h = 0; h < H; ++h) ds[h] = Pj[h] * (ds[h] - dot_sum[h]) * scale;
+            const T* kj = sc.kd.data() + j * W;
+            T* dkj = sc.dkd.data() + j * W;
+            for (int d = 0; d < hd; ++d)
+              for (int h = 0; h < H; ++h) {
+                dqd[d * H + h] += ds[h] * kj[d * H + h];
+                dkj[d * H + h] += ds[h] * sc.qd[size_t(d * H + h)];
+              }
           }
+          T* dqq = dq + qrow * W;
+          for (int h = 0; h < H; ++h)
+            for (int d = 0; d < hd; ++d) dqq[h * hd + d] = dqd[d * H + h];
+          pbase += int64_t(H) * nk;
         }
-        pbase += int64_t(H) * nk;
+        add_from_key_d_head(dk + t0 * W, sc.dkd.data(), n, H, hd);
+        add_from_key_d_head(dv + t0 * W, sc.dvd.data(), n, H, hd);
       }
     }
   }
+
 
   double sampled_bce(T* logits, T* du, T* dtable, T* dbias, const T* u, const T* table,
                      const T* bias, const int32_t* items, int64_t B, int64_t C, int64_t D,
