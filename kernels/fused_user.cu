@@ -28,9 +28,12 @@
 //     and cuBLAS already runs these [O, rows] x [rows, I] shapes near peak. The bias and LayerNorm
 //     parameter gradients are column sums: partial sums over chunks of 256 rows, then the chunks
 //     summed in order by the last CTA to finish (one launch, deterministic).
-//   Global loads in the elementwise loops are batched (batched_for: a thread issues the loads of
-//   several iterations before the first store), so a tile pays one memory latency per batch, not
-//   one per iteration; the bias of a product is loaded with its first weight chunk.
+//   Global loads in the forward's elementwise loops are batched (batched_for: a thread issues the
+//   loads of several iterations before the first store), so a tile pays one memory latency per
+//   batch, not one per iteration; the bias of a product is loaded with its first weight chunk. The
+//   backward's elementwise loops load per iteration (only its LayerNorm rows are loaded ahead):
+//   batched there, they took the backward kernel from 192 registers (sm_90) to 255 with spills on
+//   sm_90 and sm_80, and it ran slower (117 -> 124 us at B = 1024, D = 64, t = 4 on an H100).
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -332,11 +335,6 @@ __global__ void __launch_bounds__(kCta) k_user_fwd(FwdArgs A) {
   }
 }
 
-// One element's saved GRU values for the gate backward: r, z, n, (h W_hh^T + b_hh)_n, h_prev.
-struct GateIn {
-  float r, z, n, ghn, hp;
-};
-
 struct BwdArgs {
   float* d_v;
   float* d_users;
@@ -425,38 +423,31 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
       A.d_a2[row * D + d] = g;
     }
   }
-  // d a1r = d a2 W2 (W2 [D, 2D]); relu'
+  // d a1r = d a2 W2 (W2 [D, 2D]); relu'. The elementwise loops from here on load as they go, not
+  // batched_for: see the header (register pressure).
   block_product<Cts<DB>::k2, true>(DA1, 2 * D, 0, DA2, D, 0, 1, A.w.w2, nullptr, 2 * D, D, Ws);
-  const int nrd = nr * D;  // the tile's live elements of a [B, D] tensor (2 nrd of [B, 2D])
-  batched_for<8>(
-    2 * RD, [&](int i) { return i < 2 * nrd ? A.sv.a1r[b0 * 2 * D + i] : 0.f; },
-    [&](int i, float a1r) {
-      if (i < 2 * nrd) {
-        const float g = DA1[i] * (a1r > 0.f ? 1.f : 0.f);
-        DA1[i] = g;
-        A.d_a1[b0 * 2 * D + i] = g;
-      } else {
-        DA1[i] = 0.f;
-      }
-    });
+  for (int i = tid; i < 2 * RD; i += kCta) {
+    const int r = i / (2 * D);
+    if (r < nr) {
+      const float g = DA1[i] * (A.sv.a1r[b0 * 2 * D + i] > 0.f ? 1.f : 0.f);
+      DA1[i] = g;
+      A.d_a1[b0 * 2 * D + i] = g;
+    } else {
+      DA1[i] = 0.f;
+    }
+  }
   // d z = d a1 W1 (W1 [2D, 2D]); d v = d r2 + d z[:, :D], d h = d z[:, D:]
   block_product<Cts<DB>::k2, true>(DZ, 2 * D, 0, DA1, 2 * D, 0, 1, A.w.w1, nullptr, 2 * D, 2 * D, Ws);
-  batched_for<4>(
-    RD,
-    [&](int i) {
-      return i < nrd ? make_float2(A.v[b0 * D + i], A.sv.hs[(int64_t(t) * B + b0) * D + i])
-                     : make_float2(0.f, 0.f);
-    },
-    [&](int i, float2 vh) {
-      const int r = i / D, d = i % D;
-      DH[i] = DZ[r * 2 * D + D + d];
-      if (r < nr) {
-        A.d_v[b0 * D + i] = DR[i] + DZ[r * 2 * D + d];
-        const int64_t zo = (b0 + r) * 2 * D;
-        A.z[zo + d] = vh.x;
-        A.z[zo + D + d] = vh.y;
-      }
-    });
+  for (int i = tid; i < RD; i += kCta) {
+    const int r = i / D, d = i % D;
+    DH[i] = DZ[r * 2 * D + D + d];
+    if (r < nr) {
+      A.d_v[b0 * D + i] = DR[i] + DZ[r * 2 * D + d];
+      const int64_t zo = (b0 + r) * 2 * D;
+      A.z[zo + d] = A.v[b0 * D + i];
+      A.z[zo + D + d] = A.sv.hs[(int64_t(t) * B + b0) * D + i];
+    }
+  }
   // the steps in reverse, in groups of G: slot j of a group is step s_top - j
   int slot = 0, s_top = t - 1;
   for (int s = t - 1; s >= 0; --s) {
@@ -466,51 +457,39 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
     float* dgi = A.d_gi + int64_t(s) * B * 3 * D;
     float* dgh = A.d_gh + int64_t(s) * B * 3 * D;
     __syncthreads();  // DH written by every thread; DGI/DGH free
-    batched_for<4>(
-      RD,
-      [&](int i) {
-        const int r = i / D, d = i % D;
-        GateIn g{0.f, 0.f, 0.f, 0.f, 0.f};
-        if (r < nr) {
-          const int64_t o3 = (b0 + r) * 3 * D;
-          g = GateIn{gates[o3 + d], gates[o3 + D + d], gates[o3 + 2 * D + d], gh[o3 + 2 * D + d],
-                     hp[(b0 + r) * D + d]};
-        }
-        return g;
-      },
-      [&](int i, const GateIn& g) {
-        const int r = i / D, d = i % D;
-        float* gi3 = DGI + slot * 3 * RD + r * 3 * D;
-        float* gh3 = DGH + r * 3 * D;
-        if (r >= nr) {
-          gi3[d] = gi3[D + d] = gi3[2 * D + d] = 0.f;
-          gh3[d] = gh3[D + d] = gh3[2 * D + d] = 0.f;
-          DH[i] = 0.f;
-          return;
-        }
-        const int64_t o3 = (b0 + r) * 3 * D;
-        const float rg = g.r, zg = g.z, ng = g.n;
-        const float dh = DH[i];
-        const float dn = dh * (1.f - zg);
-        const float dz = dh * (g.hp - ng);
-        DH[i] = dh * zg;
-        const float dan = dn * (1.f - ng * ng);
-        const float dr = dan * g.ghn;
-        const float daz = dz * zg * (1.f - zg);
-        const float dar = dr * rg * (1.f - rg);
-        gi3[d] = dar;
-        gh3[d] = dar;
-        gi3[D + d] = daz;
-        gh3[D + d] = daz;
-        gi3[2 * D + d] = dan;
-        gh3[2 * D + d] = dan * rg;
-        dgi[o3 + d] = dar;
-        dgh[o3 + d] = dar;
-        dgi[o3 + D + d] = daz;
-        dgh[o3 + D + d] = daz;
-        dgi[o3 + 2 * D + d] = dan;
-        dgh[o3 + 2 * D + d] = dan * rg;
-      });
+    for (int i = tid; i < RD; i += kCta) {
+      const int r = i / D, d = i % D;
+      float* gi3 = DGI + slot * 3 * RD + r * 3 * D;
+      float* gh3 = DGH + r * 3 * D;
+      if (r >= nr) {
+        gi3[d] = gi3[D + d] = gi3[2 * D + d] = 0.f;
+        gh3[d] = gh3[D + d] = gh3[2 * D + d] = 0.f;
+        DH[i] = 0.f;
+        continue;
+      }
+      const int64_t o3 = (b0 + r) * 3 * D;
+      const float rg = gates[o3 + d], zg = gates[o3 + D + d], ng = gates[o3 + 2 * D + d];
+      const float dh = DH[i];
+      const float dn = dh * (1.f - zg);
+      const float dz = dh * (hp[(b0 + r) * D + d] - ng);
+      DH[i] = dh * zg;
+      const float dan = dn * (1.f - ng * ng);
+      const float dr = dan * gh[o3 + 2 * D + d];
+      const float daz = dz * zg * (1.f - zg);
+      const float dar = dr * rg * (1.f - rg);
+      gi3[d] = dar;
+      gh3[d] = dar;
+      gi3[D + d] = daz;
+      gh3[D + d] = daz;
+      gi3[2 * D + d] = dan;
+      gh3[2 * D + d] = dan * rg;
+      dgi[o3 + d] = dar;
+      dgh[o3 + d] = dar;
+      dgi[o3 + D + d] = daz;
+      dgh[o3 + D + d] = daz;
+      dgi[o3 + 2 * D + d] = dan;
+      dgh[o3 + 2 * D + d] = dan * rg;
+    }
     if (s > 0) {  // d h_{s} = d h_{s+1} z + d gh W_hh  (W_hh [3D, D])
       block_product<Cts<DB>::k1, true>(P, D, 0, DGH, 3 * D, 0, 1, A.w.w_hh, nullptr, D, 3 * D, Ws);
       for (int i = tid; i < RD; i += kCta) DH[i] = P[i] + DH[i];
@@ -518,16 +497,13 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
     // d users[s] += d gi W_ih  (W_ih [3D, D]) for the group's steps at once
     if (++slot == G || s == 0) {
       block_product<Cts<DB>::k1, true>(PA, D, RD, DGI, 3 * D, 3 * RD, slot, A.w.w_ih, nullptr, D, 3 * D, Ws);
-      batched_for<8>(
-        slot * RD,
-        [&](int i) {
-          const int j = i / RD, e = i % RD;
-          return e < nrd ? A.d_users[(int64_t(s_top - j) * B + b0) * D + e] : 0.f;
-        },
-        [&](int i, float du0) {
-          const int j = i / RD, e = i % RD;
-          if (e < nrd) A.d_users[(int64_t(s_top - j) * B + b0) * D + e] = PA[i] + du0;
-        });
+      for (int i = tid; i < slot * RD; i += kCta) {
+        const int j = i / RD, e = i % RD;
+        if (e / D < nr) {
+          float* du = A.d_users + (int64_t(s_top - j) * B + b0) * D;
+          du[e] = PA[i] + du[e];
+        }
+      }
       slot = 0;
       s_top = s - 1;
     }
