@@ -48,6 +48,7 @@ namespace {
 
 using ada::DeviceArray;
 using ada_bench::backend;
+using ada_bench::blas;
 using ada_bench::random_device;
 using ada_bench::Timer;
 
@@ -205,24 +206,6 @@ __global__ void softmax_rows_bwd(float* ds, const float* p, int64_t rows, int n,
 }
 
 unsigned grid(int64_t n) { return unsigned(std::min<int64_t>((n + 255) / 256, 4096)); }
-
-cublasHandle_t blas() {
-  static cublasHandle_t h = [] {
-    cublasHandle_t x = nullptr;
-    if (cublasCreate(&x) != CUBLAS_STATUS_SUCCESS) std::abort();
-    cublasSetMathMode(x, CUBLAS_DEFAULT_MATH);  // FP32, no TF32 (as the backend)
-    return x;                                   // the legacy default stream
-  }();
-  return h;
-}
-
-#define BK(x)                                                        \
-  do {                                                               \
-    if ((x) != CUBLAS_STATUS_SUCCESS) {                              \
-      std::fprintf(stderr, "%s:%d %s failed\n", __FILE__, __LINE__, #x); \
-      std::abort();                                                  \
-    }                                                                \
-  } while (0)
 
 // Row-major batched products through column-major cuBLAS (a row-major [m, k] is a column-major
 // [k, m] with ld k). Per sample b: X_b, A_b [50, D], C_b [Nc, D], S_b [50, Nc].

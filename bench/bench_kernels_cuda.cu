@@ -41,6 +41,7 @@
 namespace {
 
 using ada_bench::backend;
+using ada_bench::blas;
 using ada_bench::random_device;
 using ada_bench::Timer;
 
@@ -261,24 +262,6 @@ __global__ void attn_dropout_softmax_bwd(float* dS, const float* P, int64_t rows
       if (j < kL) dS[r * kL + j] = pr[c] * (g[c] - dot) * scale;
     }
   }
-}
-
-#define BK(x)                                                            \
-  do {                                                                   \
-    if ((x) != CUBLAS_STATUS_SUCCESS) {                                  \
-      std::fprintf(stderr, "%s:%d %s failed\n", __FILE__, __LINE__, #x); \
-      std::abort();                                                      \
-    }                                                                    \
-  } while (0)
-
-cublasHandle_t blas() {
-  static cublasHandle_t h = [] {
-    cublasHandle_t x = nullptr;
-    BK(cublasCreate(&x));
-    BK(cublasSetMathMode(x, CUBLAS_DEFAULT_MATH));  // FP32, no TF32 (as the backend's GEMMs)
-    return x;                                       // the legacy default stream
-  }();
-  return h;
 }
 
 // The padded tensors of one jagged batch (sequences of at most 50 tokens) and the two passes.

@@ -1,7 +1,8 @@
-// Shared by the CUDA benchmarks: an abort-on-error check, CUDA-event timing, random device arrays and
-// the process's CUDA backend.
+// Shared by the CUDA benchmarks: abort-on-error checks (CUDA, cuBLAS), CUDA-event timing, random device
+// arrays, the process's CUDA backend and the baselines' cuBLAS handle.
 #pragma once
 #include <benchmark/benchmark.h>
+#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include <cstdio>
@@ -23,7 +24,27 @@
     }                                                                                          \
   } while (0)
 
+#define BK(x)                                                            \
+  do {                                                                   \
+    if ((x) != CUBLAS_STATUS_SUCCESS) {                                  \
+      std::fprintf(stderr, "%s:%d %s failed\n", __FILE__, __LINE__, #x); \
+      std::abort();                                                      \
+    }                                                                    \
+  } while (0)
+
 namespace ada_bench {
+
+// The composed baselines' cuBLAS handle: FP32 math, no TF32 (as the backend's GEMMs), on the legacy
+// default stream.
+inline cublasHandle_t blas() {
+  static cublasHandle_t h = [] {
+    cublasHandle_t x = nullptr;
+    BK(cublasCreate(&x));
+    BK(cublasSetMathMode(x, CUBLAS_DEFAULT_MATH));
+    return x;
+  }();
+  return h;
+}
 
 // Seconds between start() and stop(), both recorded on the legacy default stream (which orders with
 // every blocking stream, the CUDA backend's included).
