@@ -87,18 +87,20 @@ struct AttentionScratch {
       for (int64_t j = 0; j < nk; ++j)
         keep[size_t(j * H + h)] = u32_to_unit_float(words[size_t(h * nk + j)]) >= p ? T(1) : T(0);
   }
-  void prepare(int64_t n, int H, int hd, bool dropout) {
+  void prepare(int64_t n, int H, int hd, bool dropout, bool backward) {
     const size_t W = size_t(H) * size_t(hd), nn = size_t(n);
     qd.resize(W);
-    dod.resize(W);
     kd.resize(nn * W);
     vd.resize(nn * W);
-    dkd.resize(nn * W);
-    dvd.resize(nn * W);
     S.resize(nn * size_t(H));
-    mask.resize(nn * size_t(H));
-    dp.resize(nn * size_t(H));
     acc.resize(3 * size_t(H) + W);
+    if (backward) {
+      dod.resize(W);
+      dkd.resize(nn * W);
+      dvd.resize(nn * W);
+      mask.resize(nn * size_t(H));
+      dp.resize(nn * size_t(H));
+    }
     if (dropout) {
       words.resize(nn * size_t(H));
       keep.resize(nn * size_t(H));
@@ -408,7 +410,7 @@ class CpuBackend final : public Backend<T> {
         const T mask_add = L.all_masked[s] ? T(-10000) : T(0);
         const int64_t i_begin = sh.last_only ? n - 1 : 0;
         int64_t pbase = poff[s];
-        sc.prepare(n, H, hd, p > 0);
+        sc.prepare(n, H, hd, p > 0, false);
         to_key_d_head(sc.kd.data(), k + t0 * W, n, H, hd);
         to_key_d_head(sc.vd.data(), v + t0 * W, n, H, hd);
         for (int64_t i = i_begin; i < n; ++i) {
@@ -487,7 +489,7 @@ class CpuBackend final : public Backend<T> {
         const int64_t t0 = L.tok_offsets[s], n = L.tok_offsets[s + 1] - t0;
         const int64_t i_begin = sh.last_only ? n - 1 : 0;
         int64_t pbase = poff[s];
-        sc.prepare(n, H, hd, p > 0);
+        sc.prepare(n, H, hd, p > 0, true);
         to_key_d_head(sc.kd.data(), k + t0 * W, n, H, hd);
         to_key_d_head(sc.vd.data(), v + t0 * W, n, H, hd);
         std::fill(sc.dkd.begin(), sc.dkd.end(), T(0));
