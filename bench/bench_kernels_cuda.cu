@@ -103,24 +103,32 @@ ada::AttentionShape attn_shape(bool last_only) {
   return s;
 }
 
+// The attention benchmarks' inputs: the batch's shape and random q, k, v, g (jagged [tokens, 64]).
+struct AttnInputs {
+  ada::AttentionShape shape = attn_shape(false);
+  int64_t T = shape.layout.num_tokens;
+  DeviceArray<float> q = random_device(size_t(T * kD), 1), k = random_device(size_t(T * kD), 2),
+                     v = random_device(size_t(T * kD), 3), g = random_device(size_t(T * kD), 4);
+};
+
 void BM_attention_fwd(benchmark::State& st) {
   auto* be = backend(st);
   if (!be) return;
-  const auto shape = attn_shape(false);
-  const int64_t T = shape.layout.num_tokens;
-  auto q = random_device(size_t(T * kD), 1), k = random_device(size_t(T * kD), 2), v = random_device(size_t(T * kD), 3);
+  AttnInputs in;
+  const auto& shape = in.shape;
+  const int64_t T = in.T;
   DeviceArray<float> out{size_t(T * kD)}, probs{size_t(shape.prob_size())};
-  timed(st, [&] { be->attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), shape); });
+  timed(st, [&] { be->attention_forward(out.data(), probs.data(), in.q.data(), in.k.data(), in.v.data(), shape); });
   st.counters["tokens"] = double(T);
 }
 
 void BM_attention_bwd(benchmark::State& st) {
   auto* be = backend(st);
   if (!be) return;
-  const auto shape = attn_shape(false);
-  const int64_t T = shape.layout.num_tokens;
-  auto q = random_device(size_t(T * kD), 1), k = random_device(size_t(T * kD), 2), v = random_device(size_t(T * kD), 3);
-  auto g = random_device(size_t(T * kD), 4);
+  AttnInputs in;
+  const auto& shape = in.shape;
+  const int64_t T = in.T;
+  auto &q = in.q, &k = in.k, &v = in.v, &g = in.g;
   DeviceArray<float> out{size_t(T * kD)}, probs{size_t(shape.prob_size())}, dq{size_t(T * kD)},
       dk{size_t(T * kD)}, dv{size_t(T * kD)};
   be->attention_forward(out.data(), probs.data(), q.data(), k.data(), v.data(), shape);
@@ -362,14 +370,11 @@ struct PaddedAttention {
 };
 
 void BM_attention_fwd_baseline_cublas(benchmark::State& st) {
-  if (ada::cuda_device_count() == 0) {
-    st.SkipWithError("no CUDA device");
-    return;
-  }
-  const auto shape = attn_shape(false);
-  const int64_t T = shape.layout.num_tokens;
-  auto q = random_device(size_t(T * kD), 1), k = random_device(size_t(T * kD), 2),
-       v = random_device(size_t(T * kD), 3);
+  if (!backend(st)) return;  // skipped without a device
+  AttnInputs in;
+  const auto& shape = in.shape;
+  const int64_t T = in.T;
+  auto &q = in.q, &k = in.k, &v = in.v;
   DeviceArray<float> out{size_t(T * kD)};
   PaddedAttention pa(shape.layout, shape.heads, shape.head_dim);
   timed(st, [&] { pa.forward(out.data(), q.data(), k.data(), v.data(), shape); });
@@ -378,15 +383,11 @@ void BM_attention_fwd_baseline_cublas(benchmark::State& st) {
 }
 
 void BM_attention_bwd_baseline_cublas(benchmark::State& st) {
-  if (ada::cuda_device_count() == 0) {
-    st.SkipWithError("no CUDA device");
-    return;
-  }
-  const auto shape = attn_shape(false);
-  const int64_t T = shape.layout.num_tokens;
-  auto q = random_device(size_t(T * kD), 1), k = random_device(size_t(T * kD), 2),
-       v = random_device(size_t(T * kD), 3);
-  auto g = random_device(size_t(T * kD), 4);
+  if (!backend(st)) return;  // skipped without a device
+  AttnInputs in;
+  const auto& shape = in.shape;
+  const int64_t T = in.T;
+  auto &q = in.q, &k = in.k, &v = in.v, &g = in.g;
   DeviceArray<float> out{size_t(T * kD)}, dq{size_t(T * kD)}, dk{size_t(T * kD)},
       dv{size_t(T * kD)};
   dk.fill_zero();
