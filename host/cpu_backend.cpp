@@ -15,6 +15,7 @@
 #include "ada/backend.hpp"
 #include "ada/check.hpp"
 #include "ada/eval.hpp"
+#include "ada/gru_cell.hpp"
 #include "ada/rng.hpp"
 
 namespace ada {
@@ -769,60 +770,36 @@ class CpuBackend final : public Backend<T> {
     }
   }
 
-  static T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
-
-  // GRU cell (nn.GRU, gates r, z, n): elementwise per (b, d). Thread mapping: one batch row per
-  // iteration.
+  // GRU cell (nn.GRU, gates r, z, n; the math of ada/gru_cell.hpp, shared with the CUDA kernels):
+  // elementwise per (b, d). Thread mapping: one batch row per iteration.
   void gru_cell_forward(T* h_new, T* gates, const T* gi, const T* gh, const T* h_prev, int64_t B,
                         int64_t D) override {
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < B; ++b) {
-      const T* a = gi + b * 3 * D;
-      const T* h3 = gh + b * 3 * D;
-      const T* hp = h_prev + b * D;
       T* g = gates + b * 3 * D;
-      T* hn = h_new + b * D;
       for (int64_t d = 0; d < D; ++d) {
-        const T r = sigmoid(a[d] + h3[d]);
-        const T z = sigmoid(a[D + d] + h3[D + d]);
-        const T n = std::tanh(a[2 * D + d] + r * h3[2 * D + d]);
-        g[d] = r;
-        g[D + d] = z;
-        g[2 * D + d] = n;
-        hn[d] = (T(1) - z) * n + z * hp[d];
+        const GruGates<T> o =
+            gru_cell_gates(gi + b * 3 * D, gh + b * 3 * D, D, d, h_prev[b * D + d]);
+        g[d] = o.r;
+        g[D + d] = o.z;
+        g[2 * D + d] = o.n;
+        h_new[b * D + d] = o.h;
       }
     }
   }
 
-  // Backward: dn = dh (1 - z), dz = dh (h_prev - n), dh_prev = dh z; da_n = dn (1 - n^2):
-  // d_gi_n = da_n, d_gh_n = da_n r, dr = da_n gh_n; da_z = dz z (1 - z) and da_r = dr r (1 - r)
-  // go to both d_gi and d_gh. Same thread mapping.
+  // Backward (gru_cell_grads); d_hprev gets the direct path only. Same thread mapping.
   void gru_cell_backward(T* d_gi, T* d_gh, T* d_hprev, const T* d_hnew, const T* gates,
                          const T* gh, const T* h_prev, int64_t B, int64_t D) override {
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < B; ++b) {
       const T* g = gates + b * 3 * D;
-      const T* h3 = gh + b * 3 * D;
-      const T* hp = h_prev + b * D;
-      const T* dh = d_hnew + b * D;
-      T* dgi = d_gi + b * 3 * D;
-      T* dgh = d_gh + b * 3 * D;
-      T* dhp = d_hprev + b * D;
       for (int64_t d = 0; d < D; ++d) {
-        const T r = g[d], z = g[D + d], n = g[2 * D + d];
-        const T dn = dh[d] * (T(1) - z);
-        const T dz = dh[d] * (hp[d] - n);
-        dhp[d] = dh[d] * z;
-        const T dan = dn * (T(1) - n * n);
-        const T dr = dan * h3[2 * D + d];
-        const T daz = dz * z * (T(1) - z);
-        const T dar = dr * r * (T(1) - r);
-        dgi[d] = dar;
-        dgh[d] = dar;
-        dgi[D + d] = daz;
-        dgh[D + d] = daz;
-        dgi[2 * D + d] = dan;
-        dgh[2 * D + d] = dan * r;
+        const int64_t i = b * D + d;
+        const GruGrads<T> o = gru_cell_grads(g[d], g[D + d], g[2 * D + d],
+                                             gh[b * 3 * D + 2 * D + d], h_prev[i], d_hnew[i]);
+        d_hprev[i] = o.h_prev;
+        gru_store_grads(d_gi + b * 3 * D, d_gh + b * 3 * D, D, d, o);
       }
     }
   }

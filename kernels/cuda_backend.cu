@@ -18,14 +18,15 @@
 #include "ada/check.hpp"
 #include "ada/cuda_backend.hpp"
 #include "ada/device.hpp"
+#include "ada/gru_cell.hpp"
 #include "ada/rng.hpp"
 #include "ada/tensor.hpp"
 #include "ada/topk.hpp"
 #include "kernels/cuda_util.cuh"
 #include "kernels/fused_context.cuh"
 #include "kernels/fused_filter.cuh"
-#include "kernels/topk.cuh"
 #include "kernels/fused_user.cuh"
+#include "kernels/topk.cuh"
 
 namespace ada {
 namespace cuda {
@@ -668,22 +669,17 @@ __global__ void k_ctx_bwd(float* dX, float* dC, float* ds, const float* dout, co
 
 // ---- GRU cell, concat/split, Adam ----
 
-__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
-
+// The math of ada/gru_cell.hpp (the CPU backend's too), one (b, d) per thread.
 __global__ void k_gru_fwd(float* h_new, float* gates, const float* gi, const float* gh,
                           const float* h_prev, int64_t B, int64_t D) {
   ADA_GRID_STRIDE(i, B * D) {
     const int64_t b = i / D, d = i % D;
-    const float* a = gi + b * 3 * D;
-    const float* h3 = gh + b * 3 * D;
-    const float r = sigmoid_f(a[d] + h3[d]);
-    const float z = sigmoid_f(a[D + d] + h3[D + d]);
-    const float nn = tanhf(a[2 * D + d] + r * h3[2 * D + d]);
+    const GruGates<float> o = gru_cell_gates(gi + b * 3 * D, gh + b * 3 * D, D, d, h_prev[i]);
     float* g = gates + b * 3 * D;
-    g[d] = r;
-    g[D + d] = z;
-    g[2 * D + d] = nn;
-    h_new[i] = (1.f - z) * nn + z * h_prev[i];
+    g[d] = o.r;
+    g[D + d] = o.z;
+    g[2 * D + d] = o.n;
+    h_new[i] = o.h;
   }
 }
 
@@ -693,23 +689,10 @@ __global__ void k_gru_bwd(float* d_gi, float* d_gh, float* d_hprev, const float*
   ADA_GRID_STRIDE(i, B * D) {
     const int64_t b = i / D, d = i % D;
     const float* g = gates + b * 3 * D;
-    const float r = g[d], z = g[D + d], nn = g[2 * D + d];
-    const float dh = d_hnew[i];
-    const float dn = dh * (1.f - z);
-    const float dz = dh * (h_prev[i] - nn);
-    d_hprev[i] = dh * z;
-    const float dan = dn * (1.f - nn * nn);
-    const float dr = dan * gh[b * 3 * D + 2 * D + d];
-    const float daz = dz * z * (1.f - z);
-    const float dar = dr * r * (1.f - r);
-    float* dgi = d_gi + b * 3 * D;
-    float* dgh = d_gh + b * 3 * D;
-    dgi[d] = dar;
-    dgh[d] = dar;
-    dgi[D + d] = daz;
-    dgh[D + d] = daz;
-    dgi[2 * D + d] = dan;
-    dgh[2 * D + d] = dan * r;
+    const GruGrads<float> o = gru_cell_grads(g[d], g[D + d], g[2 * D + d],
+                                             gh[b * 3 * D + 2 * D + d], h_prev[i], d_hnew[i]);
+    d_hprev[i] = o.h_prev;
+    gru_store_grads(d_gi + b * 3 * D, d_gh + b * 3 * D, D, d, o);
   }
 }
 

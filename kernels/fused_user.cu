@@ -45,6 +45,7 @@
 
 #include "ada/backend.hpp"
 #include "ada/check.hpp"
+#include "ada/gru_cell.hpp"
 #include "ada/rng.hpp"
 #include "kernels/cuda_util.cuh"
 #include "kernels/fused_user.cuh"
@@ -64,8 +65,6 @@ constexpr int kMaxD = 128;
 constexpr size_t kSmemBudget = 96 * 1024;  // forward: the GRU input projections of G steps fit this
 
 static_assert(kCta == 64 * (kRows / kRowsPer), "64 column groups x row groups");
-
-__device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
 
 // for (i = tid; i < n; i += kCta) use(i, ld(i)), in batches of U iterations whose loads ld(i) are
 // all issued before the first use: a loop that loads from global memory and stores (to global
@@ -256,18 +255,15 @@ __global__ void __launch_bounds__(kCta) k_user_fwd(FwdArgs A) {
     float* hn = A.sv.hs + int64_t(s + 1) * B * D;
     for (int i = tid; i < RD; i += kCta) {
       const int r = i / D, d = i % D;
-      const float* a = gi + r * 3 * D;
       const float* h3 = GH + r * 3 * D;
-      const float rg = sigm(a[d] + h3[d]);
-      const float zg = sigm(a[D + d] + h3[D + d]);
-      const float ng = tanhf(a[2 * D + d] + rg * h3[2 * D + d]);
-      const float h = (1.f - zg) * ng + zg * H[i];
+      const GruGates<float> o = gru_cell_gates(gi + r * 3 * D, h3, D, d, H[i]);
+      const float h = o.h;
       H[i] = h;
       if (r < nr) {
         const int64_t o3 = (b0 + r) * 3 * D;
-        gates[o3 + d] = rg;
-        gates[o3 + D + d] = zg;
-        gates[o3 + 2 * D + d] = ng;
+        gates[o3 + d] = o.r;
+        gates[o3 + D + d] = o.z;
+        gates[o3 + 2 * D + d] = o.n;
         ghs[o3 + d] = h3[d];
         ghs[o3 + D + d] = h3[D + d];
         ghs[o3 + 2 * D + d] = h3[2 * D + d];
@@ -468,27 +464,12 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
         continue;
       }
       const int64_t o3 = (b0 + r) * 3 * D;
-      const float rg = gates[o3 + d], zg = gates[o3 + D + d], ng = gates[o3 + 2 * D + d];
-      const float dh = DH[i];
-      const float dn = dh * (1.f - zg);
-      const float dz = dh * (hp[(b0 + r) * D + d] - ng);
-      DH[i] = dh * zg;
-      const float dan = dn * (1.f - ng * ng);
-      const float dr = dan * gh[o3 + 2 * D + d];
-      const float daz = dz * zg * (1.f - zg);
-      const float dar = dr * rg * (1.f - rg);
-      gi3[d] = dar;
-      gh3[d] = dar;
-      gi3[D + d] = daz;
-      gh3[D + d] = daz;
-      gi3[2 * D + d] = dan;
-      gh3[2 * D + d] = dan * rg;
-      dgi[o3 + d] = dar;
-      dgh[o3 + d] = dar;
-      dgi[o3 + D + d] = daz;
-      dgh[o3 + D + d] = daz;
-      dgi[o3 + 2 * D + d] = dan;
-      dgh[o3 + 2 * D + d] = dan * rg;
+      const GruGrads<float> o =
+          gru_cell_grads(gates[o3 + d], gates[o3 + D + d], gates[o3 + 2 * D + d],
+                         gh[o3 + 2 * D + d], hp[(b0 + r) * D + d], DH[i]);
+      DH[i] = o.h_prev;
+      gru_store_grads(gi3, gh3, D, d, o);
+      gru_store_grads(dgi + o3, dgh + o3, D, d, o);
     }
     if (s > 0) {  // d h_{s} = d h_{s+1} z + d gh W_hh  (W_hh [3D, D])
       block_product<Cts<DB>::k1, true>(P, D, 0, DGH, 3 * D, 0, 1, A.w.w_hh, nullptr, D, 3 * D, Ws);

@@ -9,14 +9,8 @@
 #include <cstdint>
 
 // The inline functions below also compile as device code under nvcc (the CUDA backend draws the
-// same dropout masks); in a plain C++ compiler the macro is empty. The bits do not change.
-#ifndef ADA_HOST_DEVICE
-#if defined(__CUDACC__)
-#define ADA_HOST_DEVICE __host__ __device__
-#else
-#define ADA_HOST_DEVICE
-#endif
-#endif
+// same dropout masks). The bits do not change.
+#include "ada/host_device.hpp"
 
 namespace ada {
 
