@@ -237,6 +237,30 @@ __device__ __forceinline__ float attn_keep(const AttnArgs& a, int64_t idx) {
 
 constexpr int kChunk = 8;  // head-dim values accumulated per lane per pass
 
+// One warp: out[d] = sum_j weight(j) rows[j W + d] for d < hd and keys j < nk (a head's slice of
+// the value or key rows); lane l takes keys l, l + 32, ..., kChunk values of d per pass, then warp
+// sums; lane 0 writes.
+template <class Weight>
+__device__ __forceinline__ void warp_weighted_rows(float* out, const float* rows, int64_t W, int hd,
+                                                   int64_t nk, int lane, Weight weight) {
+  for (int d0 = 0; d0 < hd; d0 += kChunk) {
+    float acc[kChunk];
+#pragma unroll
+    for (int c = 0; c < kChunk; ++c) acc[c] = 0.f;
+    for (int64_t j = lane; j < nk; j += 32) {
+      const float wj = weight(j);
+      const float* r = rows + j * W + d0;
+#pragma unroll
+      for (int c = 0; c < kChunk; ++c)
+        if (d0 + c < hd) acc[c] += wj * r[c];
+    }
+#pragma unroll
+    for (int c = 0; c < kChunk; ++c) acc[c] = warp_sum(acc[c]);
+    if (lane == 0)
+      for (int c = 0; c < kChunk && d0 + c < hd; ++c) out[d0 + c] = acc[c];
+  }
+}
+
 // One block per sequence; its warps take the (query, head) pairs in turn. Lanes split the keys:
 // scores and probabilities go straight into `probs` (CPU layout), the softmax max/sum and the
 // output are warp reductions.
@@ -269,24 +293,11 @@ __global__ void k_attn_fwd(float* out, float* probs, const float* q, const float
       mx = fmaxf(mx, sc);
     }
     warp_softmax_own(ph, nk, lane, mx);
-    float* oh = out + qrow * W + int64_t(h) * a.hd;
-    for (int d0 = 0; d0 < a.hd; d0 += kChunk) {
-      float acc[kChunk];
-#pragma unroll
-      for (int c = 0; c < kChunk; ++c) acc[c] = 0.f;
-      for (int64_t j = lane; j < nk; j += 32) {
-        const float keep = attn_keep(a, off + j);
-        const float pd = a.p > 0.f ? (keep != 0.f ? ph[j] * keep : 0.f) : ph[j];
-        const float* vh = v + (t0 + j) * W + int64_t(h) * a.hd + d0;
-#pragma unroll
-        for (int c = 0; c < kChunk; ++c)
-          if (d0 + c < a.hd) acc[c] += pd * vh[c];
-      }
-#pragma unroll
-      for (int c = 0; c < kChunk; ++c) acc[c] = warp_sum(acc[c]);
-      if (lane == 0)
-        for (int c = 0; c < kChunk && d0 + c < a.hd; ++c) oh[d0 + c] = acc[c];
-    }
+    warp_weighted_rows(out + qrow * W + int64_t(h) * a.hd, v + t0 * W + int64_t(h) * a.hd, W, a.hd,
+                       nk, lane, [&](int64_t j) {
+                         const float keep = attn_keep(a, off + j);
+                         return a.p > 0.f ? (keep != 0.f ? ph[j] * keep : 0.f) : ph[j];
+                       });
   }
 }
 
@@ -327,23 +338,8 @@ __global__ void k_attn_bwd(float* dq, float* dk, float* dv, float* ds, const flo
     }
     dot_sum = warp_sum(dot_sum);
     for (int64_t j = lane; j < nk; j += 32) dsr[j] = ph[j] * (dsr[j] - dot_sum) * a.scale;
-    float* dqh = dq + qrow * W + int64_t(h) * a.hd;
-    for (int d0 = 0; d0 < a.hd; d0 += kChunk) {
-      float acc[kChunk];
-#pragma unroll
-      for (int c = 0; c < kChunk; ++c) acc[c] = 0.f;
-      for (int64_t j = lane; j < nk; j += 32) {
-        const float dsj = dsr[j];
-        const float* kh = k + (t0 + j) * W + int64_t(h) * a.hd + d0;
-#pragma unroll
-        for (int c = 0; c < kChunk; ++c)
-          if (d0 + c < a.hd) acc[c] += dsj * kh[c];
-      }
-#pragma unroll
-      for (int c = 0; c < kChunk; ++c) acc[c] = warp_sum(acc[c]);
-      if (lane == 0)
-        for (int c = 0; c < kChunk && d0 + c < a.hd; ++c) dqh[d0 + c] = acc[c];
-    }
+    warp_weighted_rows(dq + qrow * W + int64_t(h) * a.hd, k + t0 * W + int64_t(h) * a.hd, W, a.hd,
+                       nk, lane, [&](int64_t j) { return dsr[j]; });
   }
   __syncthreads();  // ds of every query of this sequence is in global memory, visible to the block
   for (int64_t e = threadIdx.x; e < n * W; e += blockDim.x) {

@@ -163,6 +163,38 @@ __device__ __forceinline__ void store_tile(float* t, const float (&v)[4 * TN], c
   }
 }
 
+// The warp's rows n = kRowsPerWarp w + m (< K) of a real inverse transform of the spectrum (Gr, Gi)
+// [Kf][S]: acc[m][j] = sum_f Re(tw[f K + n] (Gr + i Gi)[f][lane + 32 j]), f in increasing order
+// (the forward's irfft with the inverse table, the backward's adjoint of rfft with the adjoint
+// table); rows >= K are left 0.
+template <int TN>
+__device__ __forceinline__ void warp_rows_from_spectrum(float (&acc)[kRowsPerWarp][TN],
+                                                        const float* Gr, const float* Gi,
+                                                        const float2* tw, int Kf, int K, int S,
+                                                        int w, int lane) {
+#pragma unroll
+  for (int m = 0; m < kRowsPerWarp; ++m)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[m][j] = 0.f;
+  for (int f = 0; f < Kf; ++f) {
+    float gr[TN], gi[TN];
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      gr[j] = Gr[f * S + lane + 32 * j];
+      gi[j] = Gi[f * S + lane + 32 * j];
+    }
+#pragma unroll
+    for (int m = 0; m < kRowsPerWarp; ++m) {
+      const int n = kRowsPerWarp * w + m;
+      if (n < K) {
+        const float2 c = tw[f * K + n];
+#pragma unroll
+        for (int j = 0; j < TN; ++j) acc[m][j] += c.x * gr[j] - c.y * gi[j];
+      }
+    }
+  }
+}
+
 template <int TN>
 __global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
     k_fb_fwd(float* Et, float* F, float* Rr, float* mean, float* rstd, const float* E,
@@ -244,27 +276,7 @@ __global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
     __syncthreads();
     // 3. irfft -> F (the warp's rows)
     float acc[kRowsPerWarp][TN];
-#pragma unroll
-    for (int m = 0; m < kRowsPerWarp; ++m)
-#pragma unroll
-      for (int j = 0; j < TN; ++j) acc[m][j] = 0.f;
-    for (int f = 0; f < Kf; ++f) {
-      float gr[TN], gi[TN];
-#pragma unroll
-      for (int j = 0; j < TN; ++j) {
-        gr[j] = Gr[f * S + lane + 32 * j];
-        gi[j] = Gi[f * S + lane + 32 * j];
-      }
-#pragma unroll
-      for (int m = 0; m < kRowsPerWarp; ++m) {
-        const int n = kRowsPerWarp * w + m;
-        if (n < K) {
-          const float2 c = twi[f * K + n];
-#pragma unroll
-          for (int j = 0; j < TN; ++j) acc[m][j] += c.x * gr[j] - c.y * gi[j];
-        }
-      }
-    }
+    warp_rows_from_spectrum<TN>(acc, Gr, Gi, twi, Kf, K, S, w, lane);
 #pragma unroll
     for (int m = 0; m < kRowsPerWarp; ++m) {
       const int n = kRowsPerWarp * w + m;
@@ -533,27 +545,7 @@ __global__ void __launch_bounds__(512)
     // adjoint of rfft (coef 1) + the residual's dR -> dE
     {
       float acc[kRowsPerWarp][TN];
-#pragma unroll
-      for (int m = 0; m < kRowsPerWarp; ++m)
-#pragma unroll
-        for (int j = 0; j < TN; ++j) acc[m][j] = 0.f;
-      for (int f = 0; f < Kf; ++f) {
-        float gr[TN], gi[TN];
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {
-          gr[j] = Gr[f * S + lane + 32 * j];
-          gi[j] = Gi[f * S + lane + 32 * j];
-        }
-#pragma unroll
-        for (int m = 0; m < kRowsPerWarp; ++m) {
-          const int n = kRowsPerWarp * w + m;
-          if (n < K) {
-            const float2 c = twa[f * K + n];
-#pragma unroll
-            for (int j = 0; j < TN; ++j) acc[m][j] += c.x * gr[j] - c.y * gi[j];
-          }
-        }
-      }
+      warp_rows_from_spectrum<TN>(acc, Gr, Gi, twa, Kf, K, S, w, lane);
 #pragma unroll
       for (int m = 0; m < kRowsPerWarp; ++m) {
         const int n = kRowsPerWarp * w + m;

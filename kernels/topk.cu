@@ -313,6 +313,36 @@ bounds_tiled(const float* __restrict__ U, int B, int D, const float* __restrict_
   }
 }
 
+// The two warp kernels (bounds_warp, bounds_staged) share their ends. First the block's QPT queries
+// [q0, q0 + QPT) into qs [QPT][D], zeros past the batch, then a block barrier; returns how many
+// are in the batch.
+template <int QPT>
+__device__ __forceinline__ int stage_queries(float* qs, const float* __restrict__ U, int B, int D, int q0) {
+  const int nq = min(QPT, B - q0);
+  for (int i = threadIdx.x; i < QPT * D; i += blockDim.x) {
+    const int q = i / D;
+    qs[i] = q < nq ? U[int64_t(q0 + q) * D + (i - q * D)] : 0.0f;
+  }
+  __syncthreads();
+  return nq;
+}
+
+// Last, the lanes of each group in the warp's span (from `start`: min(g, 32) lanes a group) merge
+// their Top2s by shuffles, and the group's first lane writes them for the queries in the batch.
+template <int QPT>
+__device__ __forceinline__ void write_span_bounds(const Bounds& out, Top2 (&run)[QPT], int g, int64_t G, int lane,
+                                                  int64_t start, int64_t n, int q0, int nq) {
+  const int seg = g < 32 ? g : 32;
+#pragma unroll
+  for (int j = 0; j < QPT; ++j) top2_reduce(run[j], seg);
+  if (lane % seg == 0 && start + lane < n) {
+    const int64_t group = (start + lane) / g;
+#pragma unroll
+    for (int j = 0; j < QPT; ++j)
+      if (j < nq) write_bounds(out, q0 + j, G, group, run[j]);
+  }
+}
+
 // Kernel 1 for small batches: each warp takes a span of max(g, 32) items and QPT queries; lane l
 // scores items l, l + 32, ... of the span, reading each row straight from global memory (float4
 // loads when D % 4 == 0), with the same arithmetic; the lanes of a group (min(g, 32) of them) merge
@@ -324,12 +354,7 @@ bounds_warp(const float* __restrict__ U, int B, int D, const float* __restrict__
   extern __shared__ __align__(16) unsigned char smem[];
   float* qs = reinterpret_cast<float*>(smem);  // [QPT][D]
   const int q0 = blockIdx.x * QPT;
-  const int nq = min(QPT, B - q0);
-  for (int i = threadIdx.x; i < QPT * D; i += blockDim.x) {
-    const int q = i / D;
-    qs[i] = q < nq ? U[int64_t(q0 + q) * D + (i - q * D)] : 0.0f;
-  }
-  __syncthreads();
+  const int nq = stage_queries<QPT>(qs, U, B, D, q0);
   const int lane = threadIdx.x & 31;
   const int64_t span = g > 32 ? g : 32;
   const int64_t start = (int64_t(blockIdx.y) * (kThreads / 32) + threadIdx.x / 32) * span;
@@ -368,15 +393,7 @@ bounds_warp(const float* __restrict__ U, int B, int D, const float* __restrict__
 #pragma unroll
     for (int j = 0; j < QPT; ++j) top2_add(run[j], acc[j] + b, gid);
   }
-  const int seg = g < 32 ? g : 32;
-#pragma unroll
-  for (int j = 0; j < QPT; ++j) top2_reduce(run[j], seg);
-  if (lane % seg == 0 && start + lane < n) {
-    const int64_t group = (start + lane) / g;
-#pragma unroll
-    for (int j = 0; j < QPT; ++j)
-      if (j < nq) write_bounds(out, q0 + j, G, group, run[j]);
-  }
+  write_span_bounds<QPT>(out, run, g, G, lane, start, n, q0, nq);
 }
 
 // Kernel 1 for small batches with D = 32 or 64: the warp kernel's work and arithmetic, with the
@@ -402,12 +419,7 @@ bounds_staged(const float* __restrict__ U, int B, int /*D, the template's*/, con
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   float* tile = qs + QPT * D + warp * kStageRows * kLd;  // [32][kLd], this warp's
   const int q0 = blockIdx.x * QPT;
-  const int nq = min(QPT, B - q0);
-  for (int i = threadIdx.x; i < QPT * D; i += blockDim.x) {
-    const int q = i / D;
-    qs[i] = q < nq ? U[int64_t(q0 + q) * D + (i - q * D)] : 0.0f;
-  }
-  __syncthreads();
+  const int nq = stage_queries<QPT>(qs, U, B, D, q0);
   const int64_t span = g > 32 ? g : 32;
   const int64_t start = (int64_t(blockIdx.y) * (kThreads / 32) + warp) * span;
   if (start >= n) return;  // the whole warp; no block barrier follows
@@ -459,15 +471,7 @@ bounds_staged(const float* __restrict__ U, int B, int /*D, the template's*/, con
     }
     __syncwarp();  // the stage is read before the next one overwrites it
   }
-  const int seg = g < 32 ? g : 32;
-#pragma unroll
-  for (int j = 0; j < QPT; ++j) top2_reduce(run[j], seg);
-  if (lane % seg == 0 && start + lane < n) {
-    const int64_t group = (start + lane) / g;
-#pragma unroll
-    for (int j = 0; j < QPT; ++j)
-      if (j < nq) write_bounds(out, q0 + j, G, group, run[j]);
-  }
+  write_span_bounds<QPT>(out, run, g, G, lane, start, n, q0, nq);
 }
 
 // Kernel 1 on tensor cores (batches of 64 queries or more, D = 32, 64 or 128): TF32
