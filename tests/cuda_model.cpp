@@ -24,15 +24,13 @@
 #include "ada/eval.hpp"
 #include "ada/fileio.hpp"
 #include "ada/train.hpp"
+#include "tests/cuda_test_util.hpp"
 #include "tests/test_util.hpp"
 
 using namespace ada;
+using ada_test::require_gpu;
 
 namespace {
-
-void require_gpu() {
-  if (!(built_with_cuda() && cuda_device_count() > 0)) ada_test::skip("no CUDA device");
-}
 
 Dataset parity_data() {
   SyntheticOptions o;

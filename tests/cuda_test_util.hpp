@@ -20,7 +20,8 @@ namespace ada_test {
 
 // Ends the test as skipped (exit 77) without a CUDA build or device: never reported as passed.
 inline void require_gpu() {
-  if (!(ada::built_with_cuda() && ada::cuda_device_count() > 0)) skip("no CUDA device");
+  if (!ada::built_with_cuda()) skip("built without CUDA");
+  if (ada::cuda_device_count() == 0) skip("no CUDA device visible");
 }
 
 inline size_t sz(int64_t n) { return static_cast<size_t>(n); }

@@ -17,17 +17,14 @@
 #include "ada/device.hpp"
 #include "ada/retriever.hpp"
 #include "ada/topk.hpp"
+#include "tests/cuda_test_util.hpp"
 #include "tests/test_util.hpp"
 #include "tests/topk_util.hpp"
 
 using namespace topk_test;
+using ada_test::require_gpu;
 
 namespace {
-
-void require_gpu() {
-  if (!ada::built_with_cuda()) ada_test::skip("built without CUDA");
-  if (ada::cuda_device_count() == 0) ada_test::skip("no CUDA device visible");
-}
 
 // GPU and CPU searchers over the same range give the same lists, bit for bit (the sign of a zero
 // score included). Without `with_bias` both searchers get no bias.

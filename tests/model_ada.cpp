@@ -1,17 +1,16 @@
-// Ada-Retrieval on SASRec: a whole multi-round training step checked by finite differences in double,
-// round 0 equal to the base model, and the golden fixture (every round's user vector, the context ids,
-// the training step's loss and gradients).
+// Ada-Retrieval on SASRec: a whole multi-round training step checked by finite differences in
+// double, round 0 equal to the base model, and the golden fixture (every round's user vector, the
+// context ids, the evaluator's lists, the training step's loss and gradients:
+// tests/fixture_util.hpp).
 #include <catch2/catch.hpp>
 #include <cmath>
-#include <nlohmann/json.hpp>
 
 #include "ada/ada_model.hpp"
-#include "ada/checkpoint.hpp"
 #include "ada/eval.hpp"
-#include "ada/fileio.hpp"
+#include "tests/fixture_util.hpp"
 #include "tests/grad_check.hpp"
-#include "tests/tiny_model.hpp"
 #include "tests/test_util.hpp"
+#include "tests/tiny_model.hpp"
 
 using namespace ada;
 
@@ -112,94 +111,10 @@ TEST_CASE("Ada round 0 is exactly the base model and every ablation still runs",
   }
 }
 
-TEST_CASE("fixture: Ada-SASRec user vectors, context ids and the training step match the reference", "[model]") {
-  const std::string wpath = ada_test::shared_file_or_skip("fixtures/ada_sasrec_tiny.safetensors");
-  const std::string jpath = ada_test::shared_file_or_skip("fixtures/ada_sasrec_tiny.json");
-  const std::string gpath = ada_test::shared_file_or_skip("fixtures/ada_sasrec_tiny_grads.safetensors");
-  const nlohmann::json fx = nlohmann::json::parse(read_file(jpath));
-  const SafeTensors st = read_safetensors(wpath);
-  SasRecConfig bc = checkpoint_info(st, wpath).sasrec;
-  bc.dropout = 0.0f;  // the fixture ran with dropout 0
-  AdaConfig ac;
-  ac.rounds = fx["config"]["rounds"];
-  ac.total_k = fx["config"]["total_k"];
-  ac.lambda = fx["config"]["lambda"];
-  REQUIRE(ac.k_per_round() == 20);
+TEST_CASE("fixture: Ada-SASRec user vectors, context ids and the training step match the reference",
+          "[model]") {
   auto be = make_cpu_backend<float>();
-  AdaSasRec<float> m(bc, ac, *be);
-  load_params(m.params(), st, wpath);  // every tensor, adapters included
-
-  Ragged hist;
-  for (const auto& s : fx["sequences"]) {
-    const auto v = s.get<std::vector<ItemId>>();
-    hist.push_row(v.data(), v.data() + v.size());
-  }
-  const int64_t B = 8, D = 64, R = 5, K = 20;
-  std::vector<float> U(size_t(R * B * D));
-  std::vector<ItemId> ctx(size_t((R - 1) * B * K));
-  m.forward(hist, false, 0, 0, U.data(), ctx.data());
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < R; ++t) {
-      const auto ref = fx["eval"]["user_vectors"][size_t(b)][size_t(t)].get<std::vector<double>>();
-      double err = 0;
-      for (int64_t d = 0; d < D; ++d) err = std::max(err, std::abs(U[size_t((t * B + b) * D + d)] - ref[size_t(d)]));
-      INFO("sequence " << b << " round " << t);
-      REQUIRE(err < 1e-4);
-    }
-  // context sets per round (orders may differ only within near-ties)
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t + 1 < R; ++t) {
-      auto ref = fx["eval"]["context_ids"][size_t(b)][size_t(t)].get<std::vector<ItemId>>();
-      std::vector<ItemId> ours(ctx.begin() + (t * B + b) * K, ctx.begin() + (t * B + b + 1) * K);
-      std::sort(ref.begin(), ref.end());
-      std::sort(ours.begin(), ours.end());
-      INFO("sequence " << b << " round " << t);
-      REQUIRE(ours == ref);
-    }
-
-  // The evaluator's 100-item lists: 20 per round, history and earlier rounds excluded, round order.
-  std::vector<ItemId> ids(size_t(B * 100));
-  std::vector<float> scores(size_t(B * 100));
-  multi_round_topk(U.data(), B, m.base().item_table(), m.base().item_bias(), bc.n_items, D, std::vector<int>(5, 20), hist,
-                   ids.data(), scores.data());
-  for (int64_t b = 0; b < B; ++b) {
-    const auto ref_ids = fx["eval"]["retrieved"][size_t(b)].get<std::vector<int>>();
-    const auto ref_sc = fx["eval"]["retrieved_scores"][size_t(b)].get<std::vector<double>>();
-    for (int64_t j = 0; j < 100; ++j) {
-      INFO("sequence " << b << " position " << j << ": ours " << ids[size_t(b * 100 + j)] << " reference "
-                       << ref_ids[size_t(j)]);
-      REQUIRE(std::abs(scores[size_t(b * 100 + j)] - ref_sc[size_t(j)]) < 1e-4);
-      if (ids[size_t(b * 100 + j)] != ref_ids[size_t(j)]) {
-        const bool near_tie = (j % 20 > 0 && std::abs(ref_sc[size_t(j)] - ref_sc[size_t(j - 1)]) < 1e-4) ||
-                              (j % 20 < 19 && std::abs(ref_sc[size_t(j)] - ref_sc[size_t(j + 1)]) < 1e-4);
-        REQUIRE(near_tie);
-      }
-    }
-  }
-
-  // One training step, dropout 0: loss and the stored gradients.
-  const auto items2d = fx["train_step"]["items"].get<std::vector<std::vector<int32_t>>>();
-  std::vector<int32_t> items;
-  for (const auto& row : items2d) items.insert(items.end(), row.begin(), row.end());
-  const int64_t C = int64_t(items2d[0].size());
-  m.params().zero_grad();
-  const double loss = ada_loss(m, hist, items, C, true);
-  REQUIRE(loss == Approx(fx["train_step"]["loss"].get<double>()).epsilon(1e-5));
-  const SafeTensors grads = read_safetensors(gpath);
-  for (const auto& name : fx["train_step"]["grads"]) {
-    const std::string n = name.get<std::string>();
-    const std::vector<float> ref = grads.at(n).to_f32();
-    const int idx = m.params().find(n);
-    REQUIRE(idx >= 0);
-    const float* g = m.params().grad(idx);
-    double num = 0, den = 0;
-    for (size_t i = 0; i < ref.size(); ++i) {
-      num += (double(g[i]) - ref[i]) * (double(g[i]) - ref[i]);
-      den += double(ref[i]) * ref[i];
-    }
-    INFO(n << ": relative error " << std::sqrt(num / std::max(den, 1e-30)));
-    REQUIRE(std::sqrt(num) <= 1e-3 * std::sqrt(den) + 1e-9);
-  }
+  ada_test::check_ada_fixture(*be);
 }
 
 TEST_CASE("forward_lists gives forward's vectors and multi_round_topk's lists, one search per round where it can",
