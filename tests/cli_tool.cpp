@@ -2,11 +2,16 @@
 // half-written output when a run fails.
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include "ada/fileio.hpp"
 #include "tests/cli_run.hpp"
@@ -169,5 +174,102 @@ TEST_CASE("ada train --ada with lists shorter than 50 validates on hit@K and say
   REQUIRE(j["test"].contains("hit@12"));
   REQUIRE_FALSE(j["test"].contains("hit@50"));  // the lists hold 12 items: no cutoff beyond them
   REQUIRE(read_file(dir + "/train.log").find("valid hit@12") != std::string::npos);
+  fs::remove_all(dir);
+}
+
+// `ada retrieve` as a user runs it on a trained model: --seq and --input, plain and --json output, k
+// over T rounds (the first k % T rounds one item more), an empty history, and clear errors. One
+// training run serves every block (plain blocks, not SECTIONs, which would each train again).
+TEST_CASE("ada retrieve: --seq, --input, --json, an empty history and clear errors", "[cli]") {
+  const std::string dir = temp_dir("retrieve");
+  const Run t = run_ada("train --ada --rounds 2 --total-k 10 --out " + dir + "/m" + kTinyRun + "--seed 6");
+  INFO(t.out);
+  REQUIRE(t.code == 0);
+  const std::string ck = " --checkpoint " + dir + "/m ";
+  auto ids_of = [](const std::string& line) {
+    std::vector<long> ids;
+    std::istringstream is(line);
+    for (long v; is >> v;) ids.push_back(v);
+    return ids;
+  };
+  auto check_list = [](const std::vector<long>& ids, size_t k, const std::vector<long>& history) {
+    REQUIRE(ids.size() == k);
+    std::vector<long> sorted = ids;
+    std::sort(sorted.begin(), sorted.end());
+    REQUIRE(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end());  // distinct
+    for (long id : ids) {
+      REQUIRE(id >= 1);     // never padding
+      REQUIRE(id <= 1500);  // the synthetic catalog
+      REQUIRE(std::find(history.begin(), history.end(), id) == history.end());
+    }
+  };
+
+  {  // --seq, plain
+    const Run r = run_ada("retrieve" + ck + "--seq \"3 17 42\" -k 10 -T 3");
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    check_list(ids_of(r.out), 10, {3, 17, 42});
+  }
+  {  // --json: items with score and round, rounds of 4, 3 and 3
+    const Run r = run_ada("retrieve" + ck + "--seq \"3 17 42\" -k 10 -T 3 --json");
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    const auto j = nlohmann::json::parse(r.out);
+    REQUIRE(j["items"].size() == 10);
+    std::vector<long> ids;
+    std::vector<int> rounds;
+    for (const auto& it : j["items"]) {
+      ids.push_back(it["item"].get<long>());
+      rounds.push_back(it["round"].get<int>());
+      REQUIRE(std::isfinite(it["score"].get<double>()));
+    }
+    check_list(ids, 10, {3, 17, 42});
+    REQUIRE(rounds == std::vector<int>{0, 0, 0, 0, 1, 1, 1, 2, 2, 2});
+    // the plain output lists the same items
+    const Run p = run_ada("retrieve" + ck + "--seq \"3 17 42\" -k 10 -T 3");
+    REQUIRE(ids_of(p.out) == ids);
+  }
+  {  // an empty --seq is a new user
+    const Run r = run_ada("retrieve" + ck + "--seq \"\" -k 5 -T 2");
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    check_list(ids_of(r.out), 5, {});
+  }
+  {  // --input: one line per user, an empty history among them
+    write_file_atomic(dir + "/in.txt", "alice 3 17\nbob\ncarol 5 6 7\n");
+    const Run r = run_ada("retrieve" + ck + "--input " + dir + "/in.txt -k 6 -T 2");
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    std::istringstream is(r.out);
+    std::string line;
+    const char* users[] = {"alice:", "bob:", "carol:"};
+    const std::vector<long> hist[] = {{3, 17}, {}, {5, 6, 7}};
+    for (int u = 0; u < 3; ++u) {
+      REQUIRE(std::getline(is, line));
+      REQUIRE(line.rfind(users[u], 0) == 0);
+      check_list(ids_of(line.substr(std::strlen(users[u]))), 6, hist[u]);
+    }
+  }
+  {  // errors name the value
+    struct Case {
+      std::string args, says;
+    };
+    write_file_atomic(dir + "/bad.txt", "alice 3 17\nbob 4 x9\n");
+    const Case cases[] = {
+        {"--seq \"3 17\" -k 10 -T 0", "-T: must be greater than 0, got 0"},
+        {"--seq \"3 17\" -k 0 -T 2", "-k: must be greater than 0, got 0"},
+        {"--seq \"3 17\" -k 100000 -T 2", "k = 100000"},
+        {"--seq \"3 99999\" -k 10 -T 2", "99999"},
+        {"--input " + dir + "/bad.txt -k 10 -T 2", "bad.txt:2"},
+        {"-k 10 -T 2", "exactly one of --seq and --input"},
+        {"--seq 3 --input " + dir + "/bad.txt -k 10", "exactly one of --seq and --input"},
+    };
+    for (const Case& c : cases) {
+      const Run r = run_ada("retrieve" + ck + c.args);
+      INFO(c.args << "\n" << r.out);
+      REQUIRE(r.code != 0);
+      REQUIRE(r.out.find(c.says) != std::string::npos);
+    }
+  }
   fs::remove_all(dir);
 }

@@ -34,6 +34,22 @@ namespace {
 using nlohmann::json;
 using namespace ada;
 
+// Sign checks on numeric options with messages that say what is wanted (CLI11's PositiveNumber says
+// "Value 0 not in range 0.000000 to 1.797...e+308" for 0). A value that is not a number is left to
+// the option's own conversion, which names it.
+CLI::Validator sign_check(bool zero_allowed) {
+  return CLI::Validator(
+      [zero_allowed](std::string& text) -> std::string {
+        char* end = nullptr;
+        const double v = std::strtod(text.c_str(), &end);
+        if (end == text.c_str() || *end != 0 || v > 0 || (zero_allowed && v == 0)) return std::string();
+        return std::string(zero_allowed ? "must be at least 0" : "must be greater than 0") + ", got " + text;
+      },
+      zero_allowed ? ">= 0" : "> 0", zero_allowed ? "NONNEGATIVE" : "POSITIVE");
+}
+const CLI::Validator kPositive = sign_check(false);
+const CLI::Validator kNonNegative = sign_check(true);
+
 struct DataArgs {
   std::string path;  // empty: the built-in synthetic data
   std::string format = "auto";
@@ -133,22 +149,22 @@ struct ModelArgs {
 };
 
 void add_model_options(CLI::App* app, ModelArgs& m) {
-  app->add_option("--hidden", m.hidden, "embedding size D")->check(CLI::PositiveNumber);
-  app->add_option("--layers", m.layers, "Transformer layers")->check(CLI::PositiveNumber);
-  app->add_option("--heads", m.heads, "attention heads (the reference runs 16 heads of 4)")->check(CLI::PositiveNumber);
-  app->add_option("--inner", m.inner, "feed-forward inner size")->check(CLI::PositiveNumber);
-  app->add_option("--max-len", m.max_len, "history length L (the last L items are used)")->check(CLI::PositiveNumber);
+  app->add_option("--hidden", m.hidden, "embedding size D")->check(kPositive);
+  app->add_option("--layers", m.layers, "Transformer layers")->check(kPositive);
+  app->add_option("--heads", m.heads, "attention heads (the reference runs 16 heads of 4)")->check(kPositive);
+  app->add_option("--inner", m.inner, "feed-forward inner size")->check(kPositive);
+  app->add_option("--max-len", m.max_len, "history length L (the last L items are used)")->check(kPositive);
   app->add_option("--dropout", m.dropout, "dropout everywhere")->check(CLI::Range(0.0, 0.99));
   app->add_option("--activation", m.activation, "silu | gelu")->check(CLI::IsMember({"silu", "gelu"}));
 }
 
 void add_train_options(CLI::App* app, TrainOptions& t, int& threads, std::string& device) {
-  app->add_option("--epochs", t.epochs, "maximum epochs")->check(CLI::NonNegativeNumber);
+  app->add_option("--epochs", t.epochs, "maximum epochs")->check(kNonNegative);
   app->add_option("--patience", t.patience, "early stopping: stop after valid hit@50 failed to improve more than P times");
   app->add_option("--seed", t.seed, "random seed (all randomness is counter-based on it)");
-  app->add_option("--batch-size", t.batch_size, "training batch size")->check(CLI::PositiveNumber);
-  app->add_option("--lr", t.lr, "Adam learning rate")->check(CLI::PositiveNumber);
-  app->add_option("--n-neg", t.n_neg, "uniform negatives per sample")->check(CLI::PositiveNumber);
+  app->add_option("--batch-size", t.batch_size, "training batch size")->check(kPositive);
+  app->add_option("--lr", t.lr, "Adam learning rate")->check(kPositive);
+  app->add_option("--n-neg", t.n_neg, "uniform negatives per sample")->check(kPositive);
   app->add_option("--threads", threads, "CPU threads (default: all cores)");
   app->add_option("--device", device, "cpu | cuda | auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
 }
@@ -229,9 +245,9 @@ void add_ada_options(CLI::App* app, AdaArgs& a) {
   app->add_option("--init-from", a.init_from,
                   "start from these weights (a run folder or a .safetensors): with --ada, phase 2 fine-tuning of "
                   "a pre-trained base; the architecture comes from the file");
-  app->add_option("--rounds", a.cfg.rounds, "T: retrieval rounds")->check(CLI::PositiveNumber);
+  app->add_option("--rounds", a.cfg.rounds, "T: retrieval rounds")->check(kPositive);
   app->add_option("--total-k", a.cfg.total_k, "K: items retrieved over all rounds (K/T per round, rounded up)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   app->add_option("--lambda", a.cfg.lambda, "round t's loss weight is lambda^t")->check(CLI::Range(0.0, 1.0));
   app->add_flag("--no-filter", a.no_filter, "ablation: no learnable filter on the context");
   app->add_flag("--no-attention", a.no_attention, "ablation: mean of the context instead of attention");
@@ -349,10 +365,11 @@ int cmd_eval(DataArgs da, const std::string& ckpt_arg, const AdaConfig& slices, 
 
 // Input sequences for `ada retrieve`: --seq "3 17 42" or --input FILE with `user item item ...` lines.
 // Ids are the user's own when the model came with an item map.
-int cmd_retrieve(const std::string& ckpt, const std::string& seq_text, const std::string& input, int k, int T,
-                 bool as_json, int threads, const RetrieverOptions& opt) {
+// An empty --seq "" is an empty history (a new user).
+int cmd_retrieve(const std::string& ckpt, bool seq_given, const std::string& seq_text, const std::string& input,
+                 int k, int T, bool as_json, int threads, const RetrieverOptions& opt) {
   set_threads(threads);
-  ADA_CHECK(seq_text.empty() != input.empty(), "retrieve: give exactly one of --seq and --input");
+  ADA_CHECK(seq_given != !input.empty(), "retrieve: give exactly one of --seq and --input");
   AdaRetriever r = AdaRetriever::load(ckpt, opt);
   const std::vector<std::string>& names = r.item_names();
   std::map<std::string, ItemId> id_of;
@@ -372,7 +389,7 @@ int cmd_retrieve(const std::string& ckpt, const std::string& seq_text, const std
   };
   std::vector<std::string> users;
   std::vector<std::vector<ItemId>> seqs;
-  if (!seq_text.empty()) {
+  if (seq_given) {
     std::istringstream is(seq_text);
     std::vector<ItemId> seq;
     for (std::string tok; is >> tok;) seq.push_back(parse_item(tok, "--seq"));
@@ -406,7 +423,7 @@ int cmd_retrieve(const std::string& ckpt, const std::string& seq_text, const std
       if (!users[i].empty()) o["user"] = users[i];
       all.push_back(o);
     }
-    std::cout << (seq_text.empty() ? all : all[0]).dump(2) << "\n";
+    std::cout << (seq_given ? all[0] : all).dump(2) << "\n";
   } else {
     for (size_t i = 0; i < results.size(); ++i) {
       if (!users[i].empty()) std::cout << users[i] << ":";
@@ -616,27 +633,28 @@ int main(int argc, char** argv) {
       ->required();
   add_data_options(e, eval_data, true);
   e->add_option("--threads", eval_threads, "CPU threads");
-  e->add_option("--batch", eval_batch, "users per batch")->check(CLI::PositiveNumber);
+  e->add_option("--batch", eval_batch, "users per batch")->check(kPositive);
   e->add_flag("--json", eval_json, "print JSON");
   std::string eval_device = "auto";
   e->add_option("--device", eval_device, "cpu | cuda | auto: where the forwards and the ranking run")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   AdaConfig eval_slices;
   e->add_option("--rounds", eval_slices.rounds, "per-round analysis of a base model: T slices of its ranking")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   e->add_option("--total-k", eval_slices.total_k, "per-round analysis of a base model: K items in all")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
 
   std::string ret_ckpt, ret_seq, ret_input;
   int ret_k = 100, ret_T = 5, ret_threads = 0;
   bool ret_json = false;
   auto* rt = app.add_subcommand("retrieve", "the next k items for histories, over T rounds (round order)");
   rt->add_option("--checkpoint", ret_ckpt, "model.safetensors or its run folder (base or Ada)")->required();
-  rt->add_option("--seq", ret_seq, "one history: item ids separated by spaces, oldest first");
+  auto* ret_seq_opt =
+      rt->add_option("--seq", ret_seq, "one history: item ids separated by spaces, oldest first (\"\": a new user)");
   rt->add_option("--input", ret_input, "a file of histories, `user item item ...` per line");
-  rt->add_option("-k", ret_k, "items to return")->check(CLI::PositiveNumber);
+  rt->add_option("-k", ret_k, "items to return")->check(kPositive);
   rt->add_option("-T", ret_T, "rounds (k is split over them: the first k % T rounds get one more)")
-      ->check(CLI::PositiveNumber);
+      ->check(kPositive);
   rt->add_flag("--json", ret_json, "JSON with each item's score and round");
   rt->add_option("--threads", ret_threads, "CPU threads");
   RetrieverOptions ret_opt;
@@ -645,14 +663,14 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"cpu", "cuda"}));
   rt->add_option("--shards", ret_opt.shards,
                  "split the catalog into N shards searched separately and merged exactly (0: one sgemm pass)")
-      ->check(CLI::NonNegativeNumber);
-  rt->add_option("--gpu", ret_opt.gpu, "CUDA device index")->check(CLI::NonNegativeNumber);
+      ->check(kNonNegative);
+  rt->add_option("--gpu", ret_opt.gpu, "CUDA device index")->check(kNonNegative);
 
   int demo_threads = 0, demo_epochs = 8;
   std::string demo_out;
   auto* d = app.add_subcommand("demo", "train and evaluate briefly on synthetic data, show retrievals");
   d->add_option("--threads", demo_threads, "CPU threads");
-  d->add_option("--epochs", demo_epochs, "maximum epochs")->check(CLI::PositiveNumber);
+  d->add_option("--epochs", demo_epochs, "maximum epochs")->check(kPositive);
   d->add_option("--out", demo_out, "also write the outputs to this folder");
 
   ExportArgs exp;
@@ -694,7 +712,9 @@ int main(int argc, char** argv) {
                                      eval_device);
     if (d->parsed()) return cmd_demo(demo_threads, demo_epochs, demo_out);
     if (ex->parsed()) return cmd_export(exp, exp_data);
-    if (rt->parsed()) return cmd_retrieve(ret_ckpt, ret_seq, ret_input, ret_k, ret_T, ret_json, ret_threads, ret_opt);
+    if (rt->parsed())
+      return cmd_retrieve(ret_ckpt, ret_seq_opt->count() > 0, ret_seq, ret_input, ret_k, ret_T, ret_json, ret_threads,
+                          ret_opt);
   } catch (const std::exception& ex) {
     std::cerr << "ada: error: " << ex.what() << "\n";
     return 1;
