@@ -11,6 +11,7 @@
 
 #include "ada/check.hpp"
 #include "ada/eval.hpp"
+#include "tests/topk_util.hpp"
 
 namespace {
 
@@ -23,22 +24,10 @@ Ragged make_ragged(const std::vector<std::vector<ItemId>>& rows) {
   return r;
 }
 
-struct Problem {
-  int64_t B, N, D;
-  std::vector<float> U, E, bias;
-};
+using topk_test::Problem;  // its exclusion lists are not used here: the tests below make their own
 
 Problem random_problem(int64_t B, int64_t N, int64_t D, uint32_t seed) {
-  Problem p{B, N, D, {}, {}, {}};
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.f, 1.f);
-  p.U.resize(size_t(B * D));
-  p.E.resize(size_t(N * D));
-  p.bias.resize(size_t(N));
-  for (auto& x : p.U) x = normal(rng);
-  for (auto& x : p.E) x = 0.5f * normal(rng);
-  for (auto& x : p.bias) x = 0.3f * normal(rng);
-  return p;
+  return topk_test::random_problem(B, N, D, seed, /*max_excl=*/0);
 }
 
 // Scores of one user in double precision.
@@ -322,7 +311,7 @@ TEST_CASE("topk_excluding over several user blocks", "[cpu]") {
 
 TEST_CASE("topk_excluding breaks exact ties by the smaller id", "[cpu]") {
   // Integer scores with many exact ties: score(j) = (j * 7) % 13, u = 1, D = 1.
-  Problem p{3, 1001, 1, {1.f, 1.f, 1.f}, {}, {}};
+  Problem p{3, 1001, 1, {1.f, 1.f, 1.f}, {}, {}, {}};
   for (int64_t j = 0; j < p.N; ++j) p.E.push_back(float((j * 7) % 13));
   const Ragged ex = make_ragged({{}, {1, 2, 3, 12, 12}, {}});
   const Ragged extra = make_ragged({{}, {}, {25, 38, 0}});
