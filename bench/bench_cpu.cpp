@@ -45,8 +45,16 @@ long minor_faults() {
   return ru.ru_minflt;
 }
 
-// samples/s, and the seconds an epoch takes at that rate: elapsed / (samples / samples_per_epoch).
-void set_training_counters(benchmark::State& state, int64_t samples, size_t samples_per_epoch) {
+// The timed loop of a training benchmark: kWarmupSteps untimed steps, then step() (returning its
+// samples) per iteration. Counters: minor page faults per step, samples/s, and the seconds an epoch
+// takes at that rate (elapsed / (samples / samples_per_epoch)).
+template <class Step>
+void time_training_steps(benchmark::State& state, Step&& step, size_t samples_per_epoch) {
+  for (int w = 0; w < kWarmupSteps; ++w) step();
+  const long faults0 = minor_faults();
+  int64_t samples = 0;
+  for (auto _ : state) samples += step();
+  state.counters["faults/step"] = double(minor_faults() - faults0) / double(state.iterations());
   state.counters["samples/s"] = benchmark::Counter(double(samples), benchmark::Counter::kIsRate);
   state.counters["epoch_s_est"] = benchmark::Counter(double(samples) / double(samples_per_epoch),
                                                      benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
@@ -64,7 +72,6 @@ void BM_sasrec_train_step(benchmark::State& state) {
   Batch batch;
   std::vector<float> U, dU, logits, m(model.params().values().size()), v(m.size());
   uint64_t step = 0;
-  int64_t samples = 0;
   auto train_step = [&] {
     sampler.fill_batch(step % nb, bs, batch);
     const int64_t B = int64_t(batch.size()), C = 1 + batch.n_neg;
@@ -81,11 +88,7 @@ void BM_sasrec_train_step(benchmark::State& state) {
     ++step;
     return B;
   };
-  for (int w = 0; w < kWarmupSteps; ++w) train_step();
-  const long faults0 = minor_faults();
-  for (auto _ : state) samples += train_step();
-  state.counters["faults/step"] = double(minor_faults() - faults0) / double(state.iterations());
-  set_training_counters(state, samples, sampler.num_samples());
+  time_training_steps(state, train_step, sampler.num_samples());
 }
 BENCHMARK(BM_sasrec_train_step)->Unit(benchmark::kMillisecond)->MinTime(5.0)->UseRealTime();
 
@@ -103,7 +106,6 @@ void BM_ada_train_step(benchmark::State& state) {
   const size_t bs = 1024, nb = sampler.num_batches(bs);
   Batch batch;
   uint64_t step = 0;
-  int64_t samples = 0;
   auto train_step = [&] {
     sampler.fill_batch(step % nb, bs, batch);
     model.params().zero_grad();
@@ -111,11 +113,7 @@ void BM_ada_train_step(benchmark::State& state) {
     ++step;
     return int64_t(batch.size());
   };
-  for (int w = 0; w < kWarmupSteps; ++w) train_step();
-  const long faults0 = minor_faults();
-  for (auto _ : state) samples += train_step();
-  state.counters["faults/step"] = double(minor_faults() - faults0) / double(state.iterations());
-  set_training_counters(state, samples, sampler.num_samples());
+  time_training_steps(state, train_step, sampler.num_samples());
 }
 BENCHMARK(BM_ada_train_step)->Unit(benchmark::kMillisecond)->MinTime(10.0)->UseRealTime();
 
