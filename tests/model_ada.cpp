@@ -111,6 +111,43 @@ TEST_CASE("Ada round 0 is exactly the base model and every ablation still runs",
   }
 }
 
+// An inference forward computes each earlier round's context block once (in the round after it)
+// and copies it into later rounds; a training forward computes every round's own blocks (it keeps
+// them for the backward and draws other dropout masks each round). Without dropout the two are the
+// same function: user vectors to rounding, contexts equal, with and without the filter.
+TEST_CASE("an inference forward reuses the context blocks: a training forward without dropout agrees", "[model]") {
+  auto be = make_cpu_backend<double>();
+  SasRecConfig bc = ada_test::tiny_sasrec_config(40);
+  bc.dropout = 0.0f;
+  const Ragged hist = ada_test::tiny_histories();
+  const int64_t B = 5, D = 8, R = 5;
+  for (bool filter : {true, false}) {
+    AdaConfig ac;
+    ac.rounds = int(R);
+    ac.total_k = 15;  // 3 context items per round
+    ac.filter = filter;
+    AdaSasRec<double> m(bc, ac, *be);
+    m.init(4);
+    // larger filter weights than the defaults, so that a wrong block would show
+    auto& P = m.params();
+    for (const char* n : {"low_filter.complex_weight", "low_filter.dense.weight"}) {
+      auto* v = P.value(P.find(n));
+      for (int64_t i = 0; i < P.entry(P.find(n)).numel; ++i) v[i] *= 10;
+    }
+    std::vector<double> Ui(size_t(R * B * D)), Ut(Ui.size());
+    std::vector<ItemId> ci(size_t((R - 1) * B * 3)), ct(ci.size());
+    m.forward(hist, false, 0, 0, Ui.data(), ci.data());
+    m.forward(hist, true, 7, 1, Ut.data(), ct.data());
+    INFO("filter " << filter);
+    REQUIRE(ci == ct);
+    double diff = 0, later = 0;
+    for (size_t i = 0; i < Ui.size(); ++i) diff = std::max(diff, std::abs(Ui[i] - Ut[i]));
+    for (size_t i = size_t(B * D); i < Ui.size(); ++i) later += std::abs(Ui[i] - Ui[i % size_t(B * D)]);
+    REQUIRE(diff <= 1e-12);
+    REQUIRE(later > 1e-3);  // the adapted rounds do differ from round 0
+  }
+}
+
 TEST_CASE("fixture: Ada-SASRec user vectors, context ids and the training step match the reference",
           "[model]") {
   auto be = make_cpu_backend<float>();

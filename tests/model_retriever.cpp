@@ -229,3 +229,37 @@ TEST_CASE("retriever options are checked: unknown device, negative shards, CUDA 
   o.gpu = 99;  // no machine has it: the error must name CUDA and the device
   REQUIRE_THROWS_WITH(AdaRetriever::load(ck.ada, o), Catch::Contains("CUDA") && Catch::Contains("99"));
 }
+
+TEST_CASE("retrieve_batch and user_vectors in passes of RetrieverOptions::batch users equal one pass", "[model]") {
+  Checkpoints ck;
+  std::vector<std::vector<ItemId>> seqs = {{3, 17, 42}, {}, {5}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}};
+  for (ItemId i = 1; i <= 7; ++i) seqs.push_back({i, ItemId(60 - i), ItemId(20 + 2 * i)});
+  for (const std::string& path : {ck.base, ck.ada}) {
+    AdaRetriever whole = AdaRetriever::load(path);  // batch 1024: one pass
+    const auto want = whole.retrieve_batch(seqs, 13, 3);
+    const std::vector<float> want_u = whole.user_vectors(seqs, 3);
+    for (int batch : {1, 3, 4, 11}) {
+      RetrieverOptions o;
+      o.batch = batch;
+      AdaRetriever r = AdaRetriever::load(path, o);
+      const auto got = r.retrieve_batch(seqs, 13, 3);
+      const std::vector<float> got_u = r.user_vectors(seqs, 3);
+      INFO(path << " batch " << batch);
+      REQUIRE(got.size() == seqs.size());
+      for (size_t b = 0; b < seqs.size(); ++b) {
+        check_rules(got[b], seqs[b], 13, 3);
+        for (size_t i = 0; i < got[b].size(); ++i) {
+          REQUIRE(got[b][i].item == want[b][i].item);
+          REQUIRE(got[b][i].round == want[b][i].round);
+          // products of other shapes may round differently (the documented last-bit difference)
+          REQUIRE(got[b][i].score == Approx(want[b][i].score).margin(1e-5));
+        }
+      }
+      REQUIRE(got_u.size() == want_u.size());
+      for (size_t i = 0; i < got_u.size(); ++i) REQUIRE(got_u[i] == Approx(want_u[i]).margin(1e-5));
+    }
+  }
+  RetrieverOptions zero;
+  zero.batch = 0;
+  REQUIRE_THROWS_WITH(AdaRetriever::load(ck.ada, zero), Catch::Contains("batch must be >= 1, got 0"));
+}

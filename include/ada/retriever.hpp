@@ -71,6 +71,11 @@ struct RetrieverOptions {
   // they can differ from the CPU's sgemm path in the last bits, and so can the order of near-ties.
   int shards = 0;
   int gpu = 0;  // CUDA device index
+  // Users per pass of retrieve_batch() and user_vectors(): a longer list is served in passes of this
+  // many, so memory stays bounded by it (the Ada forward keeps every round's activations and context
+  // of the pass); larger passes use a GPU better. The results depend on it only through rounding
+  // (matrix products of another shape: scores can differ in the last bits, near ties can swap).
+  int batch = 1024;
 };
 
 class AdaRetriever {
@@ -84,7 +89,8 @@ class AdaRetriever {
 
   std::vector<ItemId> retrieve(Span<const ItemId> user_seq, int k, int T);
   std::vector<Retrieved> retrieve_scored(Span<const ItemId> user_seq, int k, int T);
-  // Many users at once (faster: one batched pass per round).
+  // Many users at once (faster: batched passes of RetrieverOptions::batch users, each one pass per
+  // round).
   std::vector<std::vector<Retrieved>> retrieve_batch(const std::vector<std::vector<ItemId>>& user_seqs, int k, int T);
 
   bool is_ada() const;

@@ -665,6 +665,8 @@ int main(int argc, char** argv) {
                  "split the catalog into N shards searched separately and merged exactly (0: one sgemm pass)")
       ->check(kNonNegative);
   rt->add_option("--gpu", ret_opt.gpu, "CUDA device index")->check(kNonNegative);
+  rt->add_option("--batch", ret_opt.batch, "users per pass (memory grows with it; scores change only in the last bits)")
+      ->check(kPositive);
 
   int demo_threads = 0, demo_epochs = 8;
   std::string demo_out;

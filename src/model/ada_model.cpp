@@ -254,6 +254,14 @@ void AdaSasRec<T>::ira_forward(Round& rd, int t, int64_t B) {
   rd.C.ensure(size_t(B * Nc * D), mem_);
   rd.blocks.resize(size_t(t));
   for (int r = 0; r < t; ++r) {
+    // Without training (no dropout) block r's rows are the same in every round after r: round r + 1
+    // computes them and later rounds copy its output (the same bits; a training forward keeps every
+    // round's own blocks for the backward, and draws other dropout masks each round).
+    if (!training_ && r + 1 < t) {
+      const Block& first = rounds_[size_t(r + 1)].blocks[size_t(r)];
+      copy_rows_in(mem_, rd.C.data(), (ada_.filter ? first.Et : first.E).data(), B, Nc, int64_t(r) * K, K, D);
+      continue;
+    }
     Block& bl = rd.blocks[size_t(r)];
     const int64_t n = B * K;
     const ItemId* ids = ctx_op() + int64_t(r) * B * K;

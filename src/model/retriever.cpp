@@ -24,6 +24,7 @@ struct AdaRetriever::Impl {
   // Backend::topk on the device-resident model)
   std::unique_ptr<ShardedSearcher> searcher;
   DeviceMemory* mem = nullptr;  // the backend's device memory (null on the CPU)
+  int64_t batch = 1024;         // users per pass (RetrieverOptions::batch)
   Buffer<float> d_users;        // [T, B, D] on the device
   SasRec<float>& backbone() { return ada ? ada->base() : *base; }
 
@@ -63,10 +64,12 @@ struct AdaRetriever::Impl {
   }
 
   // Checks the item ids (`who` names the caller in errors) and lays the histories out as a batch.
-  Ragged histories(const std::vector<std::vector<ItemId>>& seqs, const char* who) const {
+  // Rows [b0, b1) of seqs (default: all).
+  Ragged histories(const std::vector<std::vector<ItemId>>& seqs, const char* who, size_t b0 = 0,
+                   size_t b1 = size_t(-1)) const {
     const int32_t N = info.sasrec.n_items;
     Ragged hist;
-    for (size_t b = 0; b < seqs.size(); ++b) {
+    for (size_t b = b0; b < std::min(b1, seqs.size()); ++b) {
       for (ItemId it : seqs[b])
         ADA_CHECK(it >= 1 && it < N, who << ": item id " << it << " (sequence " << b << ") is not in the catalog 1.."
                                          << N - 1);
@@ -139,6 +142,8 @@ AdaRetriever AdaRetriever::load(const std::string& checkpoint, const RetrieverOp
   ADA_CHECK(options.device == "cpu" || options.device == "cuda",
             "retriever: device must be \"cpu\" or \"cuda\", got \"" << options.device << "\"");
   ADA_CHECK(options.shards >= 0, "retriever: shards must be >= 0, got " << options.shards);
+  ADA_CHECK(options.batch >= 1, "retriever: batch must be >= 1, got " << options.batch);
+  impl->batch = options.batch;
   if (options.device == "cuda") {
     const int n = built_with_cuda() ? cuda_device_count() : 0;
     ADA_CHECK(options.gpu >= 0 && options.gpu < n,
@@ -174,13 +179,17 @@ const float* AdaRetriever::item_bias() const { return impl_->backbone().host_ite
 
 std::vector<float> AdaRetriever::user_vectors(const std::vector<std::vector<ItemId>>& seqs, int T) {
   ADA_CHECK(T >= 1, "user_vectors: T must be >= 1, got " << T);
-  const Ragged hist = impl_->histories(seqs, "user_vectors");
-  const std::vector<float> users = impl_->round_users(hist, T);  // [T, B, D]
+  impl_->histories(seqs, "user_vectors");  // every id checked before any work
+  impl_->check_rounds(T);
   const size_t B = seqs.size(), D = size_t(embedding_dim());
-  std::vector<float> out(users.size());  // [B, T, D]
-  for (size_t t = 0; t < size_t(T); ++t)
-    for (size_t b = 0; b < B; ++b)
-      std::copy_n(users.begin() + long((t * B + b) * D), D, out.begin() + long((b * size_t(T) + t) * D));
+  std::vector<float> out(B * size_t(T) * D);  // [B, T, D]
+  for (size_t b0 = 0; b0 < B; b0 += size_t(impl_->batch)) {
+    const size_t b1 = std::min(B, b0 + size_t(impl_->batch)), nb = b1 - b0;
+    const std::vector<float> users = impl_->round_users(impl_->histories(seqs, "user_vectors", b0, b1), T);
+    for (size_t t = 0; t < size_t(T); ++t)  // [T, nb, D] -> rows b0.. of [B, T, D]
+      for (size_t b = 0; b < nb; ++b)
+        std::copy_n(users.begin() + long((t * nb + b) * D), D, out.begin() + long(((b0 + b) * size_t(T) + t) * D));
+  }
   return out;
 }
 
@@ -198,7 +207,7 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
   const std::vector<int> ks = round_sizes(k, T);
   const int32_t N = num_items();
   const int64_t B = int64_t(seqs.size()), D = impl_->info.sasrec.hidden;
-  const Ragged hist = impl_->histories(seqs, "retrieve");
+  impl_->histories(seqs, "retrieve");  // every id and every row's candidates checked before any work
   std::vector<ItemId> distinct;
   for (size_t b = 0; b < seqs.size(); ++b) {
     distinct.assign(seqs[b].begin(), seqs[b].end());
@@ -210,30 +219,36 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
                                                << distinct.size() << " in the history)");
   }
   std::vector<std::vector<Retrieved>> out(seqs.size());
-  if (B == 0) return out;
-  std::vector<ItemId> ids(size_t(B * k));
-  std::vector<float> scores(size_t(B * k));
-  if (impl_->ada) {  // the rounds' lists searched with their contexts
-    impl_->ada_lists(hist, ks, ids.data(), scores.data());
-  } else {  // one user vector for every round
-    const std::vector<float> users = impl_->round_users(hist, T);
-    SasRec<float>& bb = impl_->backbone();
-    if (impl_->searcher)
-      impl_->searcher_rounds(users.data(), hist, ks, ids.data(), scores.data());
-    else if (impl_->mem)  // the device-resident user vectors, searched where they are
-      multi_round_topk(*impl_->be, impl_->d_users.data(), B, bb.item_table(), bb.item_bias(), N, D, ks, hist,
-                       ids.data(), scores.data());
-    else
-      multi_round_topk(users.data(), B, bb.host_item_table(), bb.host_item_bias(), N, D, ks, hist, ids.data(),
-                       scores.data());
-  }
-  for (int64_t b = 0; b < B; ++b) {
-    out[size_t(b)].reserve(size_t(k));
-    int round = 0, left = ks[0];
-    for (int j = 0; j < k; ++j) {
-      while (left == 0) left = ks[size_t(++round)];
-      out[size_t(b)].push_back({ids[size_t(b * k + j)], scores[size_t(b * k + j)], round});
-      --left;
+  std::vector<ItemId> ids;
+  std::vector<float> scores;
+  for (int64_t b0 = 0; b0 < B; b0 += impl_->batch) {  // passes of `batch` users
+    const int64_t nb = std::min(impl_->batch, B - b0);
+    const Ragged hist = impl_->histories(seqs, "retrieve", size_t(b0), size_t(b0 + nb));
+    ids.resize(size_t(nb * k));
+    scores.resize(size_t(nb * k));
+    if (impl_->ada) {  // the rounds' lists searched with their contexts
+      impl_->ada_lists(hist, ks, ids.data(), scores.data());
+    } else {  // one user vector for every round
+      const std::vector<float> users = impl_->round_users(hist, T);
+      SasRec<float>& bb = impl_->backbone();
+      if (impl_->searcher)
+        impl_->searcher_rounds(users.data(), hist, ks, ids.data(), scores.data());
+      else if (impl_->mem)  // the device-resident user vectors, searched where they are
+        multi_round_topk(*impl_->be, impl_->d_users.data(), nb, bb.item_table(), bb.item_bias(), N, D, ks, hist,
+                         ids.data(), scores.data());
+      else
+        multi_round_topk(users.data(), nb, bb.host_item_table(), bb.host_item_bias(), N, D, ks, hist, ids.data(),
+                         scores.data());
+    }
+    for (int64_t b = 0; b < nb; ++b) {
+      std::vector<Retrieved>& list = out[size_t(b0 + b)];
+      list.reserve(size_t(k));
+      int round = 0, left = ks[0];
+      for (int j = 0; j < k; ++j) {
+        while (left == 0) left = ks[size_t(++round)];
+        list.push_back({ids[size_t(b * k + j)], scores[size_t(b * k + j)], round});
+        --left;
+      }
     }
   }
   return out;
