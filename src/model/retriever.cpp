@@ -63,18 +63,19 @@ struct AdaRetriever::Impl {
     }
   }
 
-  // Checks the item ids (`who` names the caller in errors) and lays the histories out as a batch.
-  // Rows [b0, b1) of seqs (default: all).
-  Ragged histories(const std::vector<std::vector<ItemId>>& seqs, const char* who, size_t b0 = 0,
-                   size_t b1 = size_t(-1)) const {
+  // Checks every item id of seqs (`who` names the caller in errors), before any work is done.
+  void check_ids(const std::vector<std::vector<ItemId>>& seqs, const char* who) const {
     const int32_t N = info.sasrec.n_items;
-    Ragged hist;
-    for (size_t b = b0; b < std::min(b1, seqs.size()); ++b) {
+    for (size_t b = 0; b < seqs.size(); ++b)
       for (ItemId it : seqs[b])
         ADA_CHECK(it >= 1 && it < N, who << ": item id " << it << " (sequence " << b << ") is not in the catalog 1.."
                                          << N - 1);
-      hist.push_row(seqs[b].data(), seqs[b].data() + seqs[b].size());
-    }
+  }
+
+  // Rows [b0, b1) of seqs (checked by check_ids) laid out as a batch.
+  static Ragged histories(const std::vector<std::vector<ItemId>>& seqs, size_t b0, size_t b1) {
+    Ragged hist;
+    for (size_t b = b0; b < b1; ++b) hist.push_row(seqs[b].data(), seqs[b].data() + seqs[b].size());
     return hist;
   }
 
@@ -179,13 +180,13 @@ const float* AdaRetriever::item_bias() const { return impl_->backbone().host_ite
 
 std::vector<float> AdaRetriever::user_vectors(const std::vector<std::vector<ItemId>>& seqs, int T) {
   ADA_CHECK(T >= 1, "user_vectors: T must be >= 1, got " << T);
-  impl_->histories(seqs, "user_vectors");  // every id checked before any work
+  impl_->check_ids(seqs, "user_vectors");
   impl_->check_rounds(T);
   const size_t B = seqs.size(), D = size_t(embedding_dim());
   std::vector<float> out(B * size_t(T) * D);  // [B, T, D]
   for (size_t b0 = 0; b0 < B; b0 += size_t(impl_->batch)) {
     const size_t b1 = std::min(B, b0 + size_t(impl_->batch)), nb = b1 - b0;
-    const std::vector<float> users = impl_->round_users(impl_->histories(seqs, "user_vectors", b0, b1), T);
+    const std::vector<float> users = impl_->round_users(Impl::histories(seqs, b0, b1), T);
     for (size_t t = 0; t < size_t(T); ++t)  // [T, nb, D] -> rows b0.. of [B, T, D]
       for (size_t b = 0; b < nb; ++b)
         std::copy_n(users.begin() + long((t * nb + b) * D), D, out.begin() + long(((b0 + b) * size_t(T) + t) * D));
@@ -207,7 +208,7 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
   const std::vector<int> ks = round_sizes(k, T);
   const int32_t N = num_items();
   const int64_t B = int64_t(seqs.size()), D = impl_->info.sasrec.hidden;
-  impl_->histories(seqs, "retrieve");  // every id and every row's candidates checked before any work
+  impl_->check_ids(seqs, "retrieve");  // every id and every row's candidates checked before any work
   std::vector<ItemId> distinct;
   for (size_t b = 0; b < seqs.size(); ++b) {
     distinct.assign(seqs[b].begin(), seqs[b].end());
@@ -223,7 +224,7 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
   std::vector<float> scores;
   for (int64_t b0 = 0; b0 < B; b0 += impl_->batch) {  // passes of `batch` users
     const int64_t nb = std::min(impl_->batch, B - b0);
-    const Ragged hist = impl_->histories(seqs, "retrieve", size_t(b0), size_t(b0 + nb));
+    const Ragged hist = Impl::histories(seqs, size_t(b0), size_t(b0 + nb));
     ids.resize(size_t(nb * k));
     scores.resize(size_t(nb * k));
     if (impl_->ada) {  // the rounds' lists searched with their contexts
