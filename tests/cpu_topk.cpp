@@ -8,6 +8,13 @@
 #include "ada/topk.hpp"
 #include "tests/topk_util.hpp"
 
+#include <cstring>
+#include <tuple>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 using namespace topk_test;
 
 namespace {
@@ -64,6 +71,59 @@ TEST_CASE("sharded CPU search equals the unsharded one bit for bit, and topk_exc
       REQUIRE(got.ids == one.ids);
       REQUIRE(got.scores == one.scores);
       REQUIRE(got.count == one.count);
+    }
+  }
+}
+
+TEST_CASE("a CPU shard's scores are the fma chain over d in order plus the bias, for any thread count", "[topk]") {
+  // Odd shapes on purpose: D not a multiple of the vector width, shards that end inside a panel of
+  // 16 items, batches that are not a multiple of the 4-query micro-kernel, one batch smaller than
+  // the thread count (the items are split between threads) and one larger (the rows are); with and
+  // without the item bias.
+  for (auto [B, N, D, k] : {std::tuple<int64_t, int64_t, int64_t, int>{3, 2001, 13, 37}, {37, 1500, 64, 50},
+                            {1, 700, 1, 9}, {9, 5000, 31, 300}}) {
+    Problem p = random_problem(B, N, D, uint32_t(N + D), 30);
+    std::fill_n(p.E.begin() + 5 * D, D, std::nanf(""));  // item 5 scores NaN: it ranks last
+    for (bool with_bias : {true, false}) {
+      const float* bias = with_bias ? p.bias.data() : nullptr;
+      auto search = [&] {
+        ada::ShardedSearcher s;
+        for (auto [lo, hi] : ada::split_items(N, 2)) s.add(ada::make_cpu_searcher(p.E.data(), bias, lo, hi, D));
+        return s.search(p.U.data(), B, k, p.exclude);
+      };
+      std::vector<ada::TopkLists> runs;
+#ifdef _OPENMP
+      const int saved = omp_get_max_threads();
+      for (int threads : {1, 2, 3}) {
+        omp_set_num_threads(threads);
+        runs.push_back(search());
+      }
+      omp_set_num_threads(saved);
+#else
+      runs.push_back(search());
+#endif
+      INFO("B " << B << " N " << N << " D " << D << " bias " << with_bias);
+      const ada::TopkLists& got = runs.front();
+      for (const auto& r : runs) {
+        REQUIRE(r.ids == got.ids);
+        REQUIRE(std::memcmp(r.scores.data(), got.scores.data(), r.scores.size() * sizeof(float)) == 0);
+      }
+      if (with_bias)
+        for (int64_t b = 0; b < B; ++b) check_row_topk(p, b, k, got, 1e-4);
+      for (int64_t b = 0; b < B; ++b) {
+        REQUIRE(got.count[size_t(b)] == k);
+        for (int i = 0; i < k; ++i) {
+          const ItemId j = got.ids[size_t(b * k + i)];
+          REQUIRE(j != 5);
+          float acc = 0.0f;
+          for (int64_t d = 0; d < D; ++d) acc = std::fma(p.U[size_t(b * D + d)], p.E[size_t(j * D + d)], acc);
+          if (with_bias) acc += p.bias[size_t(j)];
+          const float s = got.scores[size_t(b * k + i)];
+          INFO("row " << b << " item " << j);
+          REQUIRE(std::memcmp(&s, &acc, sizeof(float)) == 0);
+          if (i + 1 < k) REQUIRE(s >= got.scores[size_t(b * k + i + 1)]);
+        }
+      }
     }
   }
 }

@@ -10,6 +10,13 @@
 
 #include "ada/check.hpp"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 namespace ada {
 
 void TopkLists::reset(int64_t n_rows, int n_k) {
@@ -30,8 +37,8 @@ namespace {
 
 using Scored = std::pair<float, ItemId>;
 
-// Heap order: the front is the worst kept candidate.
-struct HeapBetter {
+// "a comes before b" (topk_before): sorting by it puts the best first.
+struct Before {
   bool operator()(const Scored& a, const Scored& b) const { return topk_before(a.first, a.second, b.first, b.second); }
 };
 
@@ -54,17 +61,26 @@ void check_query(const char* fn, int64_t B, int k, const Ragged& exclude, const 
 // Scores are computed as acc = fma(u[d], e[d], acc) for d = 0 .. D-1 from acc = 0, then acc + b:
 // the same arithmetic as the CUDA kernel, so a CPU shard and a GPU shard give bit-identical scores,
 // and a score does not depend on how the catalog is split (an sgemm's rounding depends on the
-// blocking, which would let near-ties flip between layouts). The shard keeps its rows transposed
-// ([D, n]) so the fma chain vectorises across items.
+// blocking, which would let near-ties flip between layouts).
+//
+// Layout and loops: the shard keeps its rows in panels of kPanel items, [panel][D][kPanel] (zero
+// past the last item), so one panel is 4 KB of contiguous memory at D = 64 and the fma chain
+// vectorises across its items. A micro-kernel holds kQ queries x kPanel items of accumulators in
+// registers for the whole chain over d (8 vector registers with AVX2). A search splits into work
+// units (rows x panels); a unit streams its panels once, a tile of kTilePanels at a time (128 KB at
+// D = 64, in L2), and scores every group of kRows of its queries against the tile before moving on,
+// so the table is read once per unit, not once per group of queries. With fewer query groups than
+// threads the units split the items instead, and the rows' lists are merged at the end.
 class CpuSearcher final : public TopkSearcher {
  public:
   CpuSearcher(const float* E, const float* bias, int64_t lo, int64_t hi, int64_t D)
       : lo_(lo), hi_(hi), D_(D) {
     check_range("cpu searcher", E, lo, hi, D);
     const int64_t n = hi - lo;
-    Et_.resize(size_t(n * D));
+    n_panels_ = (n + kPanel - 1) / kPanel;
+    Ep_.assign(size_t(n_panels_ * D * kPanel), 0.0f);
     for (int64_t i = 0; i < n; ++i)
-      for (int64_t d = 0; d < D; ++d) Et_[size_t(d * n + i)] = E[(lo + i) * D + d];
+      for (int64_t d = 0; d < D; ++d) Ep_[size_t(((i / kPanel) * D + d) * kPanel + i % kPanel)] = E[(lo + i) * D + d];
     if (bias) bias_.assign(bias + lo, bias + hi);
   }
   const char* name() const override { return "cpu"; }
@@ -78,74 +94,191 @@ class CpuSearcher final : public TopkSearcher {
     out.reset(B, k);
     if (B == 0) return out;
     ADA_CHECK(U != nullptr, "cpu searcher: null queries");
-    const int64_t n = hi_ - lo_;
-    const HeapBetter better;
-    const int64_t n_blocks = (B + kRows - 1) / kRows;
-    // Blocks of kRows queries in parallel; each thread owns its scratch. Every result is a
-    // function of its row alone, so the thread count changes nothing.
-#pragma omp parallel if (n_blocks > 1)
-    {
-    std::vector<float> acc(size_t(kRows * kTileItems));
-    std::vector<std::vector<Scored>> heaps(static_cast<size_t>(kRows));
-    std::vector<std::vector<ItemId>> excl(static_cast<size_t>(kRows));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t blk = 0; blk < n_blocks; ++blk) {
-      const int64_t b0 = blk * kRows;
-      const int rows = int(std::min<int64_t>(kRows, B - b0));
-      for (int r = 0; r < rows; ++r) {
-        heaps[size_t(r)].clear();
-        shard_exclusions(b0 + r, exclude, extra, excl[size_t(r)]);
-      }
-      for (int64_t t0 = 0; t0 < n; t0 += kTileItems) {
-        const int64_t tn = std::min<int64_t>(kTileItems, n - t0);
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t d = 0; d < D_; ++d) {
-          const float* et = Et_.data() + d * n + t0;
-          for (int r = 0; r < rows; ++r) {
-            const float u = U[(b0 + r) * D_ + d];
-            float* a = acc.data() + r * kTileItems;
-            for (int64_t j = 0; j < tn; ++j) a[j] = std::fma(u, et[j], a[j]);
-          }
+    const std::vector<Unit> units = plan(B);
+    std::vector<std::vector<std::vector<Scored>>> found(units.size());
+    // Every result is a function of its row alone (exact top-k under one total order), so neither
+    // the thread count nor the split into units changes it.
+#pragma omp parallel for schedule(dynamic, 1) if (units.size() > 1)
+    for (size_t u = 0; u < units.size(); ++u) found[u] = run(units[u], U, k, exclude, extra);
+    const Before better;
+#pragma omp parallel for schedule(static) if (B >= 64)
+    for (int64_t b = 0; b < B; ++b) {
+      std::vector<Scored> row;
+      for (size_t u = 0; u < units.size(); ++u)
+        if (b >= units[u].b0 && b < units[u].b1) {
+          const auto& h = found[u][size_t(b - units[u].b0)];
+          row.insert(row.end(), h.begin(), h.end());
         }
-        for (int r = 0; r < rows; ++r) {
-          auto& heap = heaps[size_t(r)];
-          const auto& ex = excl[size_t(r)];
-          const float* a = acc.data() + r * kTileItems;
-          for (int64_t j = 0; j < tn; ++j) {
-            const ItemId id = ItemId(lo_ + t0 + j);
-            const float v = bias_.empty() ? a[j] : a[j] + bias_[size_t(t0 + j)];
-            const bool full = int64_t(heap.size()) == k;
-            if ((full && !better(Scored{v, id}, heap.front())) || id == 0 ||
-                std::binary_search(ex.begin(), ex.end(), id))
-              continue;
-            if (full) {
-              std::pop_heap(heap.begin(), heap.end(), better);
-              heap.back() = {v, id};
-            } else {
-              heap.emplace_back(v, id);
-            }
-            std::push_heap(heap.begin(), heap.end(), better);
-          }
-        }
+      const size_t m = std::min(row.size(), size_t(k));
+      std::partial_sort(row.begin(), row.begin() + std::ptrdiff_t(m), row.end(), better);
+      const size_t base = size_t(b * k);
+      for (size_t i = 0; i < m; ++i) {
+        out.ids[base + i] = row[i].second;
+        out.scores[base + i] = row[i].first;
       }
-      for (int r = 0; r < rows; ++r) {
-        auto& heap = heaps[size_t(r)];
-        std::sort_heap(heap.begin(), heap.end(), better);
-        const size_t base = size_t((b0 + r) * k);
-        for (size_t i = 0; i < heap.size(); ++i) {
-          out.ids[base + i] = heap[i].second;
-          out.scores[base + i] = heap[i].first;
-        }
-        out.count[size_t(b0 + r)] = int32_t(heap.size());
-      }
+      out.count[size_t(b)] = int32_t(m);
     }
-    }  // omp parallel
     return out;
   }
 
  private:
-  static constexpr int kRows = 8;            // query rows per pass over the shard
-  static constexpr int64_t kTileItems = 512;  // items per tile: kRows x 512 accumulators stay in L1
+  static constexpr int kPanel = 16;        // items per panel: two 8-float vectors
+  static constexpr int kQ = 4;             // queries per micro-kernel call
+  static constexpr int kRows = 8;          // queries scored against a tile at a time
+  static constexpr int64_t kTilePanels = 32;  // 512 items per tile
+  static constexpr int64_t kTileItems = kTilePanels * kPanel;
+
+  struct Unit {
+    int64_t b0, b1;  // query rows [b0, b1)
+    int64_t p0, p1;  // panels [p0, p1)
+  };
+
+  static int threads() {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+  }
+
+  // Rows split into one unit per thread when there are enough groups of kRows; otherwise all rows
+  // in every unit and the panels split (each unit then reads only its part of the table).
+  std::vector<Unit> plan(int64_t B) const {
+    const int64_t P = threads(), groups = (B + kRows - 1) / kRows;
+    std::vector<Unit> units;
+    if (P <= 1) return {Unit{0, B, 0, n_panels_}};
+    if (groups >= P || n_panels_ < 2 * P) {
+      const int64_t n_units = std::min(P, groups);
+      for (int64_t i = 0; i < n_units; ++i) {
+        const int64_t g0 = groups * i / n_units, g1 = groups * (i + 1) / n_units;
+        units.push_back(Unit{g0 * kRows, std::min(B, g1 * kRows), 0, n_panels_});
+      }
+    } else {
+      for (int64_t i = 0; i < P; ++i) units.push_back(Unit{0, B, n_panels_ * i / P, n_panels_ * (i + 1) / P});
+    }
+    return units;
+  }
+
+  // acc[q * ld + x] = the fma chain of query q (of kQ, rows of uq with stride D) against the
+  // panel's item x, for d = 0 .. D-1 from 0. Each vector lane is one score's chain, in the scalar
+  // definition's order; with AVX2 the 4 x 16 accumulators are 8 registers for the whole chain (the
+  // portable loop, which compilers vectorise less well, computes the same values).
+  void micro(const float* __restrict uq, const float* __restrict panel, float* __restrict acc, int64_t ld) const {
+#if defined(__AVX2__) && defined(__FMA__)
+    static_assert(kQ == 4 && kPanel == 16, "the AVX2 micro-kernel is 4 queries x 2 vectors of 8 items");
+    __m256 c[kQ][2];
+    for (auto& cq : c) cq[0] = cq[1] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D_; ++d) {
+      const __m256 e0 = _mm256_loadu_ps(panel + d * kPanel), e1 = _mm256_loadu_ps(panel + d * kPanel + 8);
+      for (int q = 0; q < kQ; ++q) {
+        const __m256 u = _mm256_broadcast_ss(uq + q * D_ + d);
+        c[q][0] = _mm256_fmadd_ps(u, e0, c[q][0]);
+        c[q][1] = _mm256_fmadd_ps(u, e1, c[q][1]);
+      }
+    }
+    for (int q = 0; q < kQ; ++q) {
+      _mm256_storeu_ps(acc + q * ld, c[q][0]);
+      _mm256_storeu_ps(acc + q * ld + 8, c[q][1]);
+    }
+#else
+    float c[kQ][kPanel] = {};
+    for (int64_t d = 0; d < D_; ++d) {
+      const float* e = panel + d * kPanel;
+      for (int q = 0; q < kQ; ++q) {
+        const float u = uq[q * D_ + d];
+        for (int x = 0; x < kPanel; ++x) c[q][x] = std::fma(u, e[x], c[q][x]);
+      }
+    }
+    for (int q = 0; q < kQ; ++q)
+      for (int x = 0; x < kPanel; ++x) acc[q * ld + x] = c[q][x];
+#endif
+  }
+
+  // The first j in [j, end) whose score a[j] (+ bias[j]) is greater than t, or end.
+  static int64_t skip_to_pass(const float* a, const float* bias, int64_t j, int64_t end, float t) {
+#if defined(__AVX2__)
+    // 8 at a time; _CMP_GT_OQ is false for NaN, as the scalar test is. a + bias rounds as the
+    // scalar sum does.
+    const __m256 tv = _mm256_set1_ps(t);
+    for (; j + 8 <= end; j += 8) {
+      __m256 v = _mm256_loadu_ps(a + j);
+      if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + j));
+      const int m = _mm256_movemask_ps(_mm256_cmp_ps(v, tv, _CMP_GT_OQ));
+      if (m) return j + __builtin_ctz(unsigned(m));
+    }
+#endif
+    if (bias) {
+      while (j < end && !(a[j] + bias[j] > t)) ++j;
+    } else {
+      while (j < end && !(a[j] > t)) ++j;
+    }
+    return j;
+  }
+
+  // Row lists: candidates go into a buffer of up to 2k; when it fills, nth_element keeps its best k
+  // and the k-th best becomes the bar a later item must pass (O(1) per candidate, against a heap's
+  // O(log k) sift). The buffer is unsorted; search() sorts the final lists.
+  std::vector<std::vector<Scored>> run(const Unit& w, const float* U, int k, const Ragged& exclude,
+                                       const Ragged* extra) const {
+    const int64_t n = hi_ - lo_, rows = w.b1 - w.b0;
+    const Before better;
+    const size_t cap = 2 * size_t(k);
+    std::vector<std::vector<Scored>> lists(static_cast<size_t>(rows));
+    std::vector<std::vector<ItemId>> excl(static_cast<size_t>(rows));
+    // The k-th best key kept so far, once a buffer has been cut to k (before that, every candidate
+    // enters): -inf would not do as "no bar", since -inf and NaN scores are candidates too.
+    std::vector<float> bar(static_cast<size_t>(rows), 0.0f);
+    std::vector<char> has_bar(static_cast<size_t>(rows), 0);
+    for (int64_t r = 0; r < rows; ++r) {
+      lists[size_t(r)].reserve(cap);
+      shard_exclusions(w.b0 + r, exclude, extra, excl[size_t(r)]);
+    }
+    const float* bias = bias_.empty() ? nullptr : bias_.data();
+    std::vector<float> uq(size_t(kRows * D_));
+    std::vector<float> acc(size_t(kRows * kTileItems));
+    for (int64_t tp0 = w.p0; tp0 < w.p1; tp0 += kTilePanels) {
+      const int64_t tp1 = std::min(w.p1, tp0 + kTilePanels);
+      const int64_t j0 = tp0 * kPanel, j1 = std::min(n, tp1 * kPanel);  // shard-local items of the tile
+      for (int64_t g0 = 0; g0 < rows; g0 += kRows) {
+        const int grows = int(std::min<int64_t>(kRows, rows - g0));
+        const int qrows = (grows + kQ - 1) / kQ * kQ;
+        std::fill(uq.begin(), uq.end(), 0.0f);  // rows past the batch score zeros, never read
+        std::copy(U + (w.b0 + g0) * D_, U + (w.b0 + g0 + grows) * D_, uq.begin());
+        for (int64_t p = tp0; p < tp1; ++p)
+          for (int q = 0; q < qrows; q += kQ)
+            micro(uq.data() + q * D_, Ep_.data() + p * D_ * kPanel, acc.data() + q * kTileItems + (p - tp0) * kPanel,
+                  kTileItems);
+        for (int r = 0; r < grows; ++r) {
+          const size_t hr = size_t(g0 + r);
+          auto& list = lists[hr];
+          const auto& ex = excl[hr];
+          const float* a = acc.data() + r * kTileItems - j0;
+          bool gated = has_bar[hr] != 0;
+          float t = bar[hr];
+          for (int64_t j = j0; j < j1; ++j) {
+            // Items come in increasing id, so the bar's item (a smaller id) wins a tie: only a
+            // strictly greater key can beat it. NaN fails the test, as it ranks as -inf. The scan
+            // touches locals only, so they stay in registers.
+            if (gated) j = skip_to_pass(a, bias, j, j1, t);
+            if (j == j1) break;
+            const float v = bias ? a[j] + bias[j] : a[j];
+            const ItemId id = ItemId(lo_ + j);
+            if (id == 0 || std::binary_search(ex.begin(), ex.end(), id)) continue;
+            list.emplace_back(v, id);
+            if (list.size() == cap) {
+              std::nth_element(list.begin(), list.begin() + (k - 1), list.end(), better);
+              list.resize(size_t(k));
+              t = topk_order_key(list.back().first);
+              gated = true;
+            }
+          }
+          bar[hr] = t;
+          has_bar[hr] = char(gated);
+        }
+      }
+    }
+    return lists;
+  }
 
   // Row b's excluded ids inside this shard, sorted and unique.
   void shard_exclusions(int64_t b, const Ragged& exclude, const Ragged* extra, std::vector<ItemId>& out) const {
@@ -161,7 +294,8 @@ class CpuSearcher final : public TopkSearcher {
   }
 
   int64_t lo_, hi_, D_;
-  std::vector<float> Et_;    // [D, n]
+  int64_t n_panels_ = 0;
+  std::vector<float> Ep_;    // [n_panels][D][kPanel]
   std::vector<float> bias_;  // [n], empty without bias
 };
 
@@ -190,7 +324,7 @@ TopkLists merge_topk(const std::vector<TopkLists>& parts, int k) {
         all.emplace_back(part.scores[base + size_t(i)], part.ids[base + size_t(i)]);
     }
     const size_t take = std::min(all.size(), size_t(k));
-    const HeapBetter better;
+    const Before better;
     std::partial_sort(all.begin(), all.begin() + std::ptrdiff_t(take), all.end(), better);
     for (size_t i = 0; i + 1 < take; ++i)
       ADA_CHECK(all[i].second != all[i + 1].second,
