@@ -9,6 +9,7 @@
 //                                 sort of all scores, then a stable sort by row) + gather
 //   BM_topk_bounds_only/B/N/k     the first of BM_topk's two kernels alone (scores -> group bounds)
 //   BM_topk_fp32_bounds/B/N/k     BM_topk without tensor cores (FP32 bounds; identical lists)
+//   BM_topk_tc_shared/B/N/k       BM_topk with the tensor-core kernel's products over its item tile
 //   BM_topk_unstaged/B/N/k        BM_topk for small batches with the warp kernel that reads each
 //                                 table row from global memory, not the staged one (identical lists)
 // (scripts/gpu-check prints BM_topk's speed-up over each BM_topk_baseline_* with the same arguments.)
@@ -217,6 +218,14 @@ void BM_topk_unstaged(benchmark::State& st) {
   ada::cuda::topk_staged(true);
 }
 
+// BM_topk with the tensor-core bounds kernel's products stored over its item tile (less shared
+// memory per block, more blocks per multiprocessor, two more barriers per tile; the same lists).
+void BM_topk_tc_shared(benchmark::State& st) {
+  ada::cuda::topk_tc_shared(true);
+  run_fused(st, 64);
+  ada::cuda::topk_tc_shared(false);
+}
+
 // Kernel 1 of BM_topk alone (the per-group bounds): the rest of BM_topk's time is the select kernel.
 void BM_topk_bounds_only(benchmark::State& st) {
   if (!gpu_present(st)) return;
@@ -367,6 +376,7 @@ BENCHMARK(BM_topk_baseline_cub)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_baseline_thrust)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_bounds_only)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_fp32_bounds)->Apply(acceptance_cases);
+BENCHMARK(BM_topk_tc_shared)->Apply(acceptance_cases);
 BENCHMARK(BM_topk)->Apply(other_cases);
 BENCHMARK(BM_topk_baseline_sgemm)->Apply(other_cases);
 BENCHMARK(BM_topk_baseline_cub)->Apply(other_cases);

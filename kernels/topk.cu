@@ -484,16 +484,24 @@ bounds_staged(const float* __restrict__ U, int B, int /*D, the template's*/, con
 // chunk): each 128-item tile is staged (rounded to TF32) in shared memory; warp w multiplies
 // queries (w % 4) * 16.. by items (w / 4) * 64..; the products go through shared memory to thread
 // t, which folds query t / 4's items (t % 4) * 32.. into Top2s (visiting them rotated by t % 4 so
-// the lanes of a warp read 32 different banks).
+// the lanes of a warp read 32 different banks). With kShare the products reuse the item tile's
+// shared memory (two more block barriers per tile: 53 instead of 87 KB at D = 64, so 3 blocks per
+// SM instead of 2, where 80 registers allow 3); topk_tc_shared chooses, the lists are the same.
 constexpr int kTcQueries = 64;
 constexpr int kTcLdc = kTiledItems + 4;  // products [64][132]
+
+// Floats of the item tile [128][D + 4] and the products [64][kTcLdc], apart or sharing memory.
+__host__ __device__ constexpr int tc_region_floats(int D, bool share) {
+  return share ? (kTiledItems * (D + 4) > kTcQueries * kTcLdc ? kTiledItems * (D + 4) : kTcQueries * kTcLdc)
+               : kTiledItems * (D + 4) + kTcQueries * kTcLdc;
+}
 
 // An operand for the tensor cores: rounded to TF32, subnormals flushed to 0 (tc_margin covers both).
 __device__ __forceinline__ float tf32(float x) {
   return fabsf(x) < 0x1p-126f ? 0.0f : nvcuda::wmma::__float_to_tf32(x);
 }
 
-template <int D>
+template <int D, bool kShare>
 __global__ void __launch_bounds__(kThreads)
 bounds_tc(const float* __restrict__ U, int B, const float* __restrict__ E, const float* __restrict__ bias,
           int64_t lo, int64_t n, int64_t chunk_items, int g, int64_t G, Bounds out) {
@@ -504,9 +512,9 @@ bounds_tc(const float* __restrict__ U, int B, const float* __restrict__ E, const
   extern __shared__ __align__(128) unsigned char smem[];
   float* Qs = reinterpret_cast<float*>(smem);   // [64][ld]
   float* Es = Qs + kTcQueries * ld;             // [128][ld]
-  float* Cs = Es + kTiledItems * ld;            // [64][kTcLdc]
-  float* Bs2 = Cs + kTcQueries * kTcLdc;        // [2][128]: the tile's biases (by tile parity: a thread
-                                                //  stages the next while others still read these)
+  float* Cs = kShare ? Es : Es + kTiledItems * ld;  // [64][kTcLdc]
+  float* Bs2 = Es + tc_region_floats(D, kShare);    // [2][128]: the tile's biases (by tile parity: a
+                                                    //  thread stages the next while others still read these)
 
   const int q0 = blockIdx.x * kTcQueries;
   const int nq = min(kTcQueries, B - q0);
@@ -528,6 +536,7 @@ bounds_tc(const float* __restrict__ U, int B, const float* __restrict__ E, const
   for (int64_t t0 = c_begin; t0 < c_end; t0 += kTiledItems) {
     const int tile_n = c_end - t0 < kTiledItems ? int(c_end - t0) : kTiledItems;
     const float4* src = reinterpret_cast<const float4*>(E + t0 * D);
+    if (kShare && t0 != c_begin) __syncthreads();  // the last tile's products (in Es) are all read
     for (int i = threadIdx.x; i < kTiledItems * NV; i += blockDim.x) {
       const int r = i / NV, c = i % NV;
       float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
@@ -552,6 +561,7 @@ bounds_tc(const float* __restrict__ U, int B, const float* __restrict__ E, const
         wmma::mma_sync(acc[j], a, b, acc[j]);
       }
     }
+    if (kShare) __syncthreads();  // every warp's products are done reading Es
 #pragma unroll
     for (int j = 0; j < 4; ++j) wmma::store_matrix_sync(Cs + wq * kTcLdc + wn + 16 * j, acc[j], kTcLdc, wmma::mem_row_major);
     __syncthreads();
@@ -811,12 +821,13 @@ Bounds carve_bounds(void* base, int64_t B, int64_t G, bool approx) {
   return b;
 }
 
-size_t tc_smem(int D) {
-  return (size_t(kTcQueries + kTiledItems) * (D + 4) + size_t(kTcQueries) * kTcLdc + 2 * kTiledItems) * sizeof(float);
+size_t tc_smem(int D, bool share) {
+  return (size_t(kTcQueries) * (D + 4) + size_t(tc_region_floats(D, share)) + 2 * kTiledItems) * sizeof(float);
 }
 
 int g_tensor_cores = 0;  // TensorCores of topk.hpp: 0 auto, 1 always, 2 never
 bool g_staged = true;    // small batches: the staged warp kernel where it applies (topk_staged)
+bool g_tc_shared = false;  // the tensor-core kernel's products in the item tile's memory (topk_tc_shared)
 constexpr int64_t kTcAutoMinItems = 65536;
 
 template <class Kernel>
@@ -856,10 +867,12 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
   // staged item tile = fewer table reads per fma) but no more than the batch fills. Otherwise, or
   // when that does not fit, a warp per span of items.
   const bool tc_wanted = g_tensor_cores == 1 || (g_tensor_cores == 0 && n >= kTcAutoMinItems);
-  if (tc_wanted && B >= kTcQueries && (D == 32 || D == 64 || D == 128) && tc_smem(D) <= size_t(smem_optin)) {
+  if (tc_wanted && B >= kTcQueries && (D == 32 || D == 64 || D == 128) &&
+      tc_smem(D, g_tc_shared) <= size_t(smem_optin)) {
     p.tensor_cores = true;
+    p.tc_shared = g_tc_shared;
     p.queries_per_block = kTcQueries;
-    p.smem_bounds = tc_smem(D);
+    p.smem_bounds = tc_smem(D, g_tc_shared);
   }
   for (int qb : {64, 32, 16}) {
     if (p.tensor_cores) break;
@@ -943,10 +956,13 @@ void launch_bounds_kernel(const TopkPlan& p, const float* Us, int64_t nb, bool f
       kern<<<dim3(q_blocks, unsigned(p.n_chunks)), kThreads, p.smem_bounds, stream>>>(
           Us, int(nb), E, bias, lo, n, p.chunk_items, p.group, G, bounds);
     };
-    switch (D) {
-      case 32: launch(bounds_tc<32>); break;
-      case 64: launch(bounds_tc<64>); break;
-      default: launch(bounds_tc<128>); break;
+    switch (D * 2 + int(p.tc_shared)) {
+      case 64: launch(bounds_tc<32, false>); break;
+      case 65: launch(bounds_tc<32, true>); break;
+      case 128: launch(bounds_tc<64, false>); break;
+      case 129: launch(bounds_tc<64, true>); break;
+      case 256: launch(bounds_tc<128, false>); break;
+      default: launch(bounds_tc<128, true>); break;
     }
   } else if (p.tiled) {
     auto launch = [&](auto kern) {
@@ -1035,6 +1051,7 @@ void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, c
 
 void topk_tensor_cores(int mode) { g_tensor_cores = mode; }
 void topk_staged(bool on) { g_staged = on; }
+void topk_tc_shared(bool on) { g_tc_shared = on; }
 
 }  // namespace cuda
 
@@ -1159,6 +1176,7 @@ class GpuSearcher final : public TopkSearcher {
 
 void set_gpu_topk_tensor_cores(TensorCores mode) { cuda::topk_tensor_cores(int(mode)); }
 void set_gpu_topk_staged(bool on) { cuda::topk_staged(on); }
+void set_gpu_topk_tc_shared(bool on) { cuda::topk_tc_shared(on); }
 
 std::unique_ptr<TopkSearcher> make_gpu_searcher(const float* E, const float* bias, int64_t lo, int64_t hi, int64_t D,
                                                 int device) {

@@ -49,6 +49,7 @@ class TopkWorkspace {
 // Launch parameters chosen for a problem (exposed for tests and benchmarks).
 struct TopkPlan {
   bool tensor_cores = false;   // the TF32 bounds kernel (64 queries per block)
+  bool tc_shared = false;      // ... with its products in the item tile's shared memory
   bool tiled = false;          // the register-tiled bounds kernel (16, 32 or 64 queries per block)
   bool staged = false;         // the warp kernel that stages table rows in shared memory (D = 32, 64)
   int queries_per_block = 0;   // 1 .. 16 for the warp kernel
@@ -78,6 +79,11 @@ void topk_tensor_cores(int mode);
 // default) or the one that reads each row straight from global memory (process-wide, for tests and
 // benchmarks). Results are identical.
 void topk_staged(bool on);
+
+// Whether the tensor-core bounds kernel keeps its products in their own shared memory (false, the
+// default) or in the item tile's, after one more block barrier (true: 53 instead of 87 KB per block
+// at D = 64). Process-wide, for tests and benchmarks; results are identical.
+void topk_tc_shared(bool on);
 
 // Kernel 1 alone (its output stays in ws): for benchmarks that split the time between the kernels.
 void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo,

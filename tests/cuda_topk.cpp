@@ -62,6 +62,15 @@ struct StagedMode {
   StagedMode& operator=(const StagedMode&) = delete;
 };
 
+// Sets whether the tensor-core bounds kernel stores its products over the item tile for a scope
+// (back to the default, off).
+struct TcSharedMode {
+  explicit TcSharedMode(bool on) { ada::set_gpu_topk_tc_shared(on); }
+  ~TcSharedMode() { ada::set_gpu_topk_tc_shared(false); }
+  TcSharedMode(const TcSharedMode&) = delete;
+  TcSharedMode& operator=(const TcSharedMode&) = delete;
+};
+
 }  // namespace
 
 // Every kernel variant on problems small enough for compute-sanitizer (scripts/gpu-check runs the
@@ -123,6 +132,34 @@ TEST_CASE("cuda top-k: tiny coordinates under tensor cores, negative-zero scores
   compare(z, 0, z.N, 10, nullptr, /*with_bias=*/false);
   for (size_t j = 0; j < z.bias.size(); ++j) z.bias[j] = j % 2 ? 0.0f : -0.0f;
   compare(z, 0, z.N, 10);
+}
+
+// The tensor-core kernel with its products stored over the item tile (set_gpu_topk_tc_shared): the
+// same lists as the CPU, for D = 32 (the products need more memory than the tile), 64 and 128, a
+// last block of queries cut short, k from 1 to 1000, near ties that send groups to exact
+// rescoring, and 1024 queries (16 query blocks, so each block loops over 3 item tiles: the barrier
+// before a tile is staged over the last one's products is then needed). The emulator cannot show
+// the barrier between the products and their store (its warps advance through warp operations
+// together); racecheck can (scripts/gpu-check --sanitize runs this test under it).
+TEST_CASE("cuda top-k: tensor-core bounds with the products over the item tile", "[cuda][topk]") {
+  require_gpu();
+  const TensorCoreMode tc(ada::TensorCores::kAlways);
+  const TcSharedMode shared(true);
+  for (int64_t D : {32, 64, 128}) {
+    const Problem p = random_problem(D == 64 ? 130 : 70, 5003, D, uint32_t(37 + D), 20);
+    for (int k : {1, 100, 1000}) compare(p, 0, p.N, k);
+    compare(p, 9, p.N - 5, 50);
+  }
+  Problem p = random_problem(64, 3001, 64, 41u, 10);
+  std::vector<float> c(p.E.begin() + 64, p.E.begin() + 128);
+  for (int64_t j = 0; j < p.N; ++j)
+    for (int64_t d = 0; d < 64; ++d) {
+      float& e = p.E[size_t(j * 64 + d)];
+      e = c[size_t(d)] * (1.0f + 1e-6f * e);
+    }
+  for (int k : {1, 300}) compare(p, 0, p.N, k);
+  const Problem many = random_problem(1024, 12102, 32, 43u, 20);
+  compare(many, 0, many.N, 100);
 }
 
 TEST_CASE("cuda top-k equals the CPU searcher on random problems", "[cuda][topk][large]") {
