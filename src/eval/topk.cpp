@@ -229,8 +229,10 @@ class CpuSearcher final : public TopkSearcher {
     // enters): -inf would not do as "no bar", since -inf and NaN scores are candidates too.
     std::vector<float> bar(static_cast<size_t>(rows), 0.0f);
     std::vector<char> has_bar(static_cast<size_t>(rows), 0);
+    // A list never holds more than the unit's items (k may exceed them).
+    const size_t unit_items = size_t(std::min(n, w.p1 * kPanel) - w.p0 * kPanel);
     for (int64_t r = 0; r < rows; ++r) {
-      lists[size_t(r)].reserve(cap);
+      lists[size_t(r)].reserve(std::min(cap, unit_items));
       shard_exclusions(w.b0 + r, exclude, extra, excl[size_t(r)]);
     }
     const float* bias = bias_.empty() ? nullptr : bias_.data();
