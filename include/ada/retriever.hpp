@@ -69,6 +69,9 @@ struct RetrieverOptions {
   // by one and merged exactly (topk.hpp); with "cuda", N shards on one GPU (0 and 1 are the same
   // there). Shard and kernel scores use fma arithmetic, identical for any N and on either device;
   // they can differ from the CPU's sgemm path in the last bits, and so can the order of near-ties.
+  // On the CPU, 1 shard is the faster choice for large catalogs (about 2x at 1M items, which the
+  // sgemm path scores into a matrix it then rescans; docs/benchmarks.md); at Beauty's 12k items
+  // the two are close.
   int shards = 0;
   int gpu = 0;  // CUDA device index
   // Users per pass of retrieve_batch() and user_vectors(): a longer list is served in passes of this

@@ -662,7 +662,8 @@ int main(int argc, char** argv) {
                  "cpu, or cuda: the model and every catalog search (the fused top-k kernel) on the GPU")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   rt->add_option("--shards", ret_opt.shards,
-                 "split the catalog into N shards searched separately and merged exactly (0: one sgemm pass)")
+                 "split the catalog into N shards searched separately and merged exactly (0: one sgemm pass; "
+                 "on the CPU, 1 is about 2x faster on a 1M-item catalog)")
       ->check(kNonNegative);
   rt->add_option("--gpu", ret_opt.gpu, "CUDA device index")->check(kNonNegative);
   rt->add_option("--batch", ret_opt.batch, "users per pass (memory grows with it; scores change only in the last bits)")
