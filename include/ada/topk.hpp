@@ -67,10 +67,11 @@ class TopkSearcher {
                            const Ragged* extra = nullptr) = 0;
 };
 
-// A CPU shard over items [lo, hi); it keeps its own transposed copy of the rows. Scores are
-// fma(u[d], e[d], acc) over d = 0..D-1 from 0, plus the bias: the CUDA kernel's arithmetic, so CPU
-// and GPU shards give bit-identical scores and lists, whatever the split of the catalog. (The
-// evaluation's topk_excluding uses sgemm instead; it can differ from this in the last bits.)
+// A CPU shard over items [lo, hi); it keeps its own copy of the rows (in panels of 16 items).
+// Scores are fma(u[d], e[d], acc) over d = 0..D-1 from 0, plus the bias: the CUDA kernel's
+// arithmetic, so CPU and GPU shards give bit-identical scores and lists, whatever the split of the
+// catalog. (The evaluation's topk_excluding uses sgemm instead; it can differ from this in the last
+// bits.)
 std::unique_ptr<TopkSearcher> make_cpu_searcher(const float* E, const float* bias, int64_t lo,
                                                 int64_t hi, int64_t D);
 
