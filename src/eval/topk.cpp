@@ -254,17 +254,19 @@ class CpuSearcher final : public TopkSearcher {
           const size_t hr = size_t(g0 + r);
           auto& list = lists[hr];
           const auto& ex = excl[hr];
-          const float* a = acc.data() + r * kTileItems - j0;
+          const float* a = acc.data() + r * kTileItems;     // the tile's scores, i = j - j0
+          const float* b = bias ? bias + j0 : nullptr;
+          const int64_t tn = j1 - j0;
           bool gated = has_bar[hr] != 0;
           float t = bar[hr];
-          for (int64_t j = j0; j < j1; ++j) {
+          for (int64_t i = 0; i < tn; ++i) {
             // Items come in increasing id, so the bar's item (a smaller id) wins a tie: only a
             // strictly greater key can beat it. NaN fails the test, as it ranks as -inf. The scan
             // touches locals only, so they stay in registers.
-            if (gated) j = skip_to_pass(a, bias, j, j1, t);
-            if (j == j1) break;
-            const float v = bias ? a[j] + bias[j] : a[j];
-            const ItemId id = ItemId(lo_ + j);
+            if (gated) i = skip_to_pass(a, b, i, tn, t);
+            if (i == tn) break;
+            const float v = b ? a[i] + b[i] : a[i];
+            const ItemId id = ItemId(lo_ + j0 + i);
             if (id == 0 || std::binary_search(ex.begin(), ex.end(), id)) continue;
             list.emplace_back(v, id);
             if (list.size() == cap) {
