@@ -138,9 +138,9 @@ TEST_CASE("cuda top-k: tiny coordinates under tensor cores, negative-zero scores
 // same lists as the CPU, for D = 32 (the products need more memory than the tile), 64 and 128, a
 // last block of queries cut short, k from 1 to 1000, near ties that send groups to exact
 // rescoring, and 1024 queries (16 query blocks, so each block loops over 3 item tiles: the barrier
-// before a tile is staged over the last one's products is then needed). The emulator cannot show
-// the barrier between the products and their store (its warps advance through warp operations
-// together); racecheck can (scripts/gpu-check --sanitize runs this test under it).
+// before a tile is staged over the last one's products is then needed). The barrier between the
+// products and their store shows only where one warp runs ahead of the others: the emulator's
+// `warps` schedule (scripts/test runs it) and racecheck (scripts/gpu-check --sanitize).
 TEST_CASE("cuda top-k: tensor-core bounds with the products over the item tile", "[cuda][topk]") {
   require_gpu();
   const TensorCoreMode tc(ada::TensorCores::kAlways);

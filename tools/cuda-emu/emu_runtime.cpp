@@ -271,7 +271,13 @@ void note_switch_done(void* fake) {  // in the fiber just entered
 }
 #endif
 
-enum class Schedule { Forward, Reverse, Random };
+// Forward / Reverse / Random: the thread order within a phase; the warps waiting at a warp
+// operation are all released together, so warps advance through warp operations in step. Warps:
+// forward order, but one warp at a time is released and runs on, warp operation after warp
+// operation, until it waits at a block barrier (or ends) before the next warp moves: a warp then
+// runs far ahead of the others, as it may on a GPU, and a missing __syncthreads between warps
+// (one warp storing over shared memory another has yet to read) shows.
+enum class Schedule { Forward, Reverse, Random, Warps };
 Schedule schedule = Schedule::Forward;
 std::mt19937 sched_rng(1);
 bool sched_init = false;
@@ -287,8 +293,10 @@ void init_schedule() {
     schedule = Schedule::Reverse;
   else if (v == "random")
     schedule = Schedule::Random;
+  else if (v == "warps")
+    schedule = Schedule::Warps;
   else
-    die("EMU_SCHEDULE=%s: expected forward, reverse or random", v);
+    die("EMU_SCHEDULE=%s: expected forward, reverse, random or warps", v);
   if (const char* seed = std::getenv("EMU_SEED")) sched_rng.seed(unsigned(std::strtoul(seed, nullptr, 10)));
 }
 
@@ -443,6 +451,7 @@ void run_block() {
           --n_warp;
         }
         released = true;
+        if (schedule == Schedule::Warps) break;  // this warp alone runs on
       }
     }
     if (!released && n_bar > 0 && n_warp == 0) {

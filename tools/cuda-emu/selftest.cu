@@ -1,8 +1,10 @@
 // The emulator's self-test of its pointer checks (tools/cuda-emu/README.md), run by
 // `scripts/cuda-emu --selftest`: rewritten by rewrite.py like kernels/*.cu, then run once per case.
-//   selftest ok      correct uses (device, managed, null and one-past-the-end pointers): exits 0
-//   selftest CASE    one deliberate mistake: the emulator must abort with the expected fault, which
-//                    scripts/cuda-emu checks in the output (list: `selftest --list`, CASE<TAB>text)
+//   selftest ok          correct uses (device, managed, null and one-past-the-end pointers): exits 0
+//   selftest CASE        one deliberate mistake: the emulator must abort with the expected fault, which
+//                        scripts/cuda-emu checks in the output (list: `selftest --list`, CASE<TAB>text)
+//   selftest warp_ahead  prints "warp_ahead N": 0 when warps advance through warp operations in step
+//                        (EMU_SCHEDULE forward, reverse, random), 1 when one runs ahead (warps)
 #include <cublas_v2.h>
 
 #include <cstdio>
@@ -13,6 +15,23 @@
 __global__ void k_axpy(float* y, const float* x, int n, float a) {
   const int i = int(blockIdx.x * blockDim.x + threadIdx.x);
   if (i < n) y[i] += a * x[i];
+}
+
+// Two warps, no __syncthreads between the write and the read: warp 0 writes `flag` after its second
+// warp operation, warp 1 reads it after its first. In step, warp 1 reads before warp 0 writes
+// (0); a warp 0 that runs ahead has written it (1). On a GPU either can happen: a race.
+__global__ void k_warp_ahead(int* out) {
+  __shared__ int flag[1];
+  if (threadIdx.x == 0) flag[0] = 0;
+  __syncthreads();
+  __syncwarp();
+  if (threadIdx.x < 32) {
+    __syncwarp();
+    if (threadIdx.x == 0) flag[0] = 1;
+  } else if (threadIdx.x == 32) {
+    out[0] = flag[0];
+  }
+  __syncthreads();
 }
 
 namespace {
@@ -144,6 +163,16 @@ void bad_case(const std::string& c) {
 int main(int argc, char** argv) {
   const std::string c = argc > 1 ? argv[1] : "";
   if (c == "ok") return ok_case();
+  if (c == "warp_ahead") {
+    int* d = nullptr;
+    int h = -1;
+    cudaMalloc(&d, sizeof(int));
+    k_warp_ahead<<<1, 64>>>(d);
+    cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost);
+    cudaFree(d);
+    std::printf("warp_ahead %d\n", h);
+    return 0;
+  }
   if (c == "--list") {
     for (const Case& k : kCases) std::printf("%s\t%s\n", k.name, k.expect);
     return 0;
