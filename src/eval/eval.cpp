@@ -25,10 +25,7 @@
 #include <utility>
 
 #include "ada/check.hpp"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "src/eval/threads.hpp"
 
 namespace ada {
 
@@ -45,21 +42,6 @@ int64_t block_rows(int64_t B, int64_t N) {
   return std::max<int64_t>(1, std::min(rows, B));
 }
 
-int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
-int thread_id() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
 
 void check_shapes(const char* fn, const float* U, int64_t B, const float* E, int64_t N, int64_t D) {
   ADA_CHECK(B >= 0, fn << ": negative number of users " << B);

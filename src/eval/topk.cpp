@@ -9,10 +9,7 @@
 #include <utility>
 
 #include "ada/check.hpp"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "src/eval/threads.hpp"
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
@@ -133,18 +130,10 @@ class CpuSearcher final : public TopkSearcher {
     int64_t p0, p1;  // panels [p0, p1)
   };
 
-  static int threads() {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-  }
-
   // Rows split into one unit per thread when there are enough groups of kRows; otherwise all rows
   // in every unit and the panels split (each unit then reads only its part of the table).
   std::vector<Unit> plan(int64_t B) const {
-    const int64_t P = threads(), groups = (B + kRows - 1) / kRows;
+    const int64_t P = max_threads(), groups = (B + kRows - 1) / kRows;
     std::vector<Unit> units;
     if (P <= 1) return {Unit{0, B, 0, n_panels_}};
     if (groups >= P || n_panels_ < 2 * P) {
@@ -236,7 +225,9 @@ class CpuSearcher final : public TopkSearcher {
       shard_exclusions(w.b0 + r, exclude, extra, excl[size_t(r)]);
     }
     const float* bias = bias_.empty() ? nullptr : bias_.data();
-    std::vector<float> uq(size_t(kRows * D_));
+    // The unit's queries, zero rows up to a multiple of kQ (they score zeros, never read).
+    std::vector<float> uq(size_t((rows + kQ - 1) / kQ * kQ * D_), 0.0f);
+    std::copy(U + w.b0 * D_, U + w.b1 * D_, uq.begin());
     std::vector<float> acc(size_t(kRows * kTileItems));
     for (int64_t tp0 = w.p0; tp0 < w.p1; tp0 += kTilePanels) {
       const int64_t tp1 = std::min(w.p1, tp0 + kTilePanels);
@@ -244,12 +235,10 @@ class CpuSearcher final : public TopkSearcher {
       for (int64_t g0 = 0; g0 < rows; g0 += kRows) {
         const int grows = int(std::min<int64_t>(kRows, rows - g0));
         const int qrows = (grows + kQ - 1) / kQ * kQ;
-        std::fill(uq.begin(), uq.end(), 0.0f);  // rows past the batch score zeros, never read
-        std::copy(U + (w.b0 + g0) * D_, U + (w.b0 + g0 + grows) * D_, uq.begin());
         for (int64_t p = tp0; p < tp1; ++p)
           for (int q = 0; q < qrows; q += kQ)
-            micro(uq.data() + q * D_, Ep_.data() + p * D_ * kPanel, acc.data() + q * kTileItems + (p - tp0) * kPanel,
-                  kTileItems);
+            micro(uq.data() + (g0 + q) * D_, Ep_.data() + p * D_ * kPanel,
+                  acc.data() + q * kTileItems + (p - tp0) * kPanel, kTileItems);
         for (int r = 0; r < grows; ++r) {
           const size_t hr = size_t(g0 + r);
           auto& list = lists[hr];
