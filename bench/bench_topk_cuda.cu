@@ -10,6 +10,8 @@
 //   BM_topk_bounds_only/B/N/k     the first of BM_topk's two kernels alone (scores -> group bounds)
 //   BM_topk_fp32_bounds/B/N/k     BM_topk without tensor cores (FP32 bounds; identical lists)
 //   BM_topk_tc_shared/B/N/k       BM_topk with the tensor-core kernel's products over its item tile
+//   BM_topk_tc_mma/B/N/k          BM_topk with the mma.sync tensor-core kernel (products in registers)
+//   BM_topk_bounds_only_tc_mma/B/N/k  the mma.sync bounds kernel alone
 //   BM_topk_unstaged/B/N/k        BM_topk for small batches with the warp kernel that reads each
 //                                 table row from global memory, not the staged one (identical lists)
 // (scripts/gpu-check prints BM_topk's speed-up over each BM_topk_baseline_* with the same arguments.)
@@ -221,9 +223,17 @@ void BM_topk_unstaged(benchmark::State& st) {
 // BM_topk with the tensor-core bounds kernel's products stored over its item tile (less shared
 // memory per block, more blocks per multiprocessor, two more barriers per tile; the same lists).
 void BM_topk_tc_shared(benchmark::State& st) {
-  ada::cuda::topk_tc_shared(true);
+  ada::cuda::topk_tc_kernel(1);
   run_fused(st, 64);
-  ada::cuda::topk_tc_shared(false);
+  ada::cuda::topk_tc_kernel(0);
+}
+
+// BM_topk with the mma.sync bounds kernel (products folded in registers, item tiles by cp.async;
+// the same lists).
+void BM_topk_tc_mma(benchmark::State& st) {
+  ada::cuda::topk_tc_kernel(2);
+  run_fused(st, 64);
+  ada::cuda::topk_tc_kernel(0);
 }
 
 // Kernel 1 of BM_topk alone (the per-group bounds): the rest of BM_topk's time is the select kernel.
@@ -240,7 +250,19 @@ void BM_topk_bounds_only(benchmark::State& st) {
   }
   counters(st, B, N, 64);
 }
+// The mma.sync bounds kernel alone.
+void BM_topk_bounds_only_tc_mma(benchmark::State& st) {
+  ada::cuda::topk_tc_kernel(2);
+  BM_topk_bounds_only(st);
+  ada::cuda::topk_tc_kernel(0);
+}
 void BM_topk_d(benchmark::State& st) { run_fused(st, int(st.range(3))); }
+// BM_topk_d with the mma.sync bounds kernel.
+void BM_topk_d_tc_mma(benchmark::State& st) {
+  ada::cuda::topk_tc_kernel(2);
+  run_fused(st, int(st.range(3)));
+  ada::cuda::topk_tc_kernel(0);
+}
 
 // C[B, N] (row-major) = U [B, D] E[N, D]^T: column-major C^T = E U^T.
 void sgemm_scores(Data& d, float* C, int64_t B, int64_t N, int D) {
@@ -377,6 +399,8 @@ BENCHMARK(BM_topk_baseline_thrust)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_bounds_only)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_fp32_bounds)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_tc_shared)->Apply(acceptance_cases);
+BENCHMARK(BM_topk_tc_mma)->Apply(acceptance_cases);
+BENCHMARK(BM_topk_bounds_only_tc_mma)->Apply(acceptance_cases);
 BENCHMARK(BM_topk)->Apply(other_cases);
 BENCHMARK(BM_topk_baseline_sgemm)->Apply(other_cases);
 BENCHMARK(BM_topk_baseline_cub)->Apply(other_cases);
@@ -390,6 +414,12 @@ BENCHMARK(BM_topk_unstaged)
     ->MinTime(0.05)->MinWarmUpTime(0.01);
 BENCHMARK(BM_topk)->Args({8, 1000000, 100})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05)->MinWarmUpTime(0.01);
 BENCHMARK(BM_topk_d)
+    ->Args({1024, 1000000, 100, 32})
+    ->Args({1024, 1000000, 100, 128})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(0.05)->MinWarmUpTime(0.01);
+BENCHMARK(BM_topk_d_tc_mma)
     ->Args({1024, 1000000, 100, 32})
     ->Args({1024, 1000000, 100, 128})
     ->UseManualTime()

@@ -1,5 +1,6 @@
 // Fused batched score + top-k (see topk.cuh) and the GPU shard searcher of topk.hpp.
 #include "kernels/topk.cuh"
+#include "kernels/warp_mma.cuh"
 
 #include <mma.h>
 
@@ -486,7 +487,7 @@ bounds_staged(const float* __restrict__ U, int B, int /*D, the template's*/, con
 // t, which folds query t / 4's items (t % 4) * 32.. into Top2s (visiting them rotated by t % 4 so
 // the lanes of a warp read 32 different banks). With kShare the products reuse the item tile's
 // shared memory (two more block barriers per tile: 53 instead of 87 KB at D = 64, so 3 blocks per
-// SM instead of 2, where 80 registers allow 3); topk_tc_shared chooses, the lists are the same.
+// SM instead of 2, where 80 registers allow 3); topk_tc_kernel chooses, the lists are the same.
 constexpr int kTcQueries = 64;
 constexpr int kTcLdc = kTiledItems + 4;  // products [64][132]
 
@@ -593,6 +594,162 @@ bounds_tc(const float* __restrict__ U, int B, const float* __restrict__ E, const
       const int64_t group = (t0 + es) / g;
       if ((threadIdx.x % 4) % seg == 0 && eq < nq && group < G) write_bounds(out, q0 + eq, G, group, run);
       run = top2_empty();
+    }
+  }
+}
+
+// Kernel 1 on tensor cores through mma.sync (opt-in until measured: topk_tc_kernel(2)), the same
+// bounds and error margin as bounds_tc, without its trip through shared memory: the products stay
+// in registers and are folded into Top2s there.
+//  - A block has 4 warps; warp w owns queries 16 MT w.. (MT m16 tiles: 2 at D <= 64, 1 at D = 128).
+//    Their TF32-rounded coordinates are loaded once, as mma A fragments, into registers.
+//  - Item tiles of 64 rows stream through a ring of kMmaStages buffers in shared memory by cp.async
+//    (row stride D + 16 floats: the float4 fragment loads below hit 32 different banks per phase),
+//    one block barrier per tile. The item coordinates go to the tensor cores as FP32 bits; however
+//    the hardware reads their low 13 bits (rounding or truncating), each is off by less than 2^-10
+//    of itself, and with the queries rounded each product by less than 1.5 2^-10 |u_d e_d|: inside
+//    tc_margin's 2^-8 (|u| |e| + |b|) with the sums' error, as for bounds_tc.
+//  - The k order is permuted (dot products do not care, A and B agree): in k-steps 2p and 2p + 1,
+//    lane t's k-slots t and t + 4 hold d = 16p + 4t + (0, 1) and (2, 3), so a lane's B fragments
+//    for both steps are one float4 of the item row, and its A fragments one float4 of each query.
+//  - Accumulator lane (g, t) holds queries g and g + 8 of each m16 tile x items 2t, 2t + 1 of each
+//    8-item n-tile; it folds them (+ bias) into a running Top2 per query, and at the end of each
+//    group the 4 lanes of a quad merge theirs by shuffles (groups are 8 items or more, whole n-tiles).
+constexpr int kMmaWarps = 4;
+constexpr int kMmaThreads = 32 * kMmaWarps;
+constexpr int kMmaTile = 64;   // items per stage
+constexpr int kMmaStages = 3;  // tiles in flight: one scored, two loading
+
+__host__ __device__ constexpr int mma_m_tiles(int D) { return D <= 64 ? 2 : 1; }
+__host__ __device__ constexpr int mma_queries(int D, int mt) { return kMmaWarps * 16 * mt; }
+__host__ __device__ constexpr size_t mma_smem(int D) { return size_t(kMmaStages) * kMmaTile * (D + 16) * sizeof(float); }
+
+// An FP32 value rounded to TF32 (as bounds_tc's operands), as the bits an mma fragment takes.
+__device__ __forceinline__ uint32_t tf32_bits(float x) { return __float_as_uint(tf32(x)); }
+
+template <int D, int MT>
+__global__ void __launch_bounds__(kMmaThreads)
+bounds_mma(const float* __restrict__ U, int B, const float* __restrict__ E, const float* __restrict__ bias,
+           int64_t lo, int64_t n, int64_t chunk_items, int g, int64_t G, Bounds out) {
+  static_assert(D % 16 == 0 && D <= 128, "mma bounds: D a multiple of 16 up to 128");
+  constexpr int ld = D + 16, KP = D / 16, CPR = D / 4;
+  constexpr int QW = 16 * MT;  // queries per warp
+  extern __shared__ __align__(16) unsigned char smem[];
+  float* Es = reinterpret_cast<float*>(smem);  // [kMmaStages][kMmaTile][ld]
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, gq = lane / 4, tq = lane % 4;
+  const int qw = blockIdx.x * (kMmaWarps * QW) + warp * QW;  // the warp's first query
+  const int64_t c_begin = int64_t(blockIdx.y) * chunk_items;
+  const int64_t c_end = min(n, c_begin + chunk_items);
+  const int tiles = int((c_end - c_begin + kMmaTile - 1) / kMmaTile);
+
+  // Tile i of the chunk into ring slot i % kMmaStages (rows past the chunk zero-filled); every
+  // thread commits a group, empty past the last tile, so that the wait below counts the same.
+  auto stage = [&](int i) {
+    if (i < tiles) {
+      const int64_t t0 = c_begin + int64_t(i) * kMmaTile;
+      float* dst = Es + (i % kMmaStages) * (kMmaTile * ld);
+      for (int j = threadIdx.x; j < kMmaTile * CPR; j += kMmaThreads) {
+        const int r = j / CPR, c = j % CPR;
+        const bool in = t0 + r < c_end;
+        ptx::cp_async16(dst + r * ld + 4 * c, in ? E + (t0 + r) * D + 4 * c : E, in ? 16 : 0);
+      }
+    }
+    ptx::cp_async_commit();
+  };
+#pragma unroll
+  for (int i = 0; i < kMmaStages - 1; ++i) stage(i);
+
+  // The warp's queries as A fragments: a[m][s] for m16 tile m and k-step s (see above).
+  uint32_t a[MT][2 * KP][4];
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    const int qa = qw + 16 * m + gq, qb = qa + 8;
+#pragma unroll
+    for (int p = 0; p < KP; ++p) {
+      const float4 z = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      const float4 ua = qa < B ? __ldg(reinterpret_cast<const float4*>(U + int64_t(qa) * D + 16 * p + 4 * tq)) : z;
+      const float4 ub = qb < B ? __ldg(reinterpret_cast<const float4*>(U + int64_t(qb) * D + 16 * p + 4 * tq)) : z;
+      a[m][2 * p][0] = tf32_bits(ua.x);
+      a[m][2 * p][1] = tf32_bits(ub.x);
+      a[m][2 * p][2] = tf32_bits(ua.y);
+      a[m][2 * p][3] = tf32_bits(ub.y);
+      a[m][2 * p + 1][0] = tf32_bits(ua.z);
+      a[m][2 * p + 1][1] = tf32_bits(ub.z);
+      a[m][2 * p + 1][2] = tf32_bits(ua.w);
+      a[m][2 * p + 1][3] = tf32_bits(ub.w);
+    }
+  }
+  Top2 run[MT][2];  // [m16 tile][query g, g + 8]
+#pragma unroll
+  for (int m = 0; m < MT; ++m) run[m][0] = run[m][1] = top2_empty();
+  const bool active = qw < B;  // warp-uniform: a warp without queries only stages and waits
+
+  for (int i = 0; i < tiles; ++i) {
+    ptx::cp_async_wait<kMmaStages - 2>();  // this thread's copies of tile i have landed
+    __syncthreads();  // everyone's have; and every warp is done with tile i - 1, whose slot is next
+    stage(i + kMmaStages - 1);
+    if (!active) continue;
+    const float* Et = Es + (i % kMmaStages) * (kMmaTile * ld);
+    const int64_t t0 = c_begin + int64_t(i) * kMmaTile;
+    const int tile_n = c_end - t0 < kMmaTile ? int(c_end - t0) : kMmaTile;
+#pragma unroll
+    for (int j = 0; j < kMmaTile / 8; j += 2) {  // two n-tiles at a time: four independent chains
+      if (8 * j >= tile_n) break;
+      float acc[MT][2][4];
+#pragma unroll
+      for (int m = 0; m < MT; ++m)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int r = 0; r < 4; ++r) acc[m][h][r] = 0.0f;
+#pragma unroll
+      for (int p = 0; p < KP; ++p) {
+        const float4 v0 = *reinterpret_cast<const float4*>(Et + (8 * j + gq) * ld + 16 * p + 4 * tq);
+        const float4 v1 = *reinterpret_cast<const float4*>(Et + (8 * j + 8 + gq) * ld + 16 * p + 4 * tq);
+        const uint32_t b00[2] = {__float_as_uint(v0.x), __float_as_uint(v0.y)};
+        const uint32_t b01[2] = {__float_as_uint(v0.z), __float_as_uint(v0.w)};
+        const uint32_t b10[2] = {__float_as_uint(v1.x), __float_as_uint(v1.y)};
+        const uint32_t b11[2] = {__float_as_uint(v1.z), __float_as_uint(v1.w)};
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          ADA_MMA_TF32(acc[m][0], a[m][2 * p], b00);
+          ADA_MMA_TF32(acc[m][1], a[m][2 * p], b10);
+          ADA_MMA_TF32(acc[m][0], a[m][2 * p + 1], b01);
+          ADA_MMA_TF32(acc[m][1], a[m][2 * p + 1], b11);
+        }
+      }
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int jn = j + h;  // the n-tile
+        if (8 * jn >= tile_n) break;
+        const int r0 = 8 * jn + 2 * tq;  // this lane's two items of it
+        const int64_t item = t0 + r0;
+        const int id0 = int(lo + item);
+        const bool in0 = r0 < tile_n, in1 = r0 + 1 < tile_n;
+        const float b0 = !bias ? -0.0f : in0 ? __ldg(bias + item) : 0.0f;  // no bias: x + -0 == x
+        const float b1 = !bias ? -0.0f : in1 ? __ldg(bias + item + 1) : 0.0f;
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            if (in0) top2_add(run[m][q], acc[m][h][2 * q] + b0, id0);
+            if (in1) top2_add(run[m][q], acc[m][h][2 * q + 1] + b1, id0 + 1);
+          }
+        const int64_t next = t0 + 8 * jn + 8;  // the n-tile ends a group (uniform over the block; g a power of two)
+        if ((next & (g - 1)) == 0 || next >= c_end) {
+          const int64_t group = (t0 + 8 * jn) / g;
+#pragma unroll
+          for (int m = 0; m < MT; ++m)
+#pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              top2_reduce(run[m][q], 4);  // the quad's lanes, t = 0..3
+              const int query = qw + 16 * m + gq + 8 * q;
+              if (tq == ((2 * m + q) & 3) && query < B) write_bounds(out, query, G, group, run[m][q]);
+              run[m][q] = top2_empty();
+            }
+        }
+      }
     }
   }
 }
@@ -827,7 +984,7 @@ size_t tc_smem(int D, bool share) {
 
 int g_tensor_cores = 0;  // TensorCores of topk.hpp: 0 auto, 1 always, 2 never
 bool g_staged = true;    // small batches: the staged warp kernel where it applies (topk_staged)
-bool g_tc_shared = false;  // the tensor-core kernel's products in the item tile's memory (topk_tc_shared)
+int g_tc_kernel = 0;      // the tensor-core bounds kernel (topk_tc_kernel): 0 wmma, 1 wmma sharing, 2 mma.sync
 constexpr int64_t kTcAutoMinItems = 65536;
 
 template <class Kernel>
@@ -866,13 +1023,15 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
   // more: the register-tiled kernel with the most queries per block that fit (more queries per
   // staged item tile = fewer table reads per fma) but no more than the batch fills. Otherwise, or
   // when that does not fit, a warp per span of items.
+  // The mma.sync kernel takes 128 queries per block (two m16 tiles per warp) where D <= 64 and the
+  // batch fills them, else 64.
   const bool tc_wanted = g_tensor_cores == 1 || (g_tensor_cores == 0 && n >= kTcAutoMinItems);
-  if (tc_wanted && B >= kTcQueries && (D == 32 || D == 64 || D == 128) &&
-      tc_smem(D, g_tc_shared) <= size_t(smem_optin)) {
+  const size_t tc_bytes = g_tc_kernel == 2 ? mma_smem(D) : tc_smem(D, g_tc_kernel == 1);
+  if (tc_wanted && B >= kTcQueries && (D == 32 || D == 64 || D == 128) && tc_bytes <= size_t(smem_optin)) {
     p.tensor_cores = true;
-    p.tc_shared = g_tc_shared;
-    p.queries_per_block = kTcQueries;
-    p.smem_bounds = tc_smem(D, g_tc_shared);
+    p.tc_kernel = g_tc_kernel;
+    p.queries_per_block = g_tc_kernel == 2 ? mma_queries(D, B >= 128 ? mma_m_tiles(D) : 1) : kTcQueries;
+    p.smem_bounds = tc_bytes;
   }
   for (int qb : {64, 32, 16}) {
     if (p.tensor_cores) break;
@@ -919,8 +1078,14 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
     const int64_t q_blocks = (B + p.queries_per_block - 1) / p.queries_per_block;
     const int64_t unit = std::max<int64_t>(p.group, kTiledItems);
     const int64_t units = (n + unit - 1) / unit;
-    int64_t chunks = std::max<int64_t>(1, (4 * int64_t(sms) + q_blocks - 1) / q_blocks);
+    // (The mma.sync kernel: about 12 per multiprocessor, whole waves whether 2, 3, 4 or 6 fit.
+    // It also takes 4 tiles per chunk at least (where there are that many): its prologue (the
+    // queries' fragments, two tiles in flight) is then paid once per 4 tiles or more, and its ring
+    // of 3 stages turns over.)
+    const bool mma = p.tensor_cores && p.tc_kernel == 2;
+    int64_t chunks = std::max<int64_t>(1, ((mma ? 12 : 4) * int64_t(sms) + q_blocks - 1) / q_blocks);
     chunks = std::min<int64_t>({chunks, units, 65535});
+    if (mma) chunks = std::max<int64_t>(1, std::min<int64_t>(chunks, n / (4 * kMmaTile)));
     p.chunk_items = (units + chunks - 1) / chunks * unit;
     p.n_chunks = int((n + p.chunk_items - 1) / p.chunk_items);
   } else {
@@ -951,18 +1116,27 @@ void launch_bounds_kernel(const TopkPlan& p, const float* Us, int64_t nb, bool f
           E, bias, D, n, p.group, G, bounds.norm, bounds.absb);
       ADA_CUDA_OK(cudaGetLastError());
     }
-    auto launch = [&](auto kern) {
+    auto launch = [&](auto kern, int threads) {
       set_smem(kern, p.smem_bounds);
-      kern<<<dim3(q_blocks, unsigned(p.n_chunks)), kThreads, p.smem_bounds, stream>>>(
+      kern<<<dim3(q_blocks, unsigned(p.n_chunks)), unsigned(threads), p.smem_bounds, stream>>>(
           Us, int(nb), E, bias, lo, n, p.chunk_items, p.group, G, bounds);
     };
-    switch (D * 2 + int(p.tc_shared)) {
-      case 64: launch(bounds_tc<32, false>); break;
-      case 65: launch(bounds_tc<32, true>); break;
-      case 128: launch(bounds_tc<64, false>); break;
-      case 129: launch(bounds_tc<64, true>); break;
-      case 256: launch(bounds_tc<128, false>); break;
-      default: launch(bounds_tc<128, true>); break;
+    if (p.tc_kernel == 2) {
+      const bool two = p.queries_per_block == mma_queries(D, 2);
+      switch (D) {
+        case 32: two ? launch(bounds_mma<32, 2>, kMmaThreads) : launch(bounds_mma<32, 1>, kMmaThreads); break;
+        case 64: two ? launch(bounds_mma<64, 2>, kMmaThreads) : launch(bounds_mma<64, 1>, kMmaThreads); break;
+        default: launch(bounds_mma<128, 1>, kMmaThreads); break;
+      }
+    } else {
+      switch (D * 2 + int(p.tc_kernel == 1)) {
+        case 64: launch(bounds_tc<32, false>, kThreads); break;
+        case 65: launch(bounds_tc<32, true>, kThreads); break;
+        case 128: launch(bounds_tc<64, false>, kThreads); break;
+        case 129: launch(bounds_tc<64, true>, kThreads); break;
+        case 256: launch(bounds_tc<128, false>, kThreads); break;
+        default: launch(bounds_tc<128, true>, kThreads); break;
+      }
     }
   } else if (p.tiled) {
     auto launch = [&](auto kern) {
@@ -1051,7 +1225,7 @@ void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, c
 
 void topk_tensor_cores(int mode) { g_tensor_cores = mode; }
 void topk_staged(bool on) { g_staged = on; }
-void topk_tc_shared(bool on) { g_tc_shared = on; }
+void topk_tc_kernel(int kernel) { g_tc_kernel = kernel; }
 
 }  // namespace cuda
 
@@ -1176,7 +1350,7 @@ class GpuSearcher final : public TopkSearcher {
 
 void set_gpu_topk_tensor_cores(TensorCores mode) { cuda::topk_tensor_cores(int(mode)); }
 void set_gpu_topk_staged(bool on) { cuda::topk_staged(on); }
-void set_gpu_topk_tc_shared(bool on) { cuda::topk_tc_shared(on); }
+void set_gpu_topk_tc_kernel(TcKernel kernel) { cuda::topk_tc_kernel(int(kernel)); }
 
 std::unique_ptr<TopkSearcher> make_gpu_searcher(const float* E, const float* bias, int64_t lo, int64_t hi, int64_t D,
                                                 int device) {

@@ -49,10 +49,10 @@ class TopkWorkspace {
 // Launch parameters chosen for a problem (exposed for tests and benchmarks).
 struct TopkPlan {
   bool tensor_cores = false;   // the TF32 bounds kernel (64 queries per block)
-  bool tc_shared = false;      // ... with its products in the item tile's shared memory
+  int tc_kernel = 0;           // ... which one: 0 wmma, 1 wmma with its products over the item tile, 2 mma.sync
   bool tiled = false;          // the register-tiled bounds kernel (16, 32 or 64 queries per block)
   bool staged = false;         // the warp kernel that stages table rows in shared memory (D = 32, 64)
-  int queries_per_block = 0;   // 1 .. 16 for the warp kernel
+  int queries_per_block = 0;   // 1 .. 16 for the warp kernel; 64 or 128 for mma.sync
   int group = 0;               // items per group (a power of two >= 8)
   int64_t n_groups = 0;        // groups per query (<= 16384)
   int64_t chunk_items = 0;     // items per block of the tiled kernel (whole groups and tiles)
@@ -80,10 +80,12 @@ void topk_tensor_cores(int mode);
 // benchmarks). Results are identical.
 void topk_staged(bool on);
 
-// Whether the tensor-core bounds kernel keeps its products in their own shared memory (false, the
-// default) or in the item tile's, after one more block barrier (true: 53 instead of 87 KB per block
-// at D = 64). Process-wide, for tests and benchmarks; results are identical.
-void topk_tc_shared(bool on);
+// Which tensor-core bounds kernel runs (the values of ada::TcKernel in topk.hpp): 0 = wmma with its
+// products in their own shared memory (the default), 1 = the same with its products in the item
+// tile's, after one more block barrier (53 instead of 87 KB per block at D = 64), 2 = mma.sync with
+// the products folded in registers and the item tiles loaded by cp.async. Process-wide, for tests
+// and benchmarks; results are identical.
+void topk_tc_kernel(int kernel);
 
 // Kernel 1 alone (its output stays in ws): for benchmarks that split the time between the kernels.
 void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo,

@@ -62,14 +62,70 @@ struct StagedMode {
   StagedMode& operator=(const StagedMode&) = delete;
 };
 
-// Sets whether the tensor-core bounds kernel stores its products over the item tile for a scope
-// (back to the default, off).
-struct TcSharedMode {
-  explicit TcSharedMode(bool on) { ada::set_gpu_topk_tc_shared(on); }
-  ~TcSharedMode() { ada::set_gpu_topk_tc_shared(false); }
-  TcSharedMode(const TcSharedMode&) = delete;
-  TcSharedMode& operator=(const TcSharedMode&) = delete;
+// Sets which tensor-core bounds kernel runs for a scope (back to the default, wmma).
+struct TcKernelMode {
+  explicit TcKernelMode(ada::TcKernel k) { ada::set_gpu_topk_tc_kernel(k); }
+  ~TcKernelMode() { ada::set_gpu_topk_tc_kernel(ada::TcKernel::kWmma); }
+  TcKernelMode(const TcKernelMode&) = delete;
+  TcKernelMode& operator=(const TcKernelMode&) = delete;
 };
+
+// Coordinates so small that their squares underflow in float: the tensor-core error margin must
+// still cover the TF32 rounding (norms are summed in double). Item 5 wins by 2^-86 (exactly), but
+// TF32 rounds its coordinates down and every other item's first one up, so the approximate scores
+// rank it last. And with no bias, a score of -0 (an underflowing negative product) stays -0.
+void check_tiny_coordinates() {
+  const TensorCoreMode scope(ada::TensorCores::kAlways);
+  Problem p = random_problem(64, 700, 32, 29u, 0);
+  std::fill(p.U.begin(), p.U.end(), 1.0f);
+  std::fill(p.bias.begin(), p.bias.end(), 0.0f);
+  const float t = std::ldexp(1.0f, -80);
+  for (int64_t j = 0; j < p.N; ++j)
+    for (int64_t d = 0; d < p.D; ++d) {
+      float v = t;
+      if (j == 5)
+        v = t * (1.0f + std::ldexp(1.0f, -11) - std::ldexp(1.0f, -23));
+      else if (j < 8)
+        v = 0.0f;  // item 5's group-mates
+      else if (d == 0)
+        v = t * (1.0f + std::ldexp(1.0f, -11));
+      p.E[size_t(j * p.D + d)] = v;
+    }
+  compare(p, 0, p.N, 1);
+  compare(p, 0, p.N, 20);
+
+  Problem z = random_problem(3, 300, 8, 31u, 5);
+  for (auto& u : z.U) u = -t;
+  for (auto& e : z.E) e = t;  // every product -2^-160: every score -0
+  compare(z, 0, z.N, 10, nullptr, /*with_bias=*/false);
+  for (size_t j = 0; j < z.bias.size(); ++j) z.bias[j] = j % 2 ? 0.0f : -0.0f;
+  compare(z, 0, z.N, 10);
+}
+
+// A tensor-core bounds kernel other than the default gives the CPU's lists: D = 32, 64 and 128, a
+// last block of queries cut short (and, for mma.sync, blocks whose later warps have no query), k
+// from 1 to 1000, near ties that send groups to exact rescoring, and 1024 queries (16 query blocks
+// of wmma, so each block loops over 3 item tiles: the barrier before a tile is staged over the
+// last one's products is then needed).
+void check_tc_kernel(ada::TcKernel kernel) {
+  const TensorCoreMode tc(ada::TensorCores::kAlways);
+  const TcKernelMode mode(kernel);
+  for (int64_t D : {32, 64, 128}) {
+    const Problem p = random_problem(D == 64 ? 130 : 70, 5003, D, uint32_t(37 + D), 20);
+    for (int k : {1, 100, 1000}) compare(p, 0, p.N, k);
+    compare(p, 9, p.N - 5, 50);
+  }
+  Problem p = random_problem(64, 3001, 64, 41u, 10);
+  std::vector<float> c(p.E.begin() + 64, p.E.begin() + 128);
+  for (int64_t j = 0; j < p.N; ++j)
+    for (int64_t d = 0; d < 64; ++d) {
+      float& e = p.E[size_t(j * 64 + d)];
+      e = c[size_t(d)] * (1.0f + 1e-6f * e);
+    }
+  for (int k : {1, 300}) compare(p, 0, p.N, k);
+  const Problem many = random_problem(1024, 12102, 32, 43u, 20);
+  compare(many, 0, many.N, 100);
+}
 
 }  // namespace
 
@@ -101,65 +157,32 @@ TEST_CASE("cuda top-k: every bounds kernel on small problems", "[cuda][topk]") {
   }
 }
 
-// Coordinates so small that their squares underflow in float: the tensor-core error margin must
-// still cover the TF32 rounding (norms are summed in double). Item 5 wins by 2^-86 (exactly), but
-// TF32 rounds its coordinates down and every other item's first one up, so the approximate scores
-// rank it last. And with no bias, a score of -0 (an underflowing negative product) stays -0.
+// The TF32 error margin with tiny coordinates (check_tiny_coordinates) on the default tensor-core kernel.
 TEST_CASE("cuda top-k: tiny coordinates under tensor cores, negative-zero scores without bias", "[cuda][topk]") {
   require_gpu();
-  const TensorCoreMode scope(ada::TensorCores::kAlways);
-  Problem p = random_problem(64, 700, 32, 29u, 0);
-  std::fill(p.U.begin(), p.U.end(), 1.0f);
-  std::fill(p.bias.begin(), p.bias.end(), 0.0f);
-  const float t = std::ldexp(1.0f, -80);
-  for (int64_t j = 0; j < p.N; ++j)
-    for (int64_t d = 0; d < p.D; ++d) {
-      float v = t;
-      if (j == 5)
-        v = t * (1.0f + std::ldexp(1.0f, -11) - std::ldexp(1.0f, -23));
-      else if (j < 8)
-        v = 0.0f;  // item 5's group-mates
-      else if (d == 0)
-        v = t * (1.0f + std::ldexp(1.0f, -11));
-      p.E[size_t(j * p.D + d)] = v;
-    }
-  compare(p, 0, p.N, 1);
-  compare(p, 0, p.N, 20);
-
-  Problem z = random_problem(3, 300, 8, 31u, 5);
-  for (auto& u : z.U) u = -t;
-  for (auto& e : z.E) e = t;  // every product -2^-160: every score -0
-  compare(z, 0, z.N, 10, nullptr, /*with_bias=*/false);
-  for (size_t j = 0; j < z.bias.size(); ++j) z.bias[j] = j % 2 ? 0.0f : -0.0f;
-  compare(z, 0, z.N, 10);
+  check_tiny_coordinates();
 }
 
-// The tensor-core kernel with its products stored over the item tile (set_gpu_topk_tc_shared): the
-// same lists as the CPU, for D = 32 (the products need more memory than the tile), 64 and 128, a
-// last block of queries cut short, k from 1 to 1000, near ties that send groups to exact
-// rescoring, and 1024 queries (16 query blocks, so each block loops over 3 item tiles: the barrier
-// before a tile is staged over the last one's products is then needed). The barrier between the
-// products and their store shows only where one warp runs ahead of the others: the emulator's
-// `warps` schedule (scripts/test runs it) and racecheck (scripts/gpu-check --sanitize).
+// The wmma kernel with its products stored over the item tile (ada::TcKernel::kWmmaShared). The
+// barrier between the products and their store shows only where one warp runs ahead of the
+// others: the emulator's `warps` schedule (scripts/test runs it) and racecheck
+// (scripts/gpu-check --sanitize).
 TEST_CASE("cuda top-k: tensor-core bounds with the products over the item tile", "[cuda][topk]") {
   require_gpu();
+  check_tc_kernel(ada::TcKernel::kWmmaShared);
+}
+
+// The mma.sync kernel (ada::TcKernel::kMma): the cases above, the tiny coordinates (its item
+// operands reach the tensor cores unrounded), and groups of 8 items (a group per n-tile) up to 128
+// (a group over two 64-item tiles of the cp.async ring, with chunks ending inside the ring).
+TEST_CASE("cuda top-k: tensor-core bounds on mma.sync, the products folded in registers", "[cuda][topk]") {
+  require_gpu();
+  check_tc_kernel(ada::TcKernel::kMma);
+  const TcKernelMode mode(ada::TcKernel::kMma);
+  check_tiny_coordinates();
   const TensorCoreMode tc(ada::TensorCores::kAlways);
-  const TcSharedMode shared(true);
-  for (int64_t D : {32, 64, 128}) {
-    const Problem p = random_problem(D == 64 ? 130 : 70, 5003, D, uint32_t(37 + D), 20);
-    for (int k : {1, 100, 1000}) compare(p, 0, p.N, k);
-    compare(p, 9, p.N - 5, 50);
-  }
-  Problem p = random_problem(64, 3001, 64, 41u, 10);
-  std::vector<float> c(p.E.begin() + 64, p.E.begin() + 128);
-  for (int64_t j = 0; j < p.N; ++j)
-    for (int64_t d = 0; d < 64; ++d) {
-      float& e = p.E[size_t(j * 64 + d)];
-      e = c[size_t(d)] * (1.0f + 1e-6f * e);
-    }
-  for (int k : {1, 300}) compare(p, 0, p.N, k);
-  const Problem many = random_problem(1024, 12102, 32, 43u, 20);
-  compare(many, 0, many.N, 100);
+  const Problem p = random_problem(64, 140001, 32, 47u, 30);  // groups of 128 items at k = 10
+  compare(p, 77, p.N - 3, 10);
 }
 
 TEST_CASE("cuda top-k equals the CPU searcher on random problems", "[cuda][topk][large]") {

@@ -95,11 +95,14 @@ void set_gpu_topk_tensor_cores(TensorCores mode);
 // memory, read coalesced (true, the default), or read each row straight from global memory. The
 // lists are the same either way; for tests and benchmarks. Process-wide; a no-op without CUDA.
 void set_gpu_topk_staged(bool on);
-// Whether the tensor-core bounds kernel stores its products over the item tile it has just used
-// (true: less shared memory per block, so more blocks per multiprocessor, for two more barriers
-// per tile) or beside it (false, the default until measured otherwise). The lists are the same;
-// for tests and benchmarks. Process-wide; a no-op without CUDA.
-void set_gpu_topk_tc_shared(bool on);
+// Which kernel bounds the scores on tensor cores (when they are used, above): kWmma (the default
+// until measured otherwise: wmma fragments, the products through shared memory), kWmmaShared (the
+// same with the products stored over the item tile just used: less shared memory per block, so
+// more blocks per multiprocessor, for two more barriers per tile), kMma (mma.sync, the products
+// folded in registers, the item tiles loaded asynchronously; not yet run on a GPU). The lists are
+// the same; for tests and benchmarks. Process-wide; a no-op without CUDA.
+enum class TcKernel { kWmma, kWmmaShared, kMma };
+void set_gpu_topk_tc_kernel(TcKernel kernel);
 
 // Exact merge of shard results for the same rows: the best k of the union, in the order above.
 // Shards must cover disjoint item ranges (a repeated id is an error).

@@ -221,6 +221,17 @@ enum State { RUN, BAR, WARP, DONE };
 constexpr size_t kStack = 256 * 1024;
 constexpr size_t kGuard = 4096;
 
+struct PendingCopy {
+  void* dst;
+  const void* src;
+  size_t n, src_n;  // bytes written; bytes read from src (the rest are zero-filled)
+};
+
+void perform(const PendingCopy& c) {
+  std::memcpy(c.dst, c.src, c.src_n);
+  std::memset(static_cast<unsigned char*>(c.dst) + c.src_n, 0, c.n - c.src_n);
+}
+
 struct Fiber {
   void* sp = nullptr;
   uint3 tid{};
@@ -229,6 +240,10 @@ struct Fiber {
   int wcount = 0;
   const char* file = nullptr;  // where it waits
   int line = 0;
+  // cp.async: copies issued since the last commit, and the committed groups not yet waited for
+  // (oldest first). They land in shared memory only at the cp.async.wait_group that covers them.
+  std::vector<PendingCopy> cp_open;
+  std::vector<std::vector<PendingCopy>> cp_groups;
 #ifdef EMU_ASAN
   void* fake_stack = nullptr;
 #endif
@@ -253,6 +268,7 @@ size_t pos = 0;              // cur == order[pos]
 int n_bar = 0, n_warp = 0, n_done = 0;
 bool from_sched = false;     // the last switch left the scheduler (AddressSanitizer bookkeeping)
 unsigned char* smem_ptr = nullptr;
+size_t smem_size = 0;  // the launch's dynamic shared memory bytes
 const std::function<void()>* body_ptr = nullptr;
 const LaunchSite* cur_site = nullptr;
 std::vector<unsigned char> slots;  // warp shuffle deposits: [warp][2 parities][32 lanes][16 bytes]
@@ -373,6 +389,12 @@ extern "C" void emu_trampoline() {
   note_switch_done(nullptr);
 #endif
   (*body_ptr)();
+  {  // copies still in flight when the thread exits land anyway
+    Fiber& f = fibers[size_t(cur)];
+    for (const auto& grp : f.cp_groups)
+      for (const PendingCopy& c : grp) perform(c);
+    for (const PendingCopy& c : f.cp_open) perform(c);
+  }
   yield_state(DONE);
   std::abort();  // a finished fiber is never resumed
 }
@@ -532,6 +554,32 @@ void warp_get(void* v, size_t n, int lane) {
   std::memcpy(v, slot(f.lin / 32, (f.wcount - 1) % 2, lane), n);
 }
 
+void cp_async(void* dst, const void* src, size_t n, size_t src_n) {
+  if (cur < 0) die("cp.async outside a kernel%s", "");
+  if (n != 4 && n != 8 && n != 16) die("%s: cp.async of %s bytes (4, 8 or 16)", where(), std::to_string(n));
+  if (src_n > n) die("%s: cp.async source size %s above its copy size", where(), std::to_string(src_n));
+  if (reinterpret_cast<uintptr_t>(dst) % n || (src_n && reinterpret_cast<uintptr_t>(src) % n))
+    die("%s: cp.async of %s bytes from or to a misaligned address", where(), std::to_string(n));
+  const unsigned char* s0 = smem_ptr;
+  if (!(static_cast<unsigned char*>(dst) >= s0 && static_cast<unsigned char*>(dst) + n <= s0 + smem_size))
+    die("%s: cp.async destination outside the block's dynamic shared memory%s", where(), "");
+  fibers[size_t(cur)].cp_open.push_back(PendingCopy{dst, src, n, src_n});
+}
+
+void cp_async_commit() {
+  Fiber& f = fibers[size_t(cur)];
+  f.cp_groups.push_back(std::move(f.cp_open));
+  f.cp_open.clear();
+}
+
+void cp_async_wait(int pending) {
+  Fiber& f = fibers[size_t(cur)];
+  while (f.cp_groups.size() > size_t(pending < 0 ? 0 : pending)) {
+    for (const PendingCopy& c : f.cp_groups.front()) perform(c);
+    f.cp_groups.erase(f.cp_groups.begin());
+  }
+}
+
 void check_launch_bounds(long max_threads, const char* kernel, const char* file, int line) {
   const long nt = long(detail::cur_bdim.x) * detail::cur_bdim.y * detail::cur_bdim.z;
   if (nt > max_threads) {
@@ -590,6 +638,7 @@ int launch(const LaunchSite& site, const void* func, dim3 g, dim3 b, size_t sm, 
   detail::cur_bdim = {b.x, b.y, b.z};
   // Exactly sm bytes (AddressSanitizer sees an overrun), 256-aligned, refilled with 0xff per block.
   smem_ptr = static_cast<unsigned char*>(::operator new[](std::max<size_t>(sm, 1), std::align_val_t(256)));
+  smem_size = sm;
   body_ptr = &body;
   cur_site = &site;
   for (unsigned z = 0; z < g.z; ++z)
@@ -601,6 +650,7 @@ int launch(const LaunchSite& site, const void* func, dim3 g, dim3 b, size_t sm, 
       }
   ::operator delete[](smem_ptr, std::align_val_t(256));
   smem_ptr = nullptr;
+  smem_size = 0;
   body_ptr = nullptr;
   cur_site = nullptr;
   return cudaSuccess;

@@ -1,16 +1,20 @@
 // The emulator's self-test of its pointer checks (tools/cuda-emu/README.md), run by
 // `scripts/cuda-emu --selftest`: rewritten by rewrite.py like kernels/*.cu, then run once per case.
-//   selftest ok          correct uses (device, managed, null and one-past-the-end pointers): exits 0
+//   selftest ok          correct uses (device, managed, null and one-past-the-end pointers; the
+//                        emulated mma.sync layout and cp.async): exits 0
 //   selftest CASE        one deliberate mistake: the emulator must abort with the expected fault, which
 //                        scripts/cuda-emu checks in the output (list: `selftest --list`, CASE<TAB>text)
 //   selftest warp_ahead  prints "warp_ahead N": 0 when warps advance through warp operations in step
 //                        (EMU_SCHEDULE forward, reverse, random), 1 when one runs ahead (warps)
 #include <cublas_v2.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <string>
 #include <vector>
+
+#include "kernels/warp_mma.cuh"
 
 __global__ void k_axpy(float* y, const float* x, int n, float a) {
   const int i = int(blockIdx.x * blockDim.x + threadIdx.x);
@@ -32,6 +36,37 @@ __global__ void k_warp_ahead(int* out) {
     out[0] = flag[0];
   }
   __syncthreads();
+}
+
+// One warp: D = C + A B through the mma.sync helper of kernels/warp_mma.cuh, each lane loading and
+// storing its fragments by the layout documented there (A 16 x 8, B 8 x 8, C and D 16 x 8, row-major).
+__global__ void k_mma(const float* A, const float* B, const float* C, float* D) {
+  const int g = int(threadIdx.x) / 4, t = int(threadIdx.x) % 4;
+  uint32_t a[4], b[2];
+  float d[4];
+  for (int r = 0; r < 4; ++r) {
+    std::memcpy(&a[r], &A[(g + 8 * (r % 2)) * 8 + t + 4 * (r / 2)], 4);
+    d[r] = C[(g + 8 * (r / 2)) * 8 + 2 * t + r % 2];
+  }
+  for (int r = 0; r < 2; ++r) std::memcpy(&b[r], &B[(t + 4 * r) * 8 + g], 4);
+  ADA_MMA_TF32(d, a, b);
+  for (int r = 0; r < 4; ++r) D[(g + 8 * (r / 2)) * 8 + 2 * t + r % 2] = d[r];
+}
+
+// cp.async: thread 0 copies 16 bytes and zero-fills 16 more; what it reads before and after its
+// wait, and what thread 1 reads after the barrier that follows, go to out[0], out[1..8], out[9].
+__global__ void k_cp_async(const float* src, float* out) {
+  extern __shared__ __align__(16) float sm[];
+  if (threadIdx.x == 0) {
+    ada::cuda::ptx::cp_async16(sm, src, 16);
+    ada::cuda::ptx::cp_async16(sm + 4, src, 0);
+    ada::cuda::ptx::cp_async_commit();
+    out[0] = sm[0];
+    ada::cuda::ptx::cp_async_wait<0>();
+    for (int i = 0; i < 8; ++i) out[1 + i] = sm[i];
+  }
+  __syncthreads();
+  if (threadIdx.x == 1) out[9] = sm[3];
 }
 
 namespace {
@@ -111,6 +146,44 @@ int ok_case() {
 #endif
   CHECK(cudaFree(y) == cudaSuccess && cudaFree(m) == cudaSuccess && cudaFree(c) == cudaSuccess);
   CHECK(cudaFree(nullptr) == cudaSuccess);
+  // mma.sync: the fragment layout against a plain product (small integers: every sum exact), and
+  // the operands read as TF32 by truncation (1 + 2^-11 is read as 1).
+  {
+    std::vector<float> hA(128), hB(64), hC(128), hD(128);
+    for (int i = 0; i < 128; ++i) hA[size_t(i)] = float(i % 7 - 3);
+    for (int i = 0; i < 64; ++i) hB[size_t(i)] = float(i % 5 - 2);
+    for (int i = 0; i < 128; ++i) hC[size_t(i)] = float(i) * 0.5f;
+    hA[0] = 1.0f + std::ldexp(1.0f, -11);
+    float *dA = dev(128), *dB = dev(64), *dC = dev(128), *dD = dev(128);
+    CHECK(cudaMemcpy(dA, hA.data(), 512, cudaMemcpyHostToDevice) == cudaSuccess);
+    CHECK(cudaMemcpy(dB, hB.data(), 256, cudaMemcpyHostToDevice) == cudaSuccess);
+    CHECK(cudaMemcpy(dC, hC.data(), 512, cudaMemcpyHostToDevice) == cudaSuccess);
+    k_mma<<<1, 32>>>(dA, dB, dC, dD);
+    CHECK(cudaMemcpy(hD.data(), dD, 512, cudaMemcpyDeviceToHost) == cudaSuccess);
+    hA[0] = 1.0f;
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < 8; ++j) {
+        float want = hC[size_t(i * 8 + j)];
+        for (int k = 0; k < 8; ++k) want += hA[size_t(i * 8 + k)] * hB[size_t(k * 8 + j)];
+        CHECK(hD[size_t(i * 8 + j)] == want);
+      }
+    CHECK(cudaFree(dA) == cudaSuccess && cudaFree(dB) == cudaSuccess && cudaFree(dC) == cudaSuccess &&
+          cudaFree(dD) == cudaSuccess);
+  }
+  // cp.async: nothing lands before the wait (the fresh block's 0xff bytes read as NaN), then 16
+  // bytes copied and 16 zero-filled, seen by another thread after a barrier.
+  {
+    const float hs[4] = {1.0f, 2.0f, 3.0f, 4.0f};
+    float ho[10];
+    float *ds = dev(4), *dout = dev(10);
+    CHECK(cudaMemcpy(ds, hs, 16, cudaMemcpyHostToDevice) == cudaSuccess);
+    k_cp_async<<<1, 32, 64>>>(ds, dout);
+    CHECK(cudaMemcpy(ho, dout, 40, cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(std::isnan(ho[0]));
+    for (int i = 0; i < 4; ++i) CHECK(ho[1 + i] == hs[i] && ho[5 + i] == 0.0f);
+    CHECK(ho[9] == 4.0f);
+    CHECK(cudaFree(ds) == cudaSuccess && cudaFree(dout) == cudaSuccess);
+  }
   std::printf("selftest ok: correct uses pass\n");
   return 0;
 }

@@ -4,6 +4,7 @@
 // fibers on one OS thread so that __syncthreads, warp shuffles and shared-memory atomics behave as
 // on a GPU (threads really interleave at barriers; between barriers a thread runs alone).
 #pragma once
+#define ADA_CUDA_EMU 1  // kernels/warp_mma.cuh picks the emulator's cp.async and mma.sync below
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -63,6 +64,13 @@ void syncwarp(unsigned mask, const char* file, int line);
 void warp_put(const void* v, size_t n, unsigned mask, const char* file, int line);  // yields until the warp arrived
 void warp_get(void* v, size_t n, int lane);    // the partner lane's deposit
 void check_launch_bounds(long max_threads, const char* kernel, const char* file, int line);
+// cp.async (global -> the block's dynamic shared memory, 4, 8 or 16 bytes, the last n - src_n
+// zero-filled): the copy is only recorded; it lands at the cp_async_wait that covers its group, or
+// when the thread exits. A thread that reads the destination before that sees the old bytes (0xff
+// on a fresh block), as a GPU may show it.
+void cp_async(void* dst, const void* src, size_t n, size_t src_n);
+void cp_async_commit();                // closes the group of the copies issued since the last commit
+void cp_async_wait(int pending);       // lands every committed group but the newest `pending`
 
 struct LaunchSite {
   const char* kernel;
@@ -170,6 +178,43 @@ T shfl_down(unsigned mask, T v, unsigned d, const char* file, int line) {
   T r;
   warp_get(&r, sizeof(T), int(l));
   return r;
+}
+
+// mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, warp-collective. PTX's fragment layout, with
+// g = lane / 4 and t = lane % 4: a[r] = A[g + 8 (r % 2)][t + 4 (r / 2)] (A 16 x 8), b[r] = B[t + 4 r][g]
+// (B 8 x 8), d[r] = D[g + 8 (r / 2)][2 t + r % 2] (D 16 x 8, accumulated in place). The operands are
+// FP32 bit patterns; the tensor core reads TF32 from them, here by clearing the low 13 mantissa bits
+// (truncation: of the readings a GPU may make, rounding or truncating, the one further off, so
+// error bounds must allow for it). The products of TF32 values are exact in FP32 and are added to
+// d in k order, rounding each sum (the hardware's order and rounding differ within that error).
+inline float tf32_truncate(uint32_t u) {
+  if ((u & 0x7f800000u) != 0x7f800000u) u &= 0xffffe000u;  // inf and NaN stay as they are
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const char* file,
+                             int line) {
+  float A[16][8], Bm[8][8];
+  warp_put(a, sizeof a, 0xffffffffu, file, line);
+  for (int l = 0; l < 32; ++l) {
+    uint32_t v[4];
+    warp_get(v, sizeof v, l);
+    for (int r = 0; r < 4; ++r) A[l / 4 + 8 * (r % 2)][l % 4 + 4 * (r / 2)] = tf32_truncate(v[r]);
+  }
+  warp_put(b, sizeof b, 0xffffffffu, file, line);
+  for (int l = 0; l < 32; ++l) {
+    uint32_t v[2];
+    warp_get(v, sizeof v, l);
+    for (int r = 0; r < 2; ++r) Bm[l % 4 + 4 * r][l / 4] = tf32_truncate(v[r]);
+  }
+  const int g = int(lane_id()) / 4, t = int(lane_id()) % 4;
+  for (int r = 0; r < 4; ++r) {
+    const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
+    float acc = d[r];
+    for (int k = 0; k < 8; ++k) acc += A[row][k] * Bm[k][col];
+    d[r] = acc;
+  }
 }
 }  // namespace emu
 
