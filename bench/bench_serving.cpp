@@ -4,7 +4,8 @@
 // the catalog: the evaluation's sgemm path (shards 0) and 4 CPU shards with the model on the CPU
 // backend, and the GPU (skipped without a CUDA device): the model on the CUDA backend, its context
 // and the returned lists from the fused top-k kernel. scripts/gpu-check runs the GPU rows.
-//   BM_retrieve/<device: 0 cpu-sgemm, 1 cpu-shards, 2 cuda>/<N>/<B>
+//   BM_retrieve/<device: 0 cpu-sgemm, 1 cpu-shards, 2 cuda, 3 cuda with the top-k variants prepared
+//               for measurement: mma.sync bounds, one warp per query in the select step>/<N>/<B>
 //   BM_user_vectors/<device>/<N>/<B>   the model's part alone: forward() of the T rounds with its
 //                                      T - 1 context searches (BM_retrieve runs T searches in all,
 //                                      each giving a round's list and the next round's context)
@@ -20,6 +21,7 @@
 #include "ada/checkpoint.hpp"
 #include "ada/device.hpp"
 #include "ada/retriever.hpp"
+#include "ada/topk.hpp"
 
 namespace {
 
@@ -65,19 +67,37 @@ std::vector<std::vector<ItemId>> histories(int64_t B, int32_t n_items) {
 std::optional<std::pair<AdaRetriever, std::vector<std::vector<ItemId>>>> setup(benchmark::State& st) {
   const int mode = int(st.range(0));
   const int32_t n_items = int32_t(st.range(1));
-  if (mode == 2 && cuda_device_count() == 0) {
+  if (mode >= 2 && cuda_device_count() == 0) {
     st.SkipWithError("no CUDA device");
     return std::nullopt;
   }
   RetrieverOptions o;
-  o.device = mode == 2 ? "cuda" : "cpu";
-  o.shards = mode == 1 ? 4 : (mode == 2 ? 1 : 0);
+  o.device = mode >= 2 ? "cuda" : "cpu";
+  o.shards = mode == 1 ? 4 : (mode >= 2 ? 1 : 0);
   return std::make_pair(AdaRetriever::load(checkpoint_for(n_items), o), histories(st.range(2), n_items));
 }
+
+// Mode 3's top-k variants for the scope of a row (back to the defaults at its end).
+struct Variants {
+  explicit Variants(int mode) : on(mode == 3) {
+    if (!on) return;
+    set_gpu_topk_tc_kernel(TcKernel::kMma);
+    set_gpu_topk_select_threads(32);
+  }
+  ~Variants() {
+    if (!on) return;
+    set_gpu_topk_tc_kernel(TcKernel::kWmma);
+    set_gpu_topk_select_threads(0);
+  }
+  Variants(const Variants&) = delete;
+  Variants& operator=(const Variants&) = delete;
+  bool on;
+};
 
 void BM_retrieve(benchmark::State& st) {
   auto s = setup(st);
   if (!s) return;
+  const Variants v(int(st.range(0)));
   for (auto _ : st) benchmark::DoNotOptimize(s->first.retrieve_batch(s->second, 100, 5));
   st.counters["users/s"] = benchmark::Counter(double(st.range(2)), benchmark::Counter::kIsIterationInvariantRate);
 }
@@ -88,15 +108,17 @@ void BM_retrieve(benchmark::State& st) {
 void BM_user_vectors(benchmark::State& st) {
   auto s = setup(st);
   if (!s) return;
+  const Variants v(int(st.range(0)));
   for (auto _ : st) benchmark::DoNotOptimize(s->first.user_vectors(s->second, 5));
   st.counters["users/s"] = benchmark::Counter(double(st.range(2)), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 void grid(benchmark::internal::Benchmark* b) {
-  for (int mode : {0, 1, 2})
+  for (int mode : {0, 1, 2, 3})
     for (int64_t N : {12101, 1000000})
       for (int64_t B : {1, 64, 1024}) {
-        if (mode != 2 && N == 1000000 && B == 1024) continue;  // minutes per iteration on a small CPU
+        if (mode < 2 && N == 1000000 && B == 1024) continue;  // minutes per iteration on a small CPU
+        if (mode == 3 && B != 1024) continue;                 // the variants are for large batches
         b->Args({mode, N, B});
       }
   b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);

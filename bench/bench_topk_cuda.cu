@@ -11,7 +11,11 @@
 //   BM_topk_fp32_bounds/B/N/k     BM_topk without tensor cores (FP32 bounds; identical lists)
 //   BM_topk_tc_shared/B/N/k       BM_topk with the tensor-core kernel's products over its item tile
 //   BM_topk_tc_mma/B/N/k          BM_topk with the mma.sync tensor-core kernel (products in registers)
+//                                 (these two, and the other *_tc_mma rows, force tensor cores on: the
+//                                 12k-item case then uses them too)
 //   BM_topk_bounds_only_tc_mma/B/N/k  the mma.sync bounds kernel alone
+//   BM_topk_select_threads/B/N/k/T    BM_topk with T threads per select block (default 256 at B = 1024)
+//   BM_topk_tc_mma_select_threads/B/N/k/T  both: mma.sync bounds, T select threads
 //   BM_topk_unstaged/B/N/k        BM_topk for small batches with the warp kernel that reads each
 //                                 table row from global memory, not the staged one (identical lists)
 // (scripts/gpu-check prints BM_topk's speed-up over each BM_topk_baseline_* with the same arguments.)
@@ -222,18 +226,36 @@ void BM_topk_unstaged(benchmark::State& st) {
 
 // BM_topk with the tensor-core bounds kernel's products stored over its item tile (less shared
 // memory per block, more blocks per multiprocessor, two more barriers per tile; the same lists).
+// (Tensor cores forced on, so that the 12k-item case uses them too.)
 void BM_topk_tc_shared(benchmark::State& st) {
+  ada::cuda::topk_tensor_cores(1);
   ada::cuda::topk_tc_kernel(1);
   run_fused(st, 64);
   ada::cuda::topk_tc_kernel(0);
+  ada::cuda::topk_tensor_cores(0);
 }
 
 // BM_topk with the mma.sync bounds kernel (products folded in registers, item tiles by cp.async;
-// the same lists).
+// the same lists; tensor cores forced on, as above).
 void BM_topk_tc_mma(benchmark::State& st) {
+  ada::cuda::topk_tensor_cores(1);
   ada::cuda::topk_tc_kernel(2);
   run_fused(st, 64);
   ada::cuda::topk_tc_kernel(0);
+  ada::cuda::topk_tensor_cores(0);
+}
+
+// BM_topk with range(3) threads per select block (the default: 256 at these batches), and the
+// same after the mma.sync bounds kernel (tensor cores forced on).
+void BM_topk_select_threads(benchmark::State& st) {
+  ada::cuda::topk_select_threads(int(st.range(3)));
+  run_fused(st, 64);
+  ada::cuda::topk_select_threads(0);
+}
+void BM_topk_tc_mma_select_threads(benchmark::State& st) {
+  ada::cuda::topk_select_threads(int(st.range(3)));
+  BM_topk_tc_mma(st);
+  ada::cuda::topk_select_threads(0);
 }
 
 // Kernel 1 of BM_topk alone (the per-group bounds): the rest of BM_topk's time is the select kernel.
@@ -250,11 +272,13 @@ void BM_topk_bounds_only(benchmark::State& st) {
   }
   counters(st, B, N, 64);
 }
-// The mma.sync bounds kernel alone.
+// The mma.sync bounds kernel alone (tensor cores forced on).
 void BM_topk_bounds_only_tc_mma(benchmark::State& st) {
+  ada::cuda::topk_tensor_cores(1);
   ada::cuda::topk_tc_kernel(2);
   BM_topk_bounds_only(st);
   ada::cuda::topk_tc_kernel(0);
+  ada::cuda::topk_tensor_cores(0);
 }
 void BM_topk_d(benchmark::State& st) { run_fused(st, int(st.range(3))); }
 // BM_topk_d with the mma.sync bounds kernel.
@@ -401,6 +425,13 @@ BENCHMARK(BM_topk_fp32_bounds)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_tc_shared)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_tc_mma)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_bounds_only_tc_mma)->Apply(acceptance_cases);
+void select_cases(benchmark::internal::Benchmark* b) {
+  for (int64_t N : {1000000, 12101})
+    for (int64_t threads : {32, 64, 128}) b->Args({1024, N, 100, threads});
+  b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05)->MinWarmUpTime(0.01);
+}
+BENCHMARK(BM_topk_select_threads)->Apply(select_cases);
+BENCHMARK(BM_topk_tc_mma_select_threads)->Apply(select_cases);
 BENCHMARK(BM_topk)->Apply(other_cases);
 BENCHMARK(BM_topk_baseline_sgemm)->Apply(other_cases);
 BENCHMARK(BM_topk_baseline_cub)->Apply(other_cases);

@@ -837,6 +837,8 @@ __device__ __forceinline__ float exact_score(const float* __restrict__ qv, const
   return bias ? acc + __ldg(bias + item) : acc;
 }
 
+constexpr int kSelectBatch = 4;  // kernel 2's rounds over the group bests whose loads are issued together
+
 // Kernel 2: one block per query.
 //  1. tau: a score that at least r = k + (excluded ids in range) + 1 (item 0) group bests reach,
 //     found by bisection over the ordered keys (stopping once at most r + r/8 + 8 reach it). At most
@@ -859,8 +861,9 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
   extern __shared__ __align__(16) unsigned char smem[];
   float* qv = reinterpret_cast<float*>(smem);                  // [D, rounded up to 4]: 16-byte aligned
   uint32_t* keys = reinterpret_cast<uint32_t*>(qv + (D + 3) / 4 * 4);  // [G]: ordered_bits of s1
-  int* rescan = reinterpret_cast<int*>(keys + G);              // [G]: groups to rescore
-  int* ctl = rescan + G;                                       // [4]: three rotating counters, rescan count
+  int* rescan = reinterpret_cast<int*>(keys);  // [G], over keys: groups to rescore (step 2 writes entry
+                                               //  j only after every key up to j has been read)
+  int* ctl = reinterpret_cast<int*>(keys + G);  // [4]: three rotating counters, rescan count
   const Buffer bf = carve(reinterpret_cast<unsigned char*>(ctl + 4), cap);
 
   const int64_t row = blockIdx.x;
@@ -916,31 +919,51 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
   }
   __syncthreads();
 
-  // 2. The groups' bests.
-  for (int64_t t0 = 0; t0 < G; t0 += blockDim.x) {
-    const int64_t i = t0 + threadIdx.x;
-    if (i < G && approx) {
-      const float m = tc_margin(unorm, in.norm[i], in.absb[i]);
-      const float s1 = s1p[i] + m, s2 = s2p[i] + m;  // upper bounds (NaN from -inf + inf: no bound)
-      if (!(s1 < tau)) {
-        if (!(s2 < tau)) {
-          rescan[atomicAdd(&ctl[3], 1)] = int(i);
-        } else {  // only the best may reach tau
-          const int id = id1p[i];
-          if (id != 0 && !is_excluded(ex_ids, e0, e1, id)) offer(bf, exact_score<DT>(qv, E, bias, D, id - lo), id);
-        }
+  // 2. The groups' bests, kSelectBatch rounds of blockDim groups at a time: every thread loads its
+  // groups' bounds (and keys) for all of them first, so the batch waits for memory once.
+  for (int64_t t0 = 0; t0 < G; t0 += kSelectBatch * int64_t(blockDim.x)) {
+    float s1v[kSelectBatch], s2v[kSelectBatch], mv[kSelectBatch];
+    int idv[kSelectBatch];
+    uint32_t kv[kSelectBatch];
+#pragma unroll
+    for (int u = 0; u < kSelectBatch; ++u) {
+      const int64_t i = t0 + u * int64_t(blockDim.x) + threadIdx.x;
+      if (i < G) {
+        s1v[u] = s1p[i];
+        s2v[u] = s2p[i];
+        idv[u] = id1p[i];
+        if (approx)
+          mv[u] = tc_margin(unorm, in.norm[i], in.absb[i]);
+        else
+          kv[u] = keys[i];
       }
-    } else if (i < G && keys[i] >= tau_u) {
-      const float s1 = s1p[i], s2 = s2p[i];
-      const int id = id1p[i];
-      const bool allowed = id != 0 && s1 != -INFINITY && !is_excluded(ex_ids, e0, e1, id);
-      if (!allowed || ordered_bits(s2) >= tau_u)
-        rescan[atomicAdd(&ctl[3], 1)] = int(i);
-      else
-        offer(bf, s1, id);
     }
-    __syncthreads();
-    end_round(bf, k);
+    __syncthreads();  // every key of the batch is read: rescan entries (over the keys) may follow
+#pragma unroll
+    for (int u = 0; u < kSelectBatch; ++u) {
+      const int64_t i = t0 + u * int64_t(blockDim.x) + threadIdx.x;
+      if (i < G && approx) {
+        const float s1 = s1v[u] + mv[u], s2 = s2v[u] + mv[u];  // upper bounds (NaN from -inf + inf: no bound)
+        if (!(s1 < tau)) {
+          if (!(s2 < tau)) {
+            rescan[atomicAdd(&ctl[3], 1)] = int(i);
+          } else {  // only the best may reach tau
+            const int id = idv[u];
+            if (id != 0 && !is_excluded(ex_ids, e0, e1, id)) offer(bf, exact_score<DT>(qv, E, bias, D, id - lo), id);
+          }
+        }
+      } else if (i < G && kv[u] >= tau_u) {
+        const float s1 = s1v[u], s2 = s2v[u];
+        const int id = idv[u];
+        const bool allowed = id != 0 && s1 != -INFINITY && !is_excluded(ex_ids, e0, e1, id);
+        if (!allowed || ordered_bits(s2) >= tau_u)
+          rescan[atomicAdd(&ctl[3], 1)] = int(i);
+        else
+          offer(bf, s1, id);
+      }
+      __syncthreads();
+      end_round(bf, k);
+    }
   }
 
   // 3. Rescoring, item by item, the groups that need it.
@@ -977,7 +1000,7 @@ int64_t next_pow2(int64_t x) {
 size_t tiled_smem(int qb, int D) { return size_t(D) * qb * sizeof(float) + size_t(D) * kTiledLd * sizeof(float); }
 
 size_t select_smem(int64_t G, int D, int cap) {
-  return size_t(G) * 2 * sizeof(uint32_t) + size_t((D + 3) / 4 * 4) * sizeof(float) + 4 * sizeof(int) +
+  return size_t(G) * sizeof(uint32_t) + size_t((D + 3) / 4 * 4) * sizeof(float) + 4 * sizeof(int) +
          buffer_bytes(cap);
 }
 
@@ -1010,6 +1033,7 @@ size_t tc_smem(int D, bool share) {
 int g_tensor_cores = 0;  // TensorCores of topk.hpp: 0 auto, 1 always, 2 never
 bool g_staged = true;    // small batches: the staged warp kernel where it applies (topk_staged)
 int g_tc_kernel = 0;      // the tensor-core bounds kernel (topk_tc_kernel): 0 wmma, 1 wmma sharing, 2 mma.sync
+int g_select_threads = 0;  // threads per select block (topk_select_threads), 0: by the batch
 constexpr int64_t kTcAutoMinItems = 65536;
 
 template <class Kernel>
@@ -1092,7 +1116,7 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
   p.n_groups = (n + p.group - 1) / p.group;
   // Kernel 2: 1024 threads per query while the batch leaves multiprocessors idle, else 256. Its
   // shared memory grows with the groups: on devices with less of it, fewer and larger groups.
-  p.select_threads = B <= 2 * int64_t(sms) ? kMaxSelectThreads : 256;
+  p.select_threads = g_select_threads ? g_select_threads : B <= 2 * int64_t(sms) ? kMaxSelectThreads : 256;
   p.cap = int(next_pow2(k + p.select_threads));
   while (select_smem(p.n_groups, D, p.cap) > size_t(smem_optin) && p.n_groups > 1 && p.group < (1 << 29)) {
     p.group *= 2;
@@ -1255,6 +1279,11 @@ void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, c
 void topk_tensor_cores(int mode) { g_tensor_cores = mode; }
 void topk_staged(bool on) { g_staged = on; }
 void topk_tc_kernel(int kernel) { g_tc_kernel = kernel; }
+void topk_select_threads(int threads) {
+  ADA_CHECK(threads == 0 || (threads % 32 == 0 && threads >= 32 && threads <= kMaxSelectThreads),
+            "topk: " << threads << " select threads (0, or a multiple of 32 up to " << kMaxSelectThreads << ")");
+  g_select_threads = threads;
+}
 
 }  // namespace cuda
 
@@ -1380,6 +1409,7 @@ class GpuSearcher final : public TopkSearcher {
 void set_gpu_topk_tensor_cores(TensorCores mode) { cuda::topk_tensor_cores(int(mode)); }
 void set_gpu_topk_staged(bool on) { cuda::topk_staged(on); }
 void set_gpu_topk_tc_kernel(TcKernel kernel) { cuda::topk_tc_kernel(int(kernel)); }
+void set_gpu_topk_select_threads(int threads) { cuda::topk_select_threads(threads); }
 
 std::unique_ptr<TopkSearcher> make_gpu_searcher(const float* E, const float* bias, int64_t lo, int64_t hi, int64_t D,
                                                 int device) {

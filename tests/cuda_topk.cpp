@@ -70,6 +70,14 @@ struct TcKernelMode {
   TcKernelMode& operator=(const TcKernelMode&) = delete;
 };
 
+// Sets the select kernel's threads per query for a scope (back to 0: by the batch).
+struct SelectThreadsMode {
+  explicit SelectThreadsMode(int threads) { ada::set_gpu_topk_select_threads(threads); }
+  ~SelectThreadsMode() { ada::set_gpu_topk_select_threads(0); }
+  SelectThreadsMode(const SelectThreadsMode&) = delete;
+  SelectThreadsMode& operator=(const SelectThreadsMode&) = delete;
+};
+
 // Coordinates so small that their squares underflow in float: the tensor-core error margin must
 // still cover the TF32 rounding (norms are summed in double). Item 5 wins by 2^-86 (exactly), but
 // TF32 rounds its coordinates down and every other item's first one up, so the approximate scores
@@ -183,6 +191,42 @@ TEST_CASE("cuda top-k: tensor-core bounds on mma.sync, the products folded in re
   const TensorCoreMode tc(ada::TensorCores::kAlways);
   const Problem p = random_problem(64, 140001, 32, 47u, 30);  // groups of 128 items at k = 10
   compare(p, 77, p.N - 3, 10);
+}
+
+// The select kernel with one warp and with two warps per query (set_gpu_topk_select_threads), after
+// exact FP32 bounds and after the mma.sync bounds: the CPU's lists with exclusions, k up to 1000
+// (the candidate buffer compacted many times), winners side by side (whole groups rescored, the
+// list of groups to rescore written over the keys already read), every score a signed zero, and
+// the best items of the best groups excluded. Bad thread counts are refused.
+TEST_CASE("cuda top-k: select blocks of one and two warps", "[cuda][topk]") {
+  require_gpu();
+  for (int threads : {32, 64}) {
+    const SelectThreadsMode sel(threads);
+    for (ada::TensorCores tcm : {ada::TensorCores::kNever, ada::TensorCores::kAlways}) {
+      const TensorCoreMode tc(tcm);
+      const TcKernelMode mma(ada::TcKernel::kMma);
+      INFO(threads << " select threads, tensor cores " << (tcm == ada::TensorCores::kAlways));
+      Problem p = random_problem(70, 3001, 32, uint32_t(53 + threads), 40);
+      compare(p, 0, p.N, 10);
+      compare(p, 5, p.N, 1000);
+      for (int64_t j = 0; j < p.N; ++j)  // score grows with the id: the winners share groups
+        for (int64_t d = 0; d < p.D; ++d) p.E[size_t(j * p.D + d)] = float(j) / float(p.N) * p.U[size_t(d)];
+      compare(p, 0, p.N, 300);
+
+      Problem z = random_problem(64, 2000, 32, 59u, 20);
+      std::fill(z.E.begin(), z.E.end(), 0.0f);
+      for (size_t j = 0; j < z.bias.size(); ++j) z.bias[j] = j % 3 == 1 ? -0.0f : 0.0f;
+      compare(z, 0, z.N, 70);
+
+      Problem x = random_problem(64, 4000, 32, 61u, 0);
+      auto cpu = ada::make_cpu_searcher(x.E.data(), x.bias.data(), 0, x.N, x.D);
+      const ada::TopkLists top = cpu->search(x.U.data(), x.B, 200, x.exclude);
+      Ragged extra;
+      for (int64_t b = 0; b < x.B; ++b) extra.push_row(top.ids.data() + b * 200, top.ids.data() + (b + 1) * 200);
+      compare(x, 0, x.N, 20, &extra);
+    }
+  }
+  for (int bad : {-32, 16, 48, 2048}) REQUIRE_THROWS_WITH(ada::set_gpu_topk_select_threads(bad), Catch::Contains("select threads"));
 }
 
 TEST_CASE("cuda top-k equals the CPU searcher on random problems", "[cuda][topk][large]") {

@@ -103,6 +103,11 @@ void set_gpu_topk_staged(bool on);
 // the same; for tests and benchmarks. Process-wide; a no-op without CUDA.
 enum class TcKernel { kWmma, kWmmaShared, kMma };
 void set_gpu_topk_tc_kernel(TcKernel kernel);
+// Threads per query in the GPU searches' selection step: 0 (the default) by the batch, 1024 for
+// small batches and 256 otherwise; or a multiple of 32 up to 1024 (32: one warp per query and many
+// queries per multiprocessor, no wait on other warps at its barriers). ada::Error otherwise. The
+// lists are the same; for tests and benchmarks. Process-wide; a no-op without CUDA.
+void set_gpu_topk_select_threads(int threads);
 
 // Exact merge of shard results for the same rows: the best k of the union, in the order above.
 // Shards must cover disjoint item ranges (a repeated id is an error).
