@@ -207,13 +207,27 @@ void run_fused(benchmark::State& st, int D) {
   counters(st, B, N, D);
 }
 
+// The kernels' process-wide settings for the scope of a benchmark, back to the defaults at its
+// end: the tensor-core mode (0 auto, 1 always, 2 never), the tensor-core bounds kernel (0 wmma,
+// 1 wmma with its products over the item tile, 2 mma.sync) and the select threads (0: by batch).
+struct Settings {
+  Settings(int tensor_cores, int tc_kernel, int select_threads) { set(tensor_cores, tc_kernel, select_threads); }
+  ~Settings() { set(0, 0, 0); }
+  Settings(const Settings&) = delete;
+  Settings& operator=(const Settings&) = delete;
+  static void set(int tensor_cores, int tc_kernel, int select_threads) {
+    ada::cuda::topk_tensor_cores(tensor_cores);
+    ada::cuda::topk_tc_kernel(tc_kernel);
+    ada::cuda::topk_select_threads(select_threads);
+  }
+};
+
 void BM_topk(benchmark::State& st) { run_fused(st, 64); }
 
 // BM_topk with the tensor cores switched off (FP32 bounds kernel; the same lists).
 void BM_topk_fp32_bounds(benchmark::State& st) {
-  ada::cuda::topk_tensor_cores(2);
+  const Settings s(2, 0, 0);
   run_fused(st, 64);
-  ada::cuda::topk_tensor_cores(0);
 }
 
 // BM_topk for small batches with the warp kernel that reads each row straight from global memory
@@ -225,37 +239,27 @@ void BM_topk_unstaged(benchmark::State& st) {
 }
 
 // BM_topk with the tensor-core bounds kernel's products stored over its item tile (less shared
-// memory per block, more blocks per multiprocessor, two more barriers per tile; the same lists).
-// (Tensor cores forced on, so that the 12k-item case uses them too.)
+// memory per block, more blocks per multiprocessor, two more barriers per tile), and with the
+// mma.sync bounds kernel (products folded in registers, item tiles by cp.async); the same lists.
+// Tensor cores forced on, so that the 12k-item case uses them too.
 void BM_topk_tc_shared(benchmark::State& st) {
-  ada::cuda::topk_tensor_cores(1);
-  ada::cuda::topk_tc_kernel(1);
+  const Settings s(1, 1, 0);
   run_fused(st, 64);
-  ada::cuda::topk_tc_kernel(0);
-  ada::cuda::topk_tensor_cores(0);
 }
-
-// BM_topk with the mma.sync bounds kernel (products folded in registers, item tiles by cp.async;
-// the same lists; tensor cores forced on, as above).
 void BM_topk_tc_mma(benchmark::State& st) {
-  ada::cuda::topk_tensor_cores(1);
-  ada::cuda::topk_tc_kernel(2);
+  const Settings s(1, 2, 0);
   run_fused(st, 64);
-  ada::cuda::topk_tc_kernel(0);
-  ada::cuda::topk_tensor_cores(0);
 }
 
 // BM_topk with range(3) threads per select block (the default: 256 at these batches), and the
 // same after the mma.sync bounds kernel (tensor cores forced on).
 void BM_topk_select_threads(benchmark::State& st) {
-  ada::cuda::topk_select_threads(int(st.range(3)));
+  const Settings s(0, 0, int(st.range(3)));
   run_fused(st, 64);
-  ada::cuda::topk_select_threads(0);
 }
 void BM_topk_tc_mma_select_threads(benchmark::State& st) {
-  ada::cuda::topk_select_threads(int(st.range(3)));
-  BM_topk_tc_mma(st);
-  ada::cuda::topk_select_threads(0);
+  const Settings s(1, 2, int(st.range(3)));
+  run_fused(st, 64);
 }
 
 // Kernel 1 of BM_topk alone (the per-group bounds): the rest of BM_topk's time is the select kernel.
@@ -274,18 +278,14 @@ void BM_topk_bounds_only(benchmark::State& st) {
 }
 // The mma.sync bounds kernel alone (tensor cores forced on).
 void BM_topk_bounds_only_tc_mma(benchmark::State& st) {
-  ada::cuda::topk_tensor_cores(1);
-  ada::cuda::topk_tc_kernel(2);
+  const Settings s(1, 2, 0);
   BM_topk_bounds_only(st);
-  ada::cuda::topk_tc_kernel(0);
-  ada::cuda::topk_tensor_cores(0);
 }
 void BM_topk_d(benchmark::State& st) { run_fused(st, int(st.range(3))); }
 // BM_topk_d with the mma.sync bounds kernel.
 void BM_topk_d_tc_mma(benchmark::State& st) {
-  ada::cuda::topk_tc_kernel(2);
+  const Settings s(1, 2, 0);
   run_fused(st, int(st.range(3)));
-  ada::cuda::topk_tc_kernel(0);
 }
 
 // C[B, N] (row-major) = U [B, D] E[N, D]^T: column-major C^T = E U^T.
