@@ -361,6 +361,223 @@ __global__ void k_attn_bwd(float* dq, float* dk, float* dv, float* ds, const flo
   }
 }
 
+// The same two ops with a thread per (query, head) instead of a warp (k_attn_fwd_pairs,
+// k_attn_bwd_pairs; head_dim <= 32, the sequence's rows in shared memory): at SASRec's shapes (16
+// heads of 4, sequences of up to 50 tokens) a warp per pair left most lanes idle on a handful of
+// keys and went through global memory between its reductions, so the all-masked sequences (50 x
+// 50 keys per head) made the critical path. Here a thread walks its keys in order, as the CPU does:
+// scores from shared memory (recomputed per pass: hd multiply-adds), the max, the sum of exp, then
+// p = exp(s - max) * (1 / sum) and the output; the dropout factor from one Philox block per 4
+// consecutive keys (the words the CPU draws for the same probability indices).
+struct PhiloxCache {  // the Philox block of the last index asked for
+  uint64_t block = ~uint64_t(0);
+  Philox4 r{};
+  __device__ __forceinline__ uint32_t word(const AttnArgs& a, uint64_t idx) {
+    if ((idx >> 2) != block) {
+      block = idx >> 2;
+      r = philox4x32_10(uint32_t(block), uint32_t(block >> 32), uint32_t(a.stream), uint32_t(a.stream >> 32),
+                        uint32_t(a.seed), uint32_t(a.seed >> 32));
+    }
+    const uint32_t w = idx & 3;
+    return w == 0 ? r.v[0] : w == 1 ? r.v[1] : w == 2 ? r.v[2] : r.v[3];
+  }
+  // The dropout factor of probability idx: keep_scale or 0 (1 without dropout).
+  __device__ __forceinline__ float keep(const AttnArgs& a, uint64_t idx) {
+    if (a.p <= 0.f) return 1.f;
+    return u32_to_unit_float(word(a, idx)) >= a.p ? a.keep_scale : 0.f;
+  }
+};
+
+// Whether the thread-per-pair kernels take a shape: head_dim up to 32 and the longest sequence's
+// rows (two [n, W] arrays) in the default 48 KB of shared memory.
+inline bool attn_pairs_fit(int hd, int64_t W, int64_t max_len) {
+  return hd >= 1 && hd <= 32 && size_t(2 * max_len * W) * sizeof(float) <= 48 * 1024;
+}
+
+template <int HDMAX>
+__global__ void __launch_bounds__(kThreads)
+k_attn_fwd_pairs(float* out, float* probs, const float* q, const float* k, const float* v, AttnArgs a) {
+  extern __shared__ float sm[];  // k rows then v rows of the sequence, [n][W] each
+  const int64_t s = blockIdx.x;
+  const int64_t t0 = a.tok[s], n = a.tok[s + 1] - t0;
+  const bool masked = a.masked[s] != 0;
+  const float mask_add = masked ? -10000.f : 0.f;
+  const int64_t i_begin = a.last_only ? n - 1 : 0;
+  const int hd = a.hd;
+  const int64_t W = int64_t(a.H) * hd;
+  float* ks = sm;
+  float* vs = sm + n * W;
+  for (int64_t e = threadIdx.x; e < n * W; e += blockDim.x) {
+    ks[e] = k[t0 * W + e];
+    vs[e] = v[t0 * W + e];
+  }
+  __syncthreads();
+  const int64_t pairs = (n - i_begin) * a.H;
+  for (int64_t pr = threadIdx.x; pr < pairs; pr += blockDim.x) {
+    const int64_t i = i_begin + pr / a.H;
+    const int h = int(pr % a.H);
+    const int64_t qrow = a.last_only ? s : t0 + i;
+    const int64_t nk = masked ? n : i + 1;
+    const int64_t off = a.poff[s] + int64_t(a.H) * attn_query_base(i, n, masked, a.last_only) + int64_t(h) * nk;
+    float qr[HDMAX];
+#pragma unroll
+    for (int d = 0; d < HDMAX; ++d) qr[d] = d < hd ? q[qrow * W + int64_t(h) * hd + d] : 0.f;
+    auto score = [&](int64_t j) {
+      const float* kj = ks + j * W + int64_t(h) * hd;
+      float acc = 0.f;
+#pragma unroll
+      for (int d = 0; d < HDMAX; ++d)
+        if (d < hd) acc += qr[d] * kj[d];
+      return acc * a.scale + mask_add;
+    };
+    float mx = -INFINITY;
+    for (int64_t j = 0; j < nk; ++j) mx = fmaxf(mx, score(j));
+    float sum = 0.f;
+    for (int64_t j = 0; j < nk; ++j) sum += expf(score(j) - mx);
+    const float inv = 1.f / sum;
+    float o[HDMAX];
+#pragma unroll
+    for (int d = 0; d < HDMAX; ++d) o[d] = 0.f;
+    PhiloxCache rng;
+    for (int64_t j = 0; j < nk; ++j) {
+      const float pj = expf(score(j) - mx) * inv;
+      probs[off + j] = pj;
+      float w = pj;
+      if (a.p > 0.f) {
+        const float m = rng.keep(a, uint64_t(off + j));
+        w = m != 0.f ? pj * m : 0.f;
+      }
+      const float* vj = vs + j * W + int64_t(h) * hd;
+#pragma unroll
+      for (int d = 0; d < HDMAX; ++d)
+        if (d < hd) o[d] += w * vj[d];
+    }
+#pragma unroll
+    for (int d = 0; d < HDMAX; ++d)
+      if (d < hd) out[qrow * W + int64_t(h) * hd + d] = o[d];
+  }
+}
+
+// Backward. Phase 1, thread per (query, head), k and v rows in shared memory: dp_j = <dout, v_j> m_j
+// into `ds`, their sum weighted by p, then ds_j = p_j (dp_j - sum) scale over them and dq = sum_j
+// ds_j k_j (keys in order). Phase 2, thread per (key, head), the queries' q and dout rows in the
+// same shared memory: dv_j += sum_i p_ij m_ij dout_i and dk_j += sum_i ds_ij q_i over the queries
+// in increasing order, as the CPU adds them; the loads of four queries are issued together.
+template <int HDMAX>
+__global__ void __launch_bounds__(kThreads)
+k_attn_bwd_pairs(float* dq, float* dk, float* dv, float* ds, const float* dout, const float* probs, const float* q,
+                 const float* k, const float* v, AttnArgs a) {
+  extern __shared__ float sm[];
+  const int64_t s = blockIdx.x;
+  const int64_t t0 = a.tok[s], n = a.tok[s + 1] - t0;
+  const bool masked = a.masked[s] != 0;
+  const int64_t i_begin = a.last_only ? n - 1 : 0, nq = n - i_begin;
+  const int hd = a.hd;
+  const int64_t W = int64_t(a.H) * hd;
+  const int64_t pbase = a.poff[s];
+  auto qrow_of = [&](int64_t i) { return a.last_only ? s : t0 + i; };
+  float* ks = sm;
+  float* vs = sm + n * W;
+  for (int64_t e = threadIdx.x; e < n * W; e += blockDim.x) {
+    ks[e] = k[t0 * W + e];
+    vs[e] = v[t0 * W + e];
+  }
+  __syncthreads();
+  for (int64_t pr = threadIdx.x; pr < nq * a.H; pr += blockDim.x) {
+    const int64_t i = i_begin + pr / a.H;
+    const int h = int(pr % a.H);
+    const int64_t qrow = qrow_of(i);
+    const int64_t nk = masked ? n : i + 1;
+    const int64_t off = pbase + int64_t(a.H) * attn_query_base(i, n, masked, a.last_only) + int64_t(h) * nk;
+    float g[HDMAX];
+#pragma unroll
+    for (int d = 0; d < HDMAX; ++d) g[d] = d < hd ? dout[qrow * W + int64_t(h) * hd + d] : 0.f;
+    PhiloxCache rng;
+    float dot_sum = 0.f;
+    for (int64_t j = 0; j < nk; ++j) {
+      const float* vj = vs + j * W + int64_t(h) * hd;
+      float dp = 0.f;
+#pragma unroll
+      for (int d = 0; d < HDMAX; ++d)
+        if (d < hd) dp += g[d] * vj[d];
+      dp *= rng.keep(a, uint64_t(off + j));
+      ds[off + j] = dp;
+      dot_sum += probs[off + j] * dp;
+    }
+    float acc[HDMAX];
+#pragma unroll
+    for (int d = 0; d < HDMAX; ++d) acc[d] = 0.f;
+    for (int64_t j = 0; j < nk; ++j) {
+      const float dsj = probs[off + j] * (ds[off + j] - dot_sum) * a.scale;
+      ds[off + j] = dsj;
+      const float* kj = ks + j * W + int64_t(h) * hd;
+#pragma unroll
+      for (int d = 0; d < HDMAX; ++d)
+        if (d < hd) acc[d] += dsj * kj[d];
+    }
+#pragma unroll
+    for (int d = 0; d < HDMAX; ++d)
+      if (d < hd) dq[qrow * W + int64_t(h) * hd + d] = acc[d];
+  }
+  __syncthreads();  // every ds of the sequence is written (and visible to the block); k, v rows done with
+  float* qs = sm;            // [nq][W]: the queries' q rows
+  float* gs = sm + nq * W;   // [nq][W]: their dout rows
+  for (int64_t e = threadIdx.x; e < nq * W; e += blockDim.x) {
+    const int64_t row = qrow_of(i_begin + e / W) * W + e % W;
+    qs[e] = q[row];
+    gs[e] = dout[row];
+  }
+  __syncthreads();
+  for (int64_t pr = threadIdx.x; pr < n * a.H; pr += blockDim.x) {
+    const int64_t j = pr / a.H;
+    const int h = int(pr % a.H);
+    float* dkj = dk + (t0 + j) * W + int64_t(h) * hd;
+    float* dvj = dv + (t0 + j) * W + int64_t(h) * hd;
+    float ak[HDMAX], av[HDMAX];
+#pragma unroll
+    for (int d = 0; d < HDMAX; ++d) {
+      ak[d] = d < hd ? dkj[d] : 0.f;
+      av[d] = d < hd ? dvj[d] : 0.f;
+    }
+    const int64_t i_lo = a.last_only ? n - 1 : (masked ? 0 : j);
+    PhiloxCache rng;
+    for (int64_t i0 = i_lo; i0 < n; i0 += 4) {
+      float pm[4], dsv[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int64_t i = i0 + u;
+        if (i < n) {
+          const int64_t nk = masked ? n : i + 1;
+          const int64_t idx = pbase + int64_t(a.H) * attn_query_base(i, n, masked, a.last_only) + int64_t(h) * nk + j;
+          pm[u] = probs[idx];
+          dsv[u] = ds[idx];
+          pm[u] *= rng.keep(a, uint64_t(idx));
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int64_t i = i0 + u;
+        if (i < n) {
+          const float* qi = qs + (i - i_begin) * W + int64_t(h) * hd;
+          const float* gi = gs + (i - i_begin) * W + int64_t(h) * hd;
+#pragma unroll
+          for (int d = 0; d < HDMAX; ++d)
+            if (d < hd) {
+              av[d] += pm[u] * gi[d];
+              ak[d] += dsv[u] * qi[d];
+            }
+        }
+      }
+    }
+#pragma unroll
+    for (int d = 0; d < HDMAX; ++d)
+      if (d < hd) {
+        dkj[d] = ak[d];
+        dvj[d] = av[d];
+      }
+  }
+}
+
 // ---- sampled scorer + BCE ----
 
 // One warp per (b, c): logit, the BCE term (summed in double per block into partial[blockIdx.x]),
@@ -1034,7 +1251,19 @@ class CudaBackend final : public Backend<float> {
     if (sh.layout.num_seqs == 0) return;
     const LayoutDev m = upload_layout(sh.layout, &sh);
     const AttnArgs a = attn_args(m, sh);
-    k_attn_fwd<<<unsigned(sh.layout.num_seqs), kThreads, 0, stream_>>>(out, probs, q, k, v, a);
+    const unsigned S = unsigned(sh.layout.num_seqs);
+    const int64_t W = int64_t(sh.heads) * sh.head_dim;
+    if (attn_pairs_fit(sh.head_dim, W, m.max_len)) {
+      const size_t bytes = size_t(2 * m.max_len * W) * sizeof(float);
+      if (sh.head_dim <= 4)
+        k_attn_fwd_pairs<4><<<S, kThreads, bytes, stream_>>>(out, probs, q, k, v, a);
+      else if (sh.head_dim <= 8)
+        k_attn_fwd_pairs<8><<<S, kThreads, bytes, stream_>>>(out, probs, q, k, v, a);
+      else
+        k_attn_fwd_pairs<32><<<S, kThreads, bytes, stream_>>>(out, probs, q, k, v, a);
+    } else {
+      k_attn_fwd<<<S, kThreads, 0, stream_>>>(out, probs, q, k, v, a);
+    }
     ADA_CUDA_LAUNCHED();
   }
 
@@ -1045,8 +1274,19 @@ class CudaBackend final : public Backend<float> {
     const LayoutDev m = upload_layout(sh.layout, &sh);
     float* ds = work(size_t(m.prob_total));
     const AttnArgs a = attn_args(m, sh);
-    k_attn_bwd<<<unsigned(sh.layout.num_seqs), kThreads, 0, stream_>>>(dq, dk, dv, ds, dout, probs,
-                                                                       q, k, v, a);
+    const unsigned S = unsigned(sh.layout.num_seqs);
+    const int64_t W = int64_t(sh.heads) * sh.head_dim;
+    if (attn_pairs_fit(sh.head_dim, W, m.max_len)) {
+      const size_t bytes = size_t(2 * m.max_len * W) * sizeof(float);
+      if (sh.head_dim <= 4)
+        k_attn_bwd_pairs<4><<<S, kThreads, bytes, stream_>>>(dq, dk, dv, ds, dout, probs, q, k, v, a);
+      else if (sh.head_dim <= 8)
+        k_attn_bwd_pairs<8><<<S, kThreads, bytes, stream_>>>(dq, dk, dv, ds, dout, probs, q, k, v, a);
+      else
+        k_attn_bwd_pairs<32><<<S, kThreads, bytes, stream_>>>(dq, dk, dv, ds, dout, probs, q, k, v, a);
+    } else {
+      k_attn_bwd<<<S, kThreads, 0, stream_>>>(dq, dk, dv, ds, dout, probs, q, k, v, a);
+    }
     ADA_CUDA_LAUNCHED();
   }
 
@@ -1277,6 +1517,7 @@ class CudaBackend final : public Backend<float> {
     const int64_t* poff = nullptr;
     const uint8_t* masked = nullptr;
     int64_t prob_total = 0;
+    int64_t max_len = 0;  // the longest sequence's tokens
   };
 
   // Grows a device buffer (waiting for the stream first: queued kernels may still read it).
@@ -1317,7 +1558,9 @@ class CudaBackend final : public Backend<float> {
     std::memcpy(host_.data(), L.tok_offsets, b_tok);
     int64_t* poff = reinterpret_cast<int64_t*>(host_.data() + b_tok);
     poff[0] = 0;
+    int64_t max_len = 0;
     for (int64_t s = 0; s < S; ++s) {
+      max_len = std::max(max_len, L.tok_offsets[s + 1] - L.tok_offsets[s]);
       if (sh) {
         ADA_CHECK(L.all_masked != nullptr, "cuda attention: JaggedLayout without all_masked");
         poff[s + 1] = poff[s] + int64_t(sh->heads) * sh->seq_prob_count(s);
@@ -1336,6 +1579,7 @@ class CudaBackend final : public Backend<float> {
     r.poff = reinterpret_cast<const int64_t*>(dev + b_tok);
     r.masked = dev + 2 * b_tok;
     r.prob_total = poff[S];
+    r.max_len = max_len;
     return r;
   }
 

@@ -46,36 +46,33 @@ void compare(const Problem& p, int64_t lo, int64_t hi, int k, const Ragged* extr
   }
 }
 
-// Sets the tensor-core mode of the GPU searches for a scope (back to kAuto at its end).
-struct TensorCoreMode {
-  explicit TensorCoreMode(ada::TensorCores m) { ada::set_gpu_topk_tensor_cores(m); }
-  ~TensorCoreMode() { ada::set_gpu_topk_tensor_cores(ada::TensorCores::kAuto); }
-  TensorCoreMode(const TensorCoreMode&) = delete;
-  TensorCoreMode& operator=(const TensorCoreMode&) = delete;
-};
+// One of the GPU searches' process-wide switches set for a scope and back to its default at the end.
+template <class T>
+class Scoped {
+ public:
+  Scoped(void (*set)(T), T value, T default_value) : set_(set), default_(default_value) { set_(value); }
+  ~Scoped() { set_(default_); }
+  Scoped(const Scoped&) = delete;
+  Scoped& operator=(const Scoped&) = delete;
 
-// Sets whether small batches use the staged warp kernel for a scope (back to the default, on).
-struct StagedMode {
-  explicit StagedMode(bool on) { ada::set_gpu_topk_staged(on); }
-  ~StagedMode() { ada::set_gpu_topk_staged(true); }
-  StagedMode(const StagedMode&) = delete;
-  StagedMode& operator=(const StagedMode&) = delete;
+ private:
+  void (*set_)(T);
+  T default_;
 };
-
-// Sets which tensor-core bounds kernel runs for a scope (back to the default, wmma).
-struct TcKernelMode {
-  explicit TcKernelMode(ada::TcKernel k) { ada::set_gpu_topk_tc_kernel(k); }
-  ~TcKernelMode() { ada::set_gpu_topk_tc_kernel(ada::TcKernel::kWmma); }
-  TcKernelMode(const TcKernelMode&) = delete;
-  TcKernelMode& operator=(const TcKernelMode&) = delete;
+// The tensor-core mode (default kAuto), whether small batches use the staged warp kernel (default
+// on), which tensor-core bounds kernel runs (default wmma), the select kernel's threads per query
+// (default 0: by the batch).
+struct TensorCoreMode : Scoped<ada::TensorCores> {
+  explicit TensorCoreMode(ada::TensorCores m) : Scoped(ada::set_gpu_topk_tensor_cores, m, ada::TensorCores::kAuto) {}
 };
-
-// Sets the select kernel's threads per query for a scope (back to 0: by the batch).
-struct SelectThreadsMode {
-  explicit SelectThreadsMode(int threads) { ada::set_gpu_topk_select_threads(threads); }
-  ~SelectThreadsMode() { ada::set_gpu_topk_select_threads(0); }
-  SelectThreadsMode(const SelectThreadsMode&) = delete;
-  SelectThreadsMode& operator=(const SelectThreadsMode&) = delete;
+struct StagedMode : Scoped<bool> {
+  explicit StagedMode(bool on) : Scoped(ada::set_gpu_topk_staged, on, true) {}
+};
+struct TcKernelMode : Scoped<ada::TcKernel> {
+  explicit TcKernelMode(ada::TcKernel k) : Scoped(ada::set_gpu_topk_tc_kernel, k, ada::TcKernel::kWmma) {}
+};
+struct SelectThreadsMode : Scoped<int> {
+  explicit SelectThreadsMode(int threads) : Scoped(ada::set_gpu_topk_select_threads, threads, 0) {}
 };
 
 // Coordinates so small that their squares underflow in float: the tensor-core error margin must
