@@ -1413,9 +1413,11 @@ class CudaBackend final : public Backend<float> {
       return Backend<float>::context_block_forward(out, probs, r, mean, rstd, X, C, ln_w, ln_b,
                                                    q_offsets, B, Nc, D, attention, p, seed,
                                                    stream, eps);
+    int64_t max_queries = 0;
+    for (int64_t b = 0; b < B; ++b) max_queries = std::max(max_queries, q_offsets[b + 1] - q_offsets[b]);
     const int64_t* qo = upload_offsets(q_offsets, B);
-    context_block_forward_launch(out, probs, r, mean, rstd, X, C, ln_w, ln_b, qo, B, Nc, D,
-                                 attention, p, seed, stream, eps, stream_);
+    context_block_forward_launch(out, probs, r, mean, rstd, X, C, ln_w, ln_b, qo, B, max_queries, Nc,
+                                 D, attention, p, seed, stream, eps, stream_);
   }
 
   void context_block_backward(float* dX, float* dC, float* d_ln_w, float* d_ln_b,

@@ -3,7 +3,9 @@
 // definition (src/core/fused_context.cpp, the CPU backend's) is the specification:
 //   att = softmax(Q C^T / sqrt(D)) C,  r = dropout(att) + X,  out = LayerNorm(r).
 //
-// Forward, one block per sample b (its queries X[q_offsets[b] .. q_offsets[b+1])): the context
+// Forward, one block per sample b and group of 4 nw of its queries (block (b, y) takes queries
+// q_offsets[b] + 4 nw y .. of X, up to q_offsets[b+1]; a sample's groups are independent, so a
+// 50-query sample is four blocks side by side, not one block four times as long): the context
 // C[b] (Nc x D) is staged once in shared memory with a row stride of D + 1 (a lane per context row
 // reads its row without bank conflicts; each thread's global loads issued together, float4 when
 // D % 4 == 0, so staging waits about one latency, not one per element). A warp takes kQW = 4 queries at a time (warp w of nw has
@@ -212,10 +214,11 @@ __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 6 : 1)
                     const int64_t* qo, int Nc, int D, int attention, float p, float keep_scale,
                     uint64_t seed, uint64_t rstream, float eps, float scale) {
   extern __shared__ __align__(16) float smem[];
-  const int64_t b = blockIdx.x;
-  const int64_t q0 = qo[b], q1 = qo[b + 1];
-  if (q0 >= q1) return;  // the whole block: no barrier below is skipped by part of it
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  // block (b, y): sample b's queries y kQW nw .. (y + 1) kQW nw - 1, those it has
+  const int64_t b = blockIdx.x;
+  const int64_t q0 = qo[b] + int64_t(blockIdx.y) * (kQW * nw), q1 = min(qo[b + 1], q0 + kQW * nw);
+  if (q0 >= q1) return;  // the whole block: no barrier below is skipped by part of it
   const int ld = D + 1;
   // per warp: its kQW queries interleaved [D] x float4 and their probabilities [Nc] x float4
   float4* xs4 = reinterpret_cast<float4*>(smem) + warp * (D + Nc);
@@ -752,12 +755,12 @@ template <int KD>
 void launch_fwd(float* out, float* probs, float* r, float* mean, float* rstd, const float* X,
                 const float* C, const float* w, const float* b, const int64_t* qo, int64_t B,
                 int Nc, int D, bool attention, float p, uint64_t seed, uint64_t rstream, float eps,
-                int nw, cudaStream_t stream) {
+                int nw, unsigned chunks, cudaStream_t stream) {
   const size_t smem = fwd_smem(Nc, D, nw);
   allow_smem(k_ctx_block_fwd<KD>, smem);
   const float keep_scale = p > 0.f ? 1.0f / (1.0f - p) : 1.0f;  // the CPU's T(1) / (T(1) - T(p))
   const float scale = 1.0f / std::sqrt(float(D));               // context_attention's
-  k_ctx_block_fwd<KD><<<unsigned(B), unsigned(nw * 32), smem, stream>>>(
+  k_ctx_block_fwd<KD><<<dim3(unsigned(B), chunks), unsigned(nw * 32), smem, stream>>>(
       out, probs, r, mean, rstd, X, C, w, b, qo, Nc, D, attention ? 1 : 0, p, keep_scale, seed,
       rstream, eps, scale);
   ADA_CUDA_LAUNCHED();
@@ -788,29 +791,34 @@ int64_t context_block_partial_size(int64_t B, int64_t D) { return std::max<int64
 void context_block_forward_launch(float* out, float* probs, float* r, float* mean, float* rstd,
                                   const float* X, const float* C, const float* ln_w,
                                   const float* ln_b, const int64_t* q_offsets, int64_t B,
-                                  int64_t Nc, int64_t D, bool attention, float p, uint64_t seed,
-                                  uint64_t rng_stream, float eps, cudaStream_t stream) {
+                                  int64_t max_queries, int64_t Nc, int64_t D, bool attention,
+                                  float p, uint64_t seed, uint64_t rng_stream, float eps,
+                                  cudaStream_t stream) {
   const int nw = pick_warps(Nc, D);
   ADA_CHECK(nw > 0, "context_block_forward: Nc=" << Nc << " D=" << D << " does not fit the fused kernel");
-  if (B <= 0) return;
+  if (B <= 0 || max_queries <= 0) return;
   ADA_CHECK(B <= INT32_MAX, "context_block_forward: B=" << B << " exceeds the grid");
+  const int64_t per_block = int64_t(kQW) * nw;  // a sample's queries go in blocks of this many
+  const int64_t chunks64 = (max_queries + per_block - 1) / per_block;
+  ADA_CHECK(chunks64 <= 65535, "context_block_forward: " << max_queries << " queries in one sample exceed the grid");
+  const unsigned chunks = unsigned(chunks64);
   const int nc = int(Nc), d = int(D);
   switch (kd_for(D)) {
     case 1:
       launch_fwd<1>(out, probs, r, mean, rstd, X, C, ln_w, ln_b, q_offsets, B, nc, d, attention, p,
-                    seed, rng_stream, eps, nw, stream);
+                    seed, rng_stream, eps, nw, chunks, stream);
       break;
     case 2:
       launch_fwd<2>(out, probs, r, mean, rstd, X, C, ln_w, ln_b, q_offsets, B, nc, d, attention, p,
-                    seed, rng_stream, eps, nw, stream);
+                    seed, rng_stream, eps, nw, chunks, stream);
       break;
     case 4:
       launch_fwd<4>(out, probs, r, mean, rstd, X, C, ln_w, ln_b, q_offsets, B, nc, d, attention, p,
-                    seed, rng_stream, eps, nw, stream);
+                    seed, rng_stream, eps, nw, chunks, stream);
       break;
     default:
       launch_fwd<8>(out, probs, r, mean, rstd, X, C, ln_w, ln_b, q_offsets, B, nc, d, attention, p,
-                    seed, rng_stream, eps, nw, stream);
+                    seed, rng_stream, eps, nw, chunks, stream);
       break;
   }
 }

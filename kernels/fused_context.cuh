@@ -14,13 +14,15 @@ namespace cuda {
 constexpr int64_t kCtxBlockMaxD = 256;
 bool context_block_fused_fits(int64_t Nc, int64_t D);
 
-// Forward over B samples; q_offsets is a DEVICE copy (B+1). Every other pointer as in
+// Forward over B samples; q_offsets is a DEVICE copy (B+1), max_queries the most queries of one
+// sample (q_offsets[b+1] - q_offsets[b], from the host copy). Every other pointer as in
 // Backend::context_block_forward (device memory). Queued on `stream`.
 void context_block_forward_launch(float* out, float* probs, float* r, float* mean, float* rstd,
                                   const float* X, const float* C, const float* ln_w,
                                   const float* ln_b, const int64_t* q_offsets, int64_t B,
-                                  int64_t Nc, int64_t D, bool attention, float p, uint64_t seed,
-                                  uint64_t rng_stream, float eps, cudaStream_t stream);
+                                  int64_t max_queries, int64_t Nc, int64_t D, bool attention,
+                                  float p, uint64_t seed, uint64_t rng_stream, float eps,
+                                  cudaStream_t stream);
 
 // Backward; `partial` is device scratch of context_block_partial_size(B, D) floats (the per-block
 // LayerNorm parameter-gradient partials, reduced in a fixed order: deterministic).
