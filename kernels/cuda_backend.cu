@@ -394,6 +394,34 @@ inline bool attn_pairs_fit(int hd, int64_t W, int64_t max_len) {
   return hd >= 1 && hd <= 32 && size_t(2 * max_len * W) * sizeof(float) <= 48 * 1024;
 }
 
+// A head's slice (hd <= HDMAX values) in registers: loaded, o += w row, stored.
+template <int HDMAX>
+__device__ __forceinline__ void head_load(float (&r)[HDMAX], const float* src, int hd) {
+#pragma unroll
+  for (int d = 0; d < HDMAX; ++d) r[d] = d < hd ? src[d] : 0.f;
+}
+template <int HDMAX>
+__device__ __forceinline__ void head_axpy(float (&o)[HDMAX], float w, const float* row, int hd) {
+#pragma unroll
+  for (int d = 0; d < HDMAX; ++d)
+    if (d < hd) o[d] += w * row[d];
+}
+template <int HDMAX>
+__device__ __forceinline__ void head_store(float* dst, const float (&o)[HDMAX], int hd) {
+#pragma unroll
+  for (int d = 0; d < HDMAX; ++d)
+    if (d < hd) dst[d] = o[d];
+}
+
+// Rows t0 .. t0 + n - 1 of a and b ([*, W]) into as and bs ([n][W] each); the caller's barrier follows.
+__device__ __forceinline__ void stage_rows2(float* as, float* bs, const float* a, const float* b, int64_t t0, int64_t n,
+                                            int64_t W) {
+  for (int64_t e = threadIdx.x; e < n * W; e += blockDim.x) {
+    as[e] = a[t0 * W + e];
+    bs[e] = b[t0 * W + e];
+  }
+}
+
 template <int HDMAX>
 __global__ void __launch_bounds__(kThreads)
 k_attn_fwd_pairs(float* out, float* probs, const float* q, const float* k, const float* v, AttnArgs a) {
@@ -407,10 +435,7 @@ k_attn_fwd_pairs(float* out, float* probs, const float* q, const float* k, const
   const int64_t W = int64_t(a.H) * hd;
   float* ks = sm;
   float* vs = sm + n * W;
-  for (int64_t e = threadIdx.x; e < n * W; e += blockDim.x) {
-    ks[e] = k[t0 * W + e];
-    vs[e] = v[t0 * W + e];
-  }
+  stage_rows2(ks, vs, k, v, t0, n, W);
   __syncthreads();
   const int64_t pairs = (n - i_begin) * a.H;
   for (int64_t pr = threadIdx.x; pr < pairs; pr += blockDim.x) {
@@ -420,8 +445,7 @@ k_attn_fwd_pairs(float* out, float* probs, const float* q, const float* k, const
     const int64_t nk = masked ? n : i + 1;
     const int64_t off = a.poff[s] + int64_t(a.H) * attn_query_base(i, n, masked, a.last_only) + int64_t(h) * nk;
     float qr[HDMAX];
-#pragma unroll
-    for (int d = 0; d < HDMAX; ++d) qr[d] = d < hd ? q[qrow * W + int64_t(h) * hd + d] : 0.f;
+    head_load(qr, q + qrow * W + int64_t(h) * hd, hd);
     auto score = [&](int64_t j) {
       const float* kj = ks + j * W + int64_t(h) * hd;
       float acc = 0.f;
@@ -447,14 +471,9 @@ k_attn_fwd_pairs(float* out, float* probs, const float* q, const float* k, const
         const float m = rng.keep(a, uint64_t(off + j));
         w = m != 0.f ? pj * m : 0.f;
       }
-      const float* vj = vs + j * W + int64_t(h) * hd;
-#pragma unroll
-      for (int d = 0; d < HDMAX; ++d)
-        if (d < hd) o[d] += w * vj[d];
+      head_axpy(o, w, vs + j * W + int64_t(h) * hd, hd);
     }
-#pragma unroll
-    for (int d = 0; d < HDMAX; ++d)
-      if (d < hd) out[qrow * W + int64_t(h) * hd + d] = o[d];
+    head_store(out + qrow * W + int64_t(h) * hd, o, hd);
   }
 }
 
@@ -478,10 +497,7 @@ k_attn_bwd_pairs(float* dq, float* dk, float* dv, float* ds, const float* dout, 
   auto qrow_of = [&](int64_t i) { return a.last_only ? s : t0 + i; };
   float* ks = sm;
   float* vs = sm + n * W;
-  for (int64_t e = threadIdx.x; e < n * W; e += blockDim.x) {
-    ks[e] = k[t0 * W + e];
-    vs[e] = v[t0 * W + e];
-  }
+  stage_rows2(ks, vs, k, v, t0, n, W);
   __syncthreads();
   for (int64_t pr = threadIdx.x; pr < nq * a.H; pr += blockDim.x) {
     const int64_t i = i_begin + pr / a.H;
@@ -490,8 +506,7 @@ k_attn_bwd_pairs(float* dq, float* dk, float* dv, float* ds, const float* dout, 
     const int64_t nk = masked ? n : i + 1;
     const int64_t off = pbase + int64_t(a.H) * attn_query_base(i, n, masked, a.last_only) + int64_t(h) * nk;
     float g[HDMAX];
-#pragma unroll
-    for (int d = 0; d < HDMAX; ++d) g[d] = d < hd ? dout[qrow * W + int64_t(h) * hd + d] : 0.f;
+    head_load(g, dout + qrow * W + int64_t(h) * hd, hd);
     PhiloxCache rng;
     float dot_sum = 0.f;
     for (int64_t j = 0; j < nk; ++j) {
@@ -510,23 +525,14 @@ k_attn_bwd_pairs(float* dq, float* dk, float* dv, float* ds, const float* dout, 
     for (int64_t j = 0; j < nk; ++j) {
       const float dsj = probs[off + j] * (ds[off + j] - dot_sum) * a.scale;
       ds[off + j] = dsj;
-      const float* kj = ks + j * W + int64_t(h) * hd;
-#pragma unroll
-      for (int d = 0; d < HDMAX; ++d)
-        if (d < hd) acc[d] += dsj * kj[d];
+      head_axpy(acc, dsj, ks + j * W + int64_t(h) * hd, hd);
     }
-#pragma unroll
-    for (int d = 0; d < HDMAX; ++d)
-      if (d < hd) dq[qrow * W + int64_t(h) * hd + d] = acc[d];
+    head_store(dq + qrow * W + int64_t(h) * hd, acc, hd);
   }
   __syncthreads();  // every ds of the sequence is written (and visible to the block); k, v rows done with
   float* qs = sm;            // [nq][W]: the queries' q rows
   float* gs = sm + nq * W;   // [nq][W]: their dout rows
-  for (int64_t e = threadIdx.x; e < nq * W; e += blockDim.x) {
-    const int64_t row = qrow_of(i_begin + e / W) * W + e % W;
-    qs[e] = q[row];
-    gs[e] = dout[row];
-  }
+  stage_rows2(qs, gs, q, dout, qrow_of(i_begin), nq, W);  // the query rows are consecutive (one if last_only)
   __syncthreads();
   for (int64_t pr = threadIdx.x; pr < n * a.H; pr += blockDim.x) {
     const int64_t j = pr / a.H;
@@ -534,11 +540,8 @@ k_attn_bwd_pairs(float* dq, float* dk, float* dv, float* ds, const float* dout, 
     float* dkj = dk + (t0 + j) * W + int64_t(h) * hd;
     float* dvj = dv + (t0 + j) * W + int64_t(h) * hd;
     float ak[HDMAX], av[HDMAX];
-#pragma unroll
-    for (int d = 0; d < HDMAX; ++d) {
-      ak[d] = d < hd ? dkj[d] : 0.f;
-      av[d] = d < hd ? dvj[d] : 0.f;
-    }
+    head_load(ak, dkj, hd);
+    head_load(av, dvj, hd);
     const int64_t i_lo = a.last_only ? n - 1 : (masked ? 0 : j);
     PhiloxCache rng;
     for (int64_t i0 = i_lo; i0 < n; i0 += 4) {
@@ -558,23 +561,13 @@ k_attn_bwd_pairs(float* dq, float* dk, float* dv, float* ds, const float* dout, 
       for (int u = 0; u < 4; ++u) {
         const int64_t i = i0 + u;
         if (i < n) {
-          const float* qi = qs + (i - i_begin) * W + int64_t(h) * hd;
-          const float* gi = gs + (i - i_begin) * W + int64_t(h) * hd;
-#pragma unroll
-          for (int d = 0; d < HDMAX; ++d)
-            if (d < hd) {
-              av[d] += pm[u] * gi[d];
-              ak[d] += dsv[u] * qi[d];
-            }
+          head_axpy(av, pm[u], gs + (i - i_begin) * W + int64_t(h) * hd, hd);
+          head_axpy(ak, dsv[u], qs + (i - i_begin) * W + int64_t(h) * hd, hd);
         }
       }
     }
-#pragma unroll
-    for (int d = 0; d < HDMAX; ++d)
-      if (d < hd) {
-        dkj[d] = ak[d];
-        dvj[d] = av[d];
-      }
+    head_store(dkj, ak, hd);
+    head_store(dvj, av, hd);
   }
 }
 
