@@ -444,18 +444,12 @@ BENCHMARK(BM_topk_unstaged)
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(0.05)->MinWarmUpTime(0.01);
 BENCHMARK(BM_topk)->Args({8, 1000000, 100})->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05)->MinWarmUpTime(0.01);
-BENCHMARK(BM_topk_d)
-    ->Args({1024, 1000000, 100, 32})
-    ->Args({1024, 1000000, 100, 128})
-    ->UseManualTime()
-    ->Unit(benchmark::kMicrosecond)
-    ->MinTime(0.05)->MinWarmUpTime(0.01);
-BENCHMARK(BM_topk_d_tc_mma)
-    ->Args({1024, 1000000, 100, 32})
-    ->Args({1024, 1000000, 100, 128})
-    ->UseManualTime()
-    ->Unit(benchmark::kMicrosecond)
-    ->MinTime(0.05)->MinWarmUpTime(0.01);
+void d_cases(benchmark::internal::Benchmark* b) {  // D = 32 and 128 at the large acceptance case
+  b->Args({1024, 1000000, 100, 32})->Args({1024, 1000000, 100, 128});
+  b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05)->MinWarmUpTime(0.01);
+}
+BENCHMARK(BM_topk_d)->Apply(d_cases);
+BENCHMARK(BM_topk_d_tc_mma)->Apply(d_cases);
 
 }  // namespace
 

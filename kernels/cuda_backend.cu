@@ -230,9 +230,31 @@ __device__ __forceinline__ int64_t attn_query_base(int64_t i, int64_t n, bool ma
   return last_only ? 0 : (masked ? i * n : i * (i + 1) / 2);
 }
 
+// The Philox block of the last index asked for: the dropout words of consecutive probability
+// indices (4 per block) cost one Philox call, not four.
+struct PhiloxCache {
+  uint64_t block = ~uint64_t(0);
+  Philox4 r{};
+  __device__ __forceinline__ uint32_t word(const AttnArgs& a, uint64_t idx) {
+    if ((idx >> 2) != block) {
+      block = idx >> 2;
+      r = philox4x32_10(uint32_t(block), uint32_t(block >> 32), uint32_t(a.stream), uint32_t(a.stream >> 32),
+                        uint32_t(a.seed), uint32_t(a.seed >> 32));
+    }
+    const uint32_t w = idx & 3;
+    return w == 0 ? r.v[0] : w == 1 ? r.v[1] : w == 2 ? r.v[2] : r.v[3];
+  }
+  // The dropout factor of probability idx: keep_scale or 0 (1 without dropout).
+  __device__ __forceinline__ float keep(const AttnArgs& a, uint64_t idx) {
+    if (a.p <= 0.f) return 1.f;
+    return u32_to_unit_float(word(a, idx)) >= a.p ? a.keep_scale : 0.f;
+  }
+};
+
+// The dropout factor of probability idx without a cache (one Philox block per call).
 __device__ __forceinline__ float attn_keep(const AttnArgs& a, int64_t idx) {
-  if (a.p <= 0.f) return 1.f;
-  return u32_to_unit_float(random_u32(a.seed, a.stream, uint64_t(idx))) >= a.p ? a.keep_scale : 0.f;
+  PhiloxCache c;
+  return c.keep(a, uint64_t(idx));
 }
 
 constexpr int kChunk = 8;  // head-dim values accumulated per lane per pass
@@ -368,25 +390,7 @@ __global__ void k_attn_bwd(float* dq, float* dk, float* dv, float* ds, const flo
 // 50 keys per head) made the critical path. Here a thread walks its keys in order, as the CPU does:
 // scores from shared memory (recomputed per pass: hd multiply-adds), the max, the sum of exp, then
 // p = exp(s - max) * (1 / sum) and the output; the dropout factor from one Philox block per 4
-// consecutive keys (the words the CPU draws for the same probability indices).
-struct PhiloxCache {  // the Philox block of the last index asked for
-  uint64_t block = ~uint64_t(0);
-  Philox4 r{};
-  __device__ __forceinline__ uint32_t word(const AttnArgs& a, uint64_t idx) {
-    if ((idx >> 2) != block) {
-      block = idx >> 2;
-      r = philox4x32_10(uint32_t(block), uint32_t(block >> 32), uint32_t(a.stream), uint32_t(a.stream >> 32),
-                        uint32_t(a.seed), uint32_t(a.seed >> 32));
-    }
-    const uint32_t w = idx & 3;
-    return w == 0 ? r.v[0] : w == 1 ? r.v[1] : w == 2 ? r.v[2] : r.v[3];
-  }
-  // The dropout factor of probability idx: keep_scale or 0 (1 without dropout).
-  __device__ __forceinline__ float keep(const AttnArgs& a, uint64_t idx) {
-    if (a.p <= 0.f) return 1.f;
-    return u32_to_unit_float(word(a, idx)) >= a.p ? a.keep_scale : 0.f;
-  }
-};
+// consecutive keys (PhiloxCache: the words the CPU draws for the same probability indices).
 
 // Whether the thread-per-pair kernels take a shape: head_dim up to 32 and the longest sequence's
 // rows (two [n, W] arrays) in the default 48 KB of shared memory.
