@@ -27,6 +27,7 @@
 #include "kernels/fused_filter.cuh"
 #include "kernels/fused_user.cuh"
 #include "kernels/topk.cuh"
+#include "src/core/work_order.hpp"
 
 namespace ada {
 namespace cuda {
@@ -218,6 +219,7 @@ struct AttnArgs {
   const int64_t* tok;     // (S+1) token offsets
   const int64_t* poff;    // (S+1) probability offsets (heads * keys of the sequences before)
   const uint8_t* masked;  // (S)
+  const int32_t* order;   // (S) block i takes sequence order[i]: the most probabilities first
   int H, hd;
   bool last_only;
   float scale, p, keep_scale;
@@ -288,7 +290,7 @@ __device__ __forceinline__ void warp_weighted_rows(float* out, const float* rows
 // output are warp reductions.
 __global__ void k_attn_fwd(float* out, float* probs, const float* q, const float* k, const float* v,
                            AttnArgs a) {
-  const int64_t s = blockIdx.x;
+  const int64_t s = a.order[blockIdx.x];
   const int64_t t0 = a.tok[s], n = a.tok[s + 1] - t0;
   const bool masked = a.masked[s] != 0;
   const float mask_add = masked ? -10000.f : 0.f;
@@ -330,7 +332,7 @@ __global__ void k_attn_fwd(float* out, float* probs, const float* q, const float
 __global__ void k_attn_bwd(float* dq, float* dk, float* dv, float* ds, const float* dout,
                            const float* probs, const float* q, const float* k, const float* v,
                            AttnArgs a) {
-  const int64_t s = blockIdx.x;
+  const int64_t s = a.order[blockIdx.x];
   const int64_t t0 = a.tok[s], n = a.tok[s + 1] - t0;
   const bool masked = a.masked[s] != 0;
   const int64_t i_begin = a.last_only ? n - 1 : 0;
@@ -391,6 +393,10 @@ __global__ void k_attn_bwd(float* dq, float* dk, float* dv, float* ds, const flo
 // scores from shared memory (recomputed per pass: hd multiply-adds), the max, the sum of exp, then
 // p = exp(s - max) * (1 / sum) and the output; the dropout factor from one Philox block per 4
 // consecutive keys (PhiloxCache: the words the CPU draws for the same probability indices).
+// All four attention kernels take the sequences in the order a.order, the most probabilities first
+// (src/core/work_order.hpp): a block per sequence, and the all-masked 50-token ones (2,500 keys a
+// head) would otherwise start wherever they happen to sit in the batch, the last of them in the
+// grid's final wave.
 
 // Whether the thread-per-pair kernels take a shape: head_dim up to 32 and the longest sequence's
 // rows (two [n, W] arrays) in the default 48 KB of shared memory.
@@ -430,7 +436,7 @@ template <int HDMAX>
 __global__ void __launch_bounds__(kThreads)
 k_attn_fwd_pairs(float* out, float* probs, const float* q, const float* k, const float* v, AttnArgs a) {
   extern __shared__ float sm[];  // k rows then v rows of the sequence, [n][W] each
-  const int64_t s = blockIdx.x;
+  const int64_t s = a.order[blockIdx.x];
   const int64_t t0 = a.tok[s], n = a.tok[s + 1] - t0;
   const bool masked = a.masked[s] != 0;
   const float mask_add = masked ? -10000.f : 0.f;
@@ -491,7 +497,7 @@ __global__ void __launch_bounds__(kThreads)
 k_attn_bwd_pairs(float* dq, float* dk, float* dv, float* ds, const float* dout, const float* probs, const float* q,
                  const float* k, const float* v, AttnArgs a) {
   extern __shared__ float sm[];
-  const int64_t s = blockIdx.x;
+  const int64_t s = a.order[blockIdx.x];
   const int64_t t0 = a.tok[s], n = a.tok[s + 1] - t0;
   const bool masked = a.masked[s] != 0;
   const int64_t i_begin = a.last_only ? n - 1 : 0, nq = n - i_begin;
@@ -1430,9 +1436,10 @@ class CudaBackend final : public Backend<float> {
                                                     rstd, X, C, ln_w, q_offsets, B, Nc, D,
                                                     attention, p, seed, stream);
     float* partial = work(size_t(context_block_partial_size(B, D)));  // before the upload: a
-    const int64_t* qo = upload_offsets(q_offsets, B);                 // growth waits for the stream
+    const int32_t* order = nullptr;                                   // growth waits for the stream
+    const int64_t* qo = upload_offsets(q_offsets, B, &order);
     context_block_backward_launch(dX, dC, d_ln_w, d_ln_b, dout, probs, r, mean, rstd, X, C, ln_w,
-                                  qo, B, Nc, D, attention, p, seed, stream, partial, stream_);
+                                  qo, order, B, Nc, D, attention, p, seed, stream, partial, stream_);
   }
 
   void gru_cell_forward(float* h_new, float* gates, const float* gi, const float* gh,
@@ -1515,6 +1522,7 @@ class CudaBackend final : public Backend<float> {
     const int64_t* tok = nullptr;
     const int64_t* poff = nullptr;
     const uint8_t* masked = nullptr;
+    const int32_t* order = nullptr;  // with an AttentionShape: the sequences by work, descending
     int64_t prob_total = 0;
     int64_t max_len = 0;  // the longest sequence's tokens
   };
@@ -1546,23 +1554,27 @@ class CudaBackend final : public Backend<float> {
 
   static size_t align8(size_t b) { return (b + 7) & ~size_t(7); }
 
-  // tok_offsets (S+1), probability offsets (S+1, when sh is given) and all_masked (S) to the
-  // device.
+  // tok_offsets (S+1), probability offsets (S+1, when sh is given), all_masked (S) and, when sh is
+  // given, the attention kernels' launch order (S: the sequences by their probability count,
+  // descending, src/core/work_order.hpp) to the device.
   LayoutDev upload_layout(const JaggedLayout& L, const AttentionShape* sh) {
     const int64_t S = L.num_seqs;
     ADA_CHECK(L.tok_offsets != nullptr, "cuda backend: JaggedLayout without tok_offsets");
     const size_t b_tok = sizeof(int64_t) * size_t(S + 1);
-    const size_t bytes = 2 * b_tok + align8(size_t(S));
+    const size_t b_order = 2 * b_tok + align8(size_t(S));
+    const size_t bytes = b_order + (sh ? sizeof(int32_t) * size_t(S) : 0);
     host_.resize(bytes);
     std::memcpy(host_.data(), L.tok_offsets, b_tok);
     int64_t* poff = reinterpret_cast<int64_t*>(host_.data() + b_tok);
     poff[0] = 0;
     int64_t max_len = 0;
+    if (sh) seq_work_.resize(size_t(S));
     for (int64_t s = 0; s < S; ++s) {
       max_len = std::max(max_len, L.tok_offsets[s + 1] - L.tok_offsets[s]);
       if (sh) {
         ADA_CHECK(L.all_masked != nullptr, "cuda attention: JaggedLayout without all_masked");
-        poff[s + 1] = poff[s] + int64_t(sh->heads) * sh->seq_prob_count(s);
+        seq_work_[size_t(s)] = sh->seq_prob_count(s);  // per head: at most 2,500 at SASRec's 50 tokens
+        poff[s + 1] = poff[s] + int64_t(sh->heads) * seq_work_[size_t(s)];
       } else {
         poff[s + 1] = 0;
       }
@@ -1572,21 +1584,29 @@ class CudaBackend final : public Backend<float> {
       std::memcpy(mk, L.all_masked, size_t(S));
     else
       std::memset(mk, 0, size_t(S));
+    if (sh) order_by_work_desc(seq_work_.data(), S, reinterpret_cast<int32_t*>(host_.data() + b_order));
     unsigned char* dev = upload_meta(bytes);
     LayoutDev r;
     r.tok = reinterpret_cast<const int64_t*>(dev);
     r.poff = reinterpret_cast<const int64_t*>(dev + b_tok);
     r.masked = dev + 2 * b_tok;
+    if (sh) r.order = reinterpret_cast<const int32_t*>(dev + b_order);
     r.prob_total = poff[S];
     r.max_len = max_len;
     return r;
   }
 
-  const int64_t* upload_offsets(const int64_t* off, int64_t B) {
-    const size_t bytes = sizeof(int64_t) * size_t(B + 1);
+  // The offsets (B+1) to the device; with `order`, also the launch order of one block per item, the
+  // longest spans first (src/core/work_order.hpp), after them in the same upload.
+  const int64_t* upload_offsets(const int64_t* off, int64_t B, const int32_t** order = nullptr) {
+    const size_t b_off = sizeof(int64_t) * size_t(B + 1);
+    const size_t bytes = b_off + (order ? sizeof(int32_t) * size_t(B) : 0);
     host_.resize(bytes);
-    std::memcpy(host_.data(), off, bytes);
-    return reinterpret_cast<const int64_t*>(upload_meta(bytes));
+    std::memcpy(host_.data(), off, b_off);
+    if (order) order_by_span_desc(off, B, reinterpret_cast<int32_t*>(host_.data() + b_off));
+    unsigned char* dev = upload_meta(bytes);
+    if (order) *order = reinterpret_cast<const int32_t*>(dev + b_off);
+    return reinterpret_cast<const int64_t*>(dev);
   }
 
   AttnArgs attn_args(const LayoutDev& m, const AttentionShape& sh) const {
@@ -1596,6 +1616,7 @@ class CudaBackend final : public Backend<float> {
     a.tok = m.tok;
     a.poff = m.poff;
     a.masked = m.masked;
+    a.order = m.order;
     a.H = sh.heads;
     a.hd = sh.head_dim;
     a.last_only = sh.last_only;
@@ -1670,6 +1691,7 @@ class CudaBackend final : public Backend<float> {
   size_t work_cap_ = 0;
   double* red_ = nullptr;
   std::vector<unsigned char> host_;
+  std::vector<int64_t> seq_work_;  // upload_layout's per-sequence work (the launch order's key)
   std::map<int64_t, float*> filter_tables_;
   CudaDeviceMemory memory_;
   TopkWorkspace topk_ws_;

@@ -21,17 +21,23 @@
 //            one shuffle per channel slot; otherwise a draw per element;
 //   residual + LayerNorm  per query, warp sums (two passes, as the CPU), out / r / mean / rstd
 //            written; the 4 queries side by side (their Philox draws and warp sums overlap).
-// Backward, the same mapping, 4 queries per warp (all of a batch's global loads issued first, the 4
-// queries side by side as in the forward): LayerNorm backward from the saved r, mean, rstd
-// (warp sums), the dropout mask redrawn, d att and the queries staged as float4 per channel, then
-// dp_j = <d att, C_j> (lane per context row), ds_j = p_j (dp_j - sum p dp) / sqrt(D), and
-// dX = d r + sum_j ds_j C_j (lane per channel). dC[b] is accumulated in shared memory: after each
-// group of nw * 4 queries (a barrier) every thread owns a channel d and the rows r0, r0 + stride,
-// ... of dC[b] and adds p_j d att_d + ds_j x_d query by query in order (d att_d and x_d of 4 queries
-// in registers, p_j and ds_j broadcast float4 loads, 4 rows at a time); after the last group dC[b] is added (+=) to
-// global memory once. The LayerNorm parameter gradients are per-lane register sums, reduced over
-// the warps in order into one partial per block, then a small kernel sums the B partials per
-// channel in a fixed order: no atomics, deterministic results.
+// Backward, one block per sample (all its queries: dC[b] sums over them), the blocks launched in
+// the order of a permutation, the samples with the most queries first: the hardware starts blocks
+// in about increasing index, so a 50-query sample (4 rounds of 16) launched in the grid's last wave
+// would run on alone after the others (at Beauty's shapes, 1,024 samples in about 2.6 waves of 396
+// blocks, 15% of them of 50 queries); first, it overlaps the short ones (longest-processing-
+// time-first; a count, not a measurement). The same warp mapping, 4 queries per warp (all of a
+// batch's global loads issued first, the 4 queries side by side as in the forward): LayerNorm
+// backward from the saved r, mean, rstd (warp sums), the dropout mask redrawn, d att and the
+// queries staged as float4 per channel, then dp_j = <d att, C_j> (lane per context row), ds_j = p_j
+// (dp_j - sum p dp) / sqrt(D), and dX = d r + sum_j ds_j C_j (lane per channel). dC[b] is
+// accumulated in shared memory: after each group of nw * 4 queries (a barrier) every thread owns a
+// channel d and the rows r0, r0 + stride, ... of dC[b] and adds p_j d att_d + ds_j x_d query by
+// query in order (d att_d and x_d of 4 queries in registers, p_j and ds_j broadcast float4 loads, 4
+// rows at a time); after the last group dC[b] is added (+=) to global memory once. The LayerNorm
+// parameter gradients are per-lane register sums, reduced over the warps in order into one partial
+// per block, then a small kernel sums the B partials per channel in a fixed order: no atomics,
+// deterministic results.
 // Nothing goes to cuBLAS: per sample the products are at most (50 x 64) x (64 x 80), far too small
 // for a GEMM launch to pay, and fusing them with the softmax and LayerNorm is the point.
 // Shared memory (floats): forward Nc (D + 1) + 4 nw (D + Nc), backward Nc (D + 1) + Nc D +
@@ -399,11 +405,11 @@ template <int KD>
 __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 3 : 1)
     k_ctx_block_bwd(float* dX, float* dC, float* partial, const float* dout, const float* probs,
                     const float* rbuf, const float* mean, const float* rstd, const float* X,
-                    const float* C, const float* w, const int64_t* qo, int Nc, int D,
-                    int attention, float p, float keep_scale, uint64_t seed, uint64_t rstream,
-                    float scale) {
+                    const float* C, const float* w, const int64_t* qo, const int32_t* order,
+                    int Nc, int D, int attention, float p, float keep_scale, uint64_t seed,
+                    uint64_t rstream, float scale) {
   extern __shared__ __align__(16) float smem[];
-  const int64_t b = blockIdx.x;
+  const int64_t b = order[blockIdx.x];  // the samples with the most queries first (launch order)
   const int64_t q0 = qo[b], q1 = qo[b + 1];
   float* part = partial + b * 2 * D;
   if (q0 >= q1) {  // the whole block
@@ -769,16 +775,16 @@ void launch_fwd(float* out, float* probs, float* r, float* mean, float* rstd, co
 template <int KD>
 void launch_bwd(float* dX, float* dC, float* partial, const float* dout, const float* probs,
                 const float* r, const float* mean, const float* rstd, const float* X,
-                const float* C, const float* w, const int64_t* qo, int64_t B, int Nc, int D,
-                bool attention, float p, uint64_t seed, uint64_t rstream, int nw,
+                const float* C, const float* w, const int64_t* qo, const int32_t* order, int64_t B,
+                int Nc, int D, bool attention, float p, uint64_t seed, uint64_t rstream, int nw,
                 cudaStream_t stream) {
   const size_t smem = bwd_smem(Nc, D, nw);
   allow_smem(k_ctx_block_bwd<KD>, smem);
   const float keep_scale = p > 0.f ? 1.0f / (1.0f - p) : 1.0f;
   const float scale = 1.0f / std::sqrt(float(D));
   k_ctx_block_bwd<KD><<<unsigned(B), unsigned(nw * 32), smem, stream>>>(
-      dX, dC, partial, dout, probs, r, mean, rstd, X, C, w, qo, Nc, D, attention ? 1 : 0, p,
-      keep_scale, seed, rstream, scale);
+      dX, dC, partial, dout, probs, r, mean, rstd, X, C, w, qo, order, Nc, D, attention ? 1 : 0,
+      p, keep_scale, seed, rstream, scale);
   ADA_CUDA_LAUNCHED();
 }
 
@@ -827,9 +833,9 @@ void context_block_backward_launch(float* dX, float* dC, float* d_ln_w, float* d
                                    const float* dout, const float* probs, const float* r,
                                    const float* mean, const float* rstd, const float* X,
                                    const float* C, const float* ln_w, const int64_t* q_offsets,
-                                   int64_t B, int64_t Nc, int64_t D, bool attention, float p,
-                                   uint64_t seed, uint64_t rng_stream, float* partial,
-                                   cudaStream_t stream) {
+                                   const int32_t* order, int64_t B, int64_t Nc, int64_t D,
+                                   bool attention, float p, uint64_t seed, uint64_t rng_stream,
+                                   float* partial, cudaStream_t stream) {
   const int nw = pick_warps(Nc, D);
   ADA_CHECK(nw > 0, "context_block_backward: Nc=" << Nc << " D=" << D << " does not fit the fused kernel");
   if (B <= 0) return;
@@ -837,20 +843,20 @@ void context_block_backward_launch(float* dX, float* dC, float* d_ln_w, float* d
   const int nc = int(Nc), d = int(D);
   switch (kd_for(D)) {
     case 1:
-      launch_bwd<1>(dX, dC, partial, dout, probs, r, mean, rstd, X, C, ln_w, q_offsets, B, nc, d,
-                    attention, p, seed, rng_stream, nw, stream);
+      launch_bwd<1>(dX, dC, partial, dout, probs, r, mean, rstd, X, C, ln_w, q_offsets, order, B, nc,
+                    d, attention, p, seed, rng_stream, nw, stream);
       break;
     case 2:
-      launch_bwd<2>(dX, dC, partial, dout, probs, r, mean, rstd, X, C, ln_w, q_offsets, B, nc, d,
-                    attention, p, seed, rng_stream, nw, stream);
+      launch_bwd<2>(dX, dC, partial, dout, probs, r, mean, rstd, X, C, ln_w, q_offsets, order, B, nc,
+                    d, attention, p, seed, rng_stream, nw, stream);
       break;
     case 4:
-      launch_bwd<4>(dX, dC, partial, dout, probs, r, mean, rstd, X, C, ln_w, q_offsets, B, nc, d,
-                    attention, p, seed, rng_stream, nw, stream);
+      launch_bwd<4>(dX, dC, partial, dout, probs, r, mean, rstd, X, C, ln_w, q_offsets, order, B, nc,
+                    d, attention, p, seed, rng_stream, nw, stream);
       break;
     default:
-      launch_bwd<8>(dX, dC, partial, dout, probs, r, mean, rstd, X, C, ln_w, q_offsets, B, nc, d,
-                    attention, p, seed, rng_stream, nw, stream);
+      launch_bwd<8>(dX, dC, partial, dout, probs, r, mean, rstd, X, C, ln_w, q_offsets, order, B, nc,
+                    d, attention, p, seed, rng_stream, nw, stream);
       break;
   }
   if (d_ln_w || d_ln_b) {

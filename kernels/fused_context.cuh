@@ -24,16 +24,19 @@ void context_block_forward_launch(float* out, float* probs, float* r, float* mea
                                   float p, uint64_t seed, uint64_t rng_stream, float eps,
                                   cudaStream_t stream);
 
-// Backward; `partial` is device scratch of context_block_partial_size(B, D) floats (the per-block
-// LayerNorm parameter-gradient partials, reduced in a fixed order: deterministic).
+// Backward; `partial` is device scratch of context_block_partial_size(B, D) floats (the per-sample
+// LayerNorm parameter-gradient partials, reduced in a fixed order: deterministic). `order` is a
+// DEVICE permutation of the B samples, the order their blocks are launched in: the samples with the
+// most queries first (ada::order_by_span_desc of the host offsets, src/core/work_order.hpp), so a
+// 50-query sample does not start in the grid's last wave. Any permutation gives the same results.
 int64_t context_block_partial_size(int64_t B, int64_t D);
 void context_block_backward_launch(float* dX, float* dC, float* d_ln_w, float* d_ln_b,
                                    const float* dout, const float* probs, const float* r,
                                    const float* mean, const float* rstd, const float* X,
                                    const float* C, const float* ln_w, const int64_t* q_offsets,
-                                   int64_t B, int64_t Nc, int64_t D, bool attention, float p,
-                                   uint64_t seed, uint64_t rng_stream, float* partial,
-                                   cudaStream_t stream);
+                                   const int32_t* order, int64_t B, int64_t Nc, int64_t D,
+                                   bool attention, float p, uint64_t seed, uint64_t rng_stream,
+                                   float* partial, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace ada
