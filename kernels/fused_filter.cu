@@ -3,26 +3,32 @@
 //
 // Forward, k_fb_fwd: a persistent grid (about as many CTAs as fit on the device at once); each CTA
 // stages the dense weight (D x D, rows padded to 32 TN + 4 floats so that float4 reads of a row by 8
-// lanes hit distinct banks) and the DFT twiddles in shared memory once, then takes filter blocks
-// r = blockIdx.x, + gridDim.x, ... Per block of K rows (NW = ceil(K / 4) warps, warp w owns rows
-// 4w .. 4w+3; lane l owns channels l, l + 32, ... < 32 TN, TN = ceil(D / 32)):
+// lanes hit distinct banks) and the filter's kernel h in shared memory once, then takes filter
+// blocks r = blockIdx.x, + gridDim.x, ... The filter: irfft(W * rfft(x)) along K (the CPU's DFT
+// tables, norm "ortho") is, per channel d, the circular convolution F[n] = sum_m h[(n - m) mod K]
+// x[m] with h[j] = s sum_f Re(tw_inv[f][j] W[f][d]), the inverse transform of the weight itself; so
+// a CTA computes h [K, D] once (K D Kf products) and a block's filter costs K multiply-adds per
+// output instead of a forward and an inverse DFT of Kf frequencies each (4 Kf per output), with no
+// spectrum in shared memory and no barrier between the two transforms (since 2026-11-29; the same
+// function, another rounding: the tests' 1e-4 relative tolerance). Per block of K rows
+// (NW = ceil(K / 4) warps, warp w owns rows 4w .. 4w+3; lane l owns channels l, l + 32, ... < 32 TN,
+// TN = ceil(D / 32)):
 //   1. the E tile [K, D] -> shared, from registers: each thread loaded its share of it (4 TN
 //      floats, all loads in flight at once) during the previous block, and now issues the loads of
 //      the next block's tile, which land while it computes this one (software pipelining: no
 //      global load latency on a CTA's path per block but the first, which overlaps the staging);
-//   2. forward DFT along K (warp w takes frequencies w, w + NW, ...; lanes the channels) times the
-//      complex weight -> spectrum Gr, Gi [K/2+1, D] in shared; then the dropout keep bits of the
-//      block's Philox blocks (one Philox per 4 consecutive elements of the [n, D] tensor, as the
-//      CPU's for_each_uniform) -> shared, where warps with fewer frequencies would wait anyway;
-//   3. inverse DFT -> F for the warp's rows, in registers: written to global F (saved) and to the
-//      shared F tile;
-//   4. Linear (float4 reads of the F row, a broadcast, and of the weight row), + bias, dropout,
+//      the dropout keep bits of the block's Philox blocks (one Philox per 4 consecutive elements of
+//      the [n, D] tensor, as the CPU's for_each_uniform) -> shared;
+//   2. the convolution -> F for the warp's rows, in registers (inputs m in increasing order, split
+//      where the rows' table index wraps): written to global F (saved) and to the shared F tile;
+//   3. Linear (float4 reads of the F row, a broadcast, and of the weight row), + bias, dropout,
 //      + E, LayerNorm per row with warp reductions (the row is the warp's): Et, Rr, mean, rstd.
-// Only a warp's own rows pass from step 3 to 4 (__syncwarp); one __syncthreads after steps 1, 2, 4.
+// Only a warp's own rows pass from step 2 to 3 (__syncwarp); one __syncthreads after step 1 and one
+// after step 3.
 // Registers: __launch_bounds__(512, 2) for TN <= 2 caps them at 64 (the prefetch's 4 TN floats
 // would otherwise let ptxas take 128 and halve the CTAs per SM); at K = 20, D = 64: 160 threads,
-// 64 registers (ptxas, CUDA 13: 16 bytes of spill stores, 8 of loads), 37 KB of shared memory:
-// 6 CTAs per SM by either.
+// 64 registers (ptxas, CUDA 13, sm_90: 8 bytes of spill stores and 8 of loads), 33 KB of shared
+// memory (was 37 KB with the spectrum and tables): 6 CTAs per SM by the registers.
 //
 // Backward, k_fb_bwd: same grid and mapping. Per block: E and F tiles and the keep bits -> shared;
 // LayerNorm backward per row (warp) -> dR (kept in registers), dG = mask dR / (1 - p) -> shared;
@@ -34,7 +40,7 @@
 // CTA order into the gradients (deterministic for a given grid; no cuBLAS: an in-kernel dW needs
 // neither dG written to global memory nor a second pass over F).
 //
-// Limits: K <= 64, D <= 128 and the shared memory the shape needs (forward at K = 20, D = 64: 37 KB;
+// Limits: K <= 64, D <= 128 and the shared memory the shape needs (forward at K = 20, D = 64: 33 KB;
 // backward: 70 KB); otherwise the launchers return false and the backend composes the primitive
 // ops. Arithmetic: float, the CPU's formulas (DFT tables built the same way); sums in another order
 // than the CPU's (the tests' 1e-4 relative tolerance).
@@ -55,10 +61,12 @@ namespace {
 constexpr int kRowsPerWarp = 4;
 
 // Shared-memory layout (in floats; every region starts at a multiple of 4 floats = 16 bytes).
+// The forward has no tables or spectrum, but the filter's kernel h [K + 3][S] (off_h); the backward
+// no h.
 struct FbLayout {
   int K, D, Kf, NW, Kr, S, SW, keep_bytes;
   int off_W, off_dW, off_twf, off_twi, off_x, off_F, off_dG, off_dF, off_Gr, off_Gi, off_dcw,
-      off_keep, total;
+      off_h, off_keep, total;
 };
 
 __host__ __device__ inline int round4(int x) { return (x + 3) & ~3; }
@@ -79,9 +87,9 @@ __host__ __device__ inline FbLayout fb_layout(int K, int D, int TN, bool bwd) {
   L.off_dW = o;
   if (bwd) o += L.S * L.SW;
   L.off_twf = o;
-  o += round4(2 * L.Kf * K);
-  L.off_twi = o;  // inverse twiddles (forward) or adjoint twiddles (backward)
-  o += round4(2 * L.Kf * K);
+  if (bwd) o += round4(2 * L.Kf * K);
+  L.off_twi = o;  // the adjoint twiddles
+  if (bwd) o += round4(2 * L.Kf * K);
   L.off_x = o;
   o += L.Kr * L.S;
   L.off_F = o;
@@ -91,11 +99,13 @@ __host__ __device__ inline FbLayout fb_layout(int K, int D, int TN, bool bwd) {
   L.off_dF = o;
   if (bwd) o += L.Kr * L.S;
   L.off_Gr = o;
-  o += L.Kf * L.S;
+  if (bwd) o += L.Kf * L.S;
   L.off_Gi = o;
-  o += L.Kf * L.S;
+  if (bwd) o += L.Kf * L.S;
   L.off_dcw = o;
   if (bwd) o += 2 * L.Kf * L.S;
+  L.off_h = o;
+  if (!bwd) o += (K + 3) * L.S;  // 3 rows past K: the rows >= K of the last warp read there
   L.off_keep = o;
   o += round4((L.keep_bytes + 3) / 4);
   L.total = o;
@@ -195,6 +205,20 @@ __device__ __forceinline__ void warp_rows_from_spectrum(float (&acc)[kRowsPerWar
   }
 }
 
+// acc[i][j] += h[i][j] x[j] for the warp's 4 rows (h at hrow + i S + 32 j, x at xrow + 32 j): one
+// step m of the circular convolution, the 4 rows' filter values at consecutive rows of the table.
+template <int TN>
+__device__ __forceinline__ void conv_step(float (&acc)[kRowsPerWarp][TN], const float* xrow,
+                                          const float* hrow, int S) {
+  float xv[TN];
+#pragma unroll
+  for (int j = 0; j < TN; ++j) xv[j] = xrow[32 * j];
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i)
+#pragma unroll
+    for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(hrow[i * S + 32 * j], xv[j], acc[i][j]);
+}
+
 template <int TN>
 __global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
     k_fb_fwd(float* Et, float* F, float* Rr, float* mean, float* rstd, const float* E,
@@ -203,25 +227,34 @@ __global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
              float s, uint64_t seed, uint64_t stream) {
   extern __shared__ float sm[];
   const FbLayout L = fb_layout(K, D, TN, false);
-  const int Kf = L.Kf, S = L.S, SW = L.SW, NW = L.NW;
+  const int Kf = L.Kf, S = L.S, SW = L.SW;
   float* Ws = sm + L.off_W;
-  const float2* twf = reinterpret_cast<const float2*>(sm + L.off_twf);
-  const float2* twi = reinterpret_cast<const float2*>(sm + L.off_twi);
   float* xs = sm + L.off_x;
   float* Fs = sm + L.off_F;
-  float* Gr = sm + L.off_Gr;
-  float* Gi = sm + L.off_Gi;
+  float* hs = sm + L.off_h;
   unsigned char* keep = reinterpret_cast<unsigned char*>(sm + L.off_keep);
   const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
 
-  // The first block's E tile is in flight while the CTA stages the weight and the tables.
+  // The first block's E tile is in flight while the CTA stages the weight and the filter.
   float pre[4 * TN];
   if (blockIdx.x < R) fetch_tile<TN>(pre, E + int64_t(blockIdx.x) * K * D, L);
   stage_weight(Ws, Wd, L);
-#pragma unroll 4
-  for (int e = tid; e < 2 * Kf * K; e += blockDim.x) {
-    sm[L.off_twf + e] = tables[e];
-    sm[L.off_twi + e] = tables[2 * Kf * K + e];  // the inverse table
+  // The filter's kernel h[j][d] = s sum_f Re(tw_inv[f][j] W[f][d]) (f in increasing order; the
+  // inverse table holds coef cos * s, coef sin * s): irfft(W rfft(x)) along K is the circular
+  // convolution F[n] = sum_m h[(n - m) mod K] x[m]. Rows K .. K + 2 and channels >= D are 0.
+  const float2* twi = reinterpret_cast<const float2*>(tables + 2 * Kf * K);
+#pragma unroll 2
+  for (int e = tid; e < (K + 3) * S; e += blockDim.x) {
+    const int j = e / S, d = e % S;
+    float a = 0.f;
+    if (j < K && d < D) {
+      for (int f = 0; f < Kf; ++f) {
+        const float2 c = __ldg(twi + f * K + j);
+        a += c.x * __ldg(cw + 2 * (f * D + d)) - c.y * __ldg(cw + 2 * (f * D + d) + 1);
+      }
+      a *= s;
+    }
+    hs[e] = a;
   }
   for (int e = tid; e < L.Kr * S; e += blockDim.x) Fs[e] = 0.f;  // rows >= K stay 0
   float bias[TN], gam[TN], bet[TN];
@@ -233,53 +266,50 @@ __global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
     bet[j] = d < D ? lb[d] : 0.f;
   }
   const bool drop = p > 0.f;
+  // The warp's rows n0 .. n0 + 3 against inputs m: the table row of (n0 + i, m) is n0 + i - m,
+  // + K where that is negative. m <= n0: no row wraps (rows up to n0 + 3 - m < K + 3: the 3 spare
+  // rows serve the last warp's rows >= K, whose sums are discarded); m >= n0 + 4: every row wraps;
+  // the up to 3 steps between, row by row.
+  const int n0 = kRowsPerWarp * w;
+  const int mA = min(n0 + 1, K), mB = min(n0 + kRowsPerWarp, K);
   __syncthreads();
 
   for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
     const int64_t e0 = r * K * D, b0 = e0 >> 2;
-    // 1. E tile (prefetched) -> shared; then the next block's tile is fetched into registers, its
-    //    loads in flight during steps 2-4 of this block (the previous iteration's last barrier
-    //    freed xs).
+    // 1. E tile (prefetched) -> shared, and the keep bits (read in step 3); then the next block's
+    //    tile is fetched into registers, its loads in flight during steps 2-3 of this block (the
+    //    previous iteration's last barrier freed xs and keep).
     store_tile<TN>(xs, pre, L);
-    __syncthreads();
-    if (r + gridDim.x < R) fetch_tile<TN>(pre, E + (r + gridDim.x) * K * D, L);
-    // 2. rfft along K times the complex weight (the weight's loads issued before the sum)
-    for (int f = w; f < Kf; f += NW) {
-      float ar[TN], ai[TN], wr[TN], wi[TN];
-#pragma unroll
-      for (int j = 0; j < TN; ++j) {
-        const int d = lane + 32 * j;
-        ar[j] = ai[j] = 0.f;
-        wr[j] = d < D ? __ldg(cw + 2 * (f * D + d)) : 0.f;
-        wi[j] = d < D ? __ldg(cw + 2 * (f * D + d) + 1) : 0.f;
-      }
-      const float2* t = twf + f * K;
-      for (int n = 0; n < K; ++n) {
-        const float2 c = t[n];
-#pragma unroll
-        for (int j = 0; j < TN; ++j) {
-          const float xv = xs[n * S + lane + 32 * j];
-          ar[j] += c.x * xv;
-          ai[j] -= c.y * xv;
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < TN; ++j) {
-        const int d = lane + 32 * j;
-        const float fr = ar[j] * s, fi = ai[j] * s;
-        Gr[f * S + d] = fr * wr[j] - fi * wi[j];
-        Gi[f * S + d] = fr * wi[j] + fi * wr[j];
-      }
-    }
-    // The keep bits, read only in step 4: drawn here, where the warps with fewer frequencies wait.
     if (drop) keep_bits(keep, e0, int64_t(K) * D, p, seed, stream);
     __syncthreads();
-    // 3. irfft -> F (the warp's rows)
+    if (r + gridDim.x < R) fetch_tile<TN>(pre, E + (r + gridDim.x) * K * D, L);
+    // 2. the filter: circular convolution along K (m in increasing order) -> F (the warp's rows)
     float acc[kRowsPerWarp][TN];
-    warp_rows_from_spectrum<TN>(acc, Gr, Gi, twi, Kf, K, S, w, lane);
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i)
+#pragma unroll
+      for (int j = 0; j < TN; ++j) acc[i][j] = 0.f;
+    {
+      const float* xl = xs + lane;
+      const float* hl = hs + lane;
+      for (int m = 0; m < mA; ++m) conv_step<TN>(acc, xl + m * S, hl + (n0 - m) * S, S);
+      for (int m = mA; m < mB; ++m) {
+        float xv[TN];
+#pragma unroll
+        for (int j = 0; j < TN; ++j) xv[j] = xl[m * S + 32 * j];
+#pragma unroll
+        for (int i = 0; i < kRowsPerWarp; ++i) {
+          const int t = n0 + i - m;
+          const float* hrow = hl + (t < 0 ? t + K : t) * S;
+#pragma unroll
+          for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(hrow[32 * j], xv[j], acc[i][j]);
+        }
+      }
+      for (int m = mB; m < K; ++m) conv_step<TN>(acc, xl + m * S, hl + (n0 - m + K) * S, S);
+    }
 #pragma unroll
     for (int m = 0; m < kRowsPerWarp; ++m) {
-      const int n = kRowsPerWarp * w + m;
+      const int n = n0 + m;
       if (n < K) {
 #pragma unroll
         for (int j = 0; j < TN; ++j) {
@@ -290,7 +320,7 @@ __global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
       }
     }
     __syncwarp();
-    // 4. Linear + bias, dropout, residual, LayerNorm
+    // 3. Linear + bias, dropout, residual, LayerNorm
 #pragma unroll
     for (int m = 0; m < kRowsPerWarp; ++m)
 #pragma unroll
