@@ -16,6 +16,8 @@
 //   BM_topk_bounds_only_tc_mma/B/N/k  the mma.sync bounds kernel alone
 //   BM_topk_select_threads/B/N/k/T    BM_topk with T threads per select block (default 256 at B = 1024)
 //   BM_topk_tc_mma_select_threads/B/N/k/T  both: mma.sync bounds, T select threads
+//   BM_topk_select_phases/B/N/k/T/M  BM_topk (T select threads, 0: default; M = 1: mma.sync bounds)
+//                                 with the select kernel's phase clock: per-query cycles of its phases
 //   BM_topk_unstaged/B/N/k        BM_topk for small batches with the warp kernel that reads each
 //                                 table row from global memory, not the staged one (identical lists)
 // (scripts/gpu-check prints BM_topk's speed-up over each BM_topk_baseline_* with the same arguments.)
@@ -262,6 +264,25 @@ void BM_topk_tc_mma_select_threads(benchmark::State& st) {
   run_fused(st, 64);
 }
 
+// BM_topk (range(3) threads per select block, 0: the default; range(4) 1: mma.sync bounds) with the
+// select kernel's phase clock on (ada::set_gpu_topk_select_profile): the counters are the means per
+// query of its phases in thousands of SM cycles (keys, tau, offers, rescore, sort, out; the clock's
+// own cost is in the time) and of its counts (bisection steps, groups rescored item by item,
+// candidate-buffer entries before the final sort). Where the select kernel's time goes, without a
+// profiler: scripts/gpu-check prints them.
+void BM_topk_select_phases(benchmark::State& st) {
+  const Settings s(st.range(4) ? 1 : 0, st.range(4) ? 2 : 0, int(st.range(3)));
+  ada::set_gpu_topk_select_profile(true);
+  run_fused(st, 64);
+  const ada::GpuSelectProfile prof = ada::gpu_topk_select_profile();
+  ada::set_gpu_topk_select_profile(false);
+  const char* names[6] = {"keys_kcyc", "tau_kcyc", "offers_kcyc", "rescore_kcyc", "sort_kcyc", "out_kcyc"};
+  for (int i = 0; i < 6; ++i) st.counters[names[i]] = prof.cycles[i] / 1e3;
+  st.counters["tau_steps"] = prof.tau_steps;
+  st.counters["rescored_groups"] = prof.rescored_groups;
+  st.counters["candidates"] = prof.candidates;
+}
+
 // Kernel 1 of BM_topk alone (the per-group bounds): the rest of BM_topk's time is the select kernel.
 void BM_topk_bounds_only(benchmark::State& st) {
   if (!gpu_present(st)) return;
@@ -432,6 +453,13 @@ void select_cases(benchmark::internal::Benchmark* b) {
 }
 BENCHMARK(BM_topk_select_threads)->Apply(select_cases);
 BENCHMARK(BM_topk_tc_mma_select_threads)->Apply(select_cases);
+void phase_cases(benchmark::internal::Benchmark* b) {  // B, N, k, select threads, mma.sync bounds
+  for (int64_t N : {1000000, 12101})
+    for (int64_t threads : {0, 32}) b->Args({1024, N, 100, threads, 0})->Args({1024, N, 100, threads, 1});
+  b->Args({1, 1000000, 100, 0, 0});
+  b->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05)->MinWarmUpTime(0.01);
+}
+BENCHMARK(BM_topk_select_phases)->Apply(phase_cases);
 BENCHMARK(BM_topk)->Apply(other_cases);
 BENCHMARK(BM_topk_baseline_sgemm)->Apply(other_cases);
 BENCHMARK(BM_topk_baseline_cub)->Apply(other_cases);

@@ -5,6 +5,7 @@
 // on a GPU (threads really interleave at barriers; between barriers a thread runs alone).
 #pragma once
 #define ADA_CUDA_EMU 1  // kernels/warp_mma.cuh picks the emulator's cp.async and mma.sync below
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -227,6 +228,13 @@ inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v)
   const unsigned long long o = *p; *p = o + v; return o;
 }
 inline int atomicMax(int* p, int v) { const int o = *p; if (v > o) *p = v; return o; }
+
+// The SM's cycle counter: here the host's steady clock in nanoseconds (monotone, so phase clocks
+// give non-negative durations; their values mean nothing on the host).
+inline long long clock64() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 inline int atomicMin(int* p, int v) { const int o = *p; if (v < o) *p = v; return o; }
 inline int atomicExch(int* p, int v) { const int o = *p; *p = v; return o; }
 inline int atomicCAS(int* p, int cmp, int v) { const int o = *p; if (o == cmp) *p = v; return o; }
