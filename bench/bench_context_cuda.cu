@@ -305,6 +305,15 @@ void BM_context_block_fwd_bwd_baseline_cublas(benchmark::State& st) {
   run(st, kFwdBwd, cublas_fwd, cublas_bwd);
 }
 
+// BM_context_block_fwd / _bwd with the kernel's phase clock on (ada::set_cuda_phase_clock): where
+// its time goes per block / per sample, without a profiler (scripts/gpu-check prints the counters).
+void BM_context_block_fwd_phases(benchmark::State& st) {
+  ada_bench::with_phase_clock(st, "context_block_forward", [&] { BM_context_block_fwd(st); });
+}
+void BM_context_block_bwd_phases(benchmark::State& st) {
+  ada_bench::with_phase_clock(st, "context_block_backward", [&] { BM_context_block_bwd(st); });
+}
+
 #define ADA_CTX_BENCH(fn)                                                                  \
   BENCHMARK(fn)->Arg(80)->Arg(20)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05) \
       ->MinWarmUpTime(0.01)
@@ -317,6 +326,8 @@ ADA_CTX_BENCH(BM_context_block_bwd_baseline_cublas);
 ADA_CTX_BENCH(BM_context_block_fwd_bwd);
 ADA_CTX_BENCH(BM_context_block_fwd_bwd_baseline_ops);
 ADA_CTX_BENCH(BM_context_block_fwd_bwd_baseline_cublas);
+ADA_CTX_BENCH(BM_context_block_fwd_phases);
+ADA_CTX_BENCH(BM_context_block_bwd_phases);
 
 }  // namespace
 

@@ -333,6 +333,12 @@ void BM_filter_block_fwd_bwd(benchmark::State& st) { BM_fused<kBoth>(st); }
 void BM_filter_block_fwd_bwd_baseline_ops(benchmark::State& st) { BM_ops<kBoth>(st); }
 void BM_filter_block_fwd_bwd_baseline_cufft(benchmark::State& st) { BM_cufft<kBoth>(st); }
 
+// BM_filter_block_fwd with the forward's phase clock on (ada::set_cuda_phase_clock): where its time
+// goes per filter block, without a profiler (scripts/gpu-check prints the counters).
+void BM_filter_block_fwd_phases(benchmark::State& st) {
+  ada_bench::with_phase_clock(st, "filter_block_forward", [&] { BM_fused<kFwd>(st); });
+}
+
 #define ADA_FILTER_BENCH(fn)                                                                   \
   BENCHMARK(fn)->Arg(4096)->Arg(1024)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime( \
       0.05)->MinWarmUpTime(0.01)
@@ -345,6 +351,7 @@ ADA_FILTER_BENCH(BM_filter_block_bwd_baseline_cufft);
 ADA_FILTER_BENCH(BM_filter_block_fwd_bwd);
 ADA_FILTER_BENCH(BM_filter_block_fwd_bwd_baseline_ops);
 ADA_FILTER_BENCH(BM_filter_block_fwd_bwd_baseline_cufft);
+ADA_FILTER_BENCH(BM_filter_block_fwd_phases);
 
 }  // namespace
 

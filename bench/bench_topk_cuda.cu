@@ -50,6 +50,7 @@
 namespace {
 
 using ada_bench::Timer;
+using ada_bench::with_phase_clock;
 
 constexpr int kExcludedPerRow = 50;
 
@@ -265,22 +266,11 @@ void BM_topk_tc_mma_select_threads(benchmark::State& st) {
 }
 
 // BM_topk (range(3) threads per select block, 0: the default; range(4) 1: mma.sync bounds) with the
-// select kernel's phase clock on (ada::set_gpu_topk_select_profile): the counters are the means per
-// query of its phases in thousands of SM cycles (keys, tau, offers, rescore, sort, out; the clock's
-// own cost is in the time) and of its counts (bisection steps, groups rescored item by item,
-// candidate-buffer entries before the final sort). Where the select kernel's time goes, without a
-// profiler: scripts/gpu-check prints them.
+// select kernel's phase clock on (ada::set_cuda_phase_clock): its counters (phase_clock_counters)
+// say where the select kernel's time goes, without a profiler; scripts/gpu-check prints them.
 void BM_topk_select_phases(benchmark::State& st) {
   const Settings s(st.range(4) ? 1 : 0, st.range(4) ? 2 : 0, int(st.range(3)));
-  ada::set_gpu_topk_select_profile(true);
-  run_fused(st, 64);
-  const ada::GpuSelectProfile prof = ada::gpu_topk_select_profile();
-  ada::set_gpu_topk_select_profile(false);
-  const char* names[6] = {"keys_kcyc", "tau_kcyc", "offers_kcyc", "rescore_kcyc", "sort_kcyc", "out_kcyc"};
-  for (int i = 0; i < 6; ++i) st.counters[names[i]] = prof.cycles[i] / 1e3;
-  st.counters["tau_steps"] = prof.tau_steps;
-  st.counters["rescored_groups"] = prof.rescored_groups;
-  st.counters["candidates"] = prof.candidates;
+  with_phase_clock(st, "topk_select", [&] { run_fused(st, 64); });
 }
 
 // Kernel 1 of BM_topk alone (the per-group bounds): the rest of BM_topk's time is the select kernel.

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "ada/backend.hpp"
@@ -78,6 +79,34 @@ inline ada::DeviceArray<float> random_device(size_t n, uint32_t seed, float scal
   std::vector<float> v(n);
   for (auto& x : v) x = offset + nd(rng);
   return ada::DeviceArray<float>::from(v);
+}
+
+// The phase clock of `kernel` since it was switched on (ada::cuda_phase_clock) as counters, one per
+// slot: "ph<NN>_<name>", NN its position (Google Benchmark's CSV sorts counters by name, so the
+// columns keep the kernel's order), the phases in SM cycles and the counts per unit, which the label
+// names. scripts/gpu-check prints them after the row's time.
+inline void phase_clock_counters(benchmark::State& st, const char* kernel) {
+  const ada::PhaseClockReading r = ada::cuda_phase_clock(kernel);
+  for (size_t i = 0; i < r.names.size(); ++i) {
+    char key[64];
+    std::snprintf(key, sizeof key, "ph%02d_%s", int(i + 1), r.names[i].c_str());
+    st.counters[key] = r.means[i];
+  }
+  st.SetLabel("phase clock per " + r.unit + " (" + std::to_string(r.units) + " counted)");  // no comma: CSV
+}
+
+// Runs `body` (a row's whole measurement) with the phase clocks on, then reports `kernel`'s clock as
+// counters (phase_clock_counters); without a CUDA device the body alone (which skips the row).
+template <class Body>
+void with_phase_clock(benchmark::State& st, const char* kernel, Body body) {
+  if (ada::cuda_device_count() == 0) {
+    body();
+    return;
+  }
+  ada::set_cuda_phase_clock(true);
+  body();
+  phase_clock_counters(st, kernel);
+  ada::set_cuda_phase_clock(false);
 }
 
 // The process's CUDA backend (made on first use), or null with the benchmark skipped without a device.

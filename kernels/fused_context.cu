@@ -54,6 +54,7 @@
 #include "ada/rng.hpp"
 #include "kernels/cuda_util.cuh"
 #include "kernels/fused_context.cuh"
+#include "kernels/phase_clock.cuh"
 
 namespace ada {
 namespace cuda {
@@ -213,18 +214,30 @@ __device__ __forceinline__ void stage_context(float* Cs, const float* Cb, int Nc
   }
 }
 
-template <int KD>
+// The phase clocks (kernels/phase_clock.cuh), in the order of phase_clock.cu's names. Forward
+// ("context_block_forward", per block with queries): the context staged (to the barrier); then
+// thread 0's warp's batches of 4 queries: scores and softmax, P C, dropout + LayerNorm + stores;
+// the block's queries (a count). Backward ("context_block_backward", per sample with queries): the
+// context staged and dC zeroed; per group of 4 nw queries, thread 0's warp's batch, the wait for
+// the other warps, the dC accumulation (to its barrier); at the end dC added to global memory and
+// the LayerNorm partials; the groups (a count).
+enum CtxFwdSlot { kCfStage = 1, kCfScores, kCfPc, kCfNorm, kCfQueries };
+enum CtxBwdSlot { kCbStage = 1, kCbQueries, kCbWait, kCbDc, kCbFlush, kCbRounds };
+
+template <int KD, bool kClock>
 __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 6 : 1)
     k_ctx_block_fwd(float* out, float* probs, float* rbuf, float* mean, float* rstd,
                     const float* X, const float* C, const float* w, const float* bias,
                     const int64_t* qo, int Nc, int D, int attention, float p, float keep_scale,
-                    uint64_t seed, uint64_t rstream, float eps, float scale) {
+                    uint64_t seed, uint64_t rstream, float eps, float scale,
+                    unsigned long long* prof) {
   extern __shared__ __align__(16) float smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   // block (b, y): sample b's queries y kQW nw .. (y + 1) kQW nw - 1, those it has
   const int64_t b = blockIdx.x;
   const int64_t q0 = qo[b] + int64_t(blockIdx.y) * (kQW * nw), q1 = min(qo[b + 1], q0 + kQW * nw);
   if (q0 >= q1) return;  // the whole block: no barrier below is skipped by part of it
+  PhaseClock<kClock> clk(prof);
   const int ld = D + 1;
   // per warp: its kQW queries interleaved [D] x float4 and their probabilities [Nc] x float4
   float4* xs4 = reinterpret_cast<float4*>(smem) + warp * (D + Nc);
@@ -239,6 +252,8 @@ __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 6 : 1)
     bk[k] = d < D ? bias[d] : 0.f;
   }
   __syncthreads();
+  clk.lap(kCfStage);
+  clk.add(kCfQueries, q1 - q0);
   for (int64_t qb = q0 + int64_t(warp) * kQW; qb < q1; qb += int64_t(nw) * kQW) {
     const int nv = q1 - qb < kQW ? int(q1 - qb) : kQW;  // valid queries of this batch
     float xr[kQW][KD];
@@ -319,6 +334,7 @@ __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 6 : 1)
       if (nv > 3) pq[3 * Nc] = e.w;
     }
     __syncwarp();
+    clk.lap(kCfScores);
     // att = P C (lane = channels), context rows in order
     float acc[kQW][KD];
 #pragma unroll
@@ -338,6 +354,7 @@ __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 6 : 1)
           acc[3][k] += pv.w * cv;
         }
     }
+    clk.lap(kCfPc);
     // per query: dropout + residual, LayerNorm (two passes). The kQW queries side by side (their
     // RNG draws and warp sums overlap); the rows past nv are computed (finite: zero queries) but
     // not stored.
@@ -398,16 +415,18 @@ __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 6 : 1)
       }
     }
     __syncwarp();  // xs4 / ps4 are rewritten by the warp's next batch
+    clk.lap(kCfNorm);
   }
+  clk.unit();
 }
 
-template <int KD>
+template <int KD, bool kClock>
 __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 3 : 1)
     k_ctx_block_bwd(float* dX, float* dC, float* partial, const float* dout, const float* probs,
                     const float* rbuf, const float* mean, const float* rstd, const float* X,
                     const float* C, const float* w, const int64_t* qo, const int32_t* order,
                     int Nc, int D, int attention, float p, float keep_scale, uint64_t seed,
-                    uint64_t rstream, float scale) {
+                    uint64_t rstream, float scale, unsigned long long* prof) {
   extern __shared__ __align__(16) float smem[];
   const int64_t b = order[blockIdx.x];  // the samples with the most queries first (launch order)
   const int64_t q0 = qo[b], q1 = qo[b + 1];
@@ -416,6 +435,7 @@ __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 3 : 1)
     for (int d = threadIdx.x; d < 2 * D; d += blockDim.x) part[d] = 0.f;
     return;
   }
+  PhaseClock<kClock> clk(prof);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const int ld = D + 1, nd = Nc * D, wsz = 2 * D + 2 * Nc;
   // per warp (float4 = its kQW queries interleaved): d att [D], queries [D], probs [Nc], ds [Nc]
@@ -437,7 +457,9 @@ __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 3 : 1)
     db_acc[k] = 0.f;
   }
   __syncthreads();
+  clk.lap(kCbStage);
   for (int64_t base = q0; base < q1; base += int64_t(nw) * kQW) {
+    clk.add(kCbRounds, 1);
     const int64_t qb = base + int64_t(warp) * kQW;
     if (qb < q1) {
       const int nv = q1 - qb < kQW ? int(q1 - qb) : kQW;  // the same for the whole warp
@@ -591,7 +613,9 @@ __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 3 : 1)
           }
         }
     }
+    clk.lap(kCbQueries);
     __syncthreads();
+    clk.lap(kCbWait);
     // dC[b] += p_j d att_d + ds_j x_d over the group's queries in order (warp u's queries are
     // base + kQW u + i): a thread owns channel d and the rows r0, r0 + rstride, ...
     const int64_t left = q1 - base;
@@ -650,6 +674,7 @@ __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 3 : 1)
       }
     }
     __syncthreads();
+    clk.lap(kCbDc);
   }
   // dC[b] += dCs: each thread's loads of dC issued together (kStageU per round), as the staging
   float* dCb = dC + b * int64_t(nd);
@@ -688,6 +713,8 @@ __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 3 : 1)
     part[d] = sw;
     part[D + d] = sb;
   }
+  clk.lap(kCbFlush);
+  clk.unit();
 }
 
 // dw[c] += sum_b partial[b, c], db[c] += sum_b partial[b, D + c]: rows b = ty mod 8 summed by 8
@@ -763,12 +790,14 @@ void launch_fwd(float* out, float* probs, float* r, float* mean, float* rstd, co
                 int Nc, int D, bool attention, float p, uint64_t seed, uint64_t rstream, float eps,
                 int nw, unsigned chunks, cudaStream_t stream) {
   const size_t smem = fwd_smem(Nc, D, nw);
-  allow_smem(k_ctx_block_fwd<KD>, smem);
+  unsigned long long* prof = phase_sums(Clocked::kContextForward);
+  auto* kernel = prof ? k_ctx_block_fwd<KD, true> : k_ctx_block_fwd<KD, false>;
+  allow_smem(kernel, smem);
   const float keep_scale = p > 0.f ? 1.0f / (1.0f - p) : 1.0f;  // the CPU's T(1) / (T(1) - T(p))
   const float scale = 1.0f / std::sqrt(float(D));               // context_attention's
-  k_ctx_block_fwd<KD><<<dim3(unsigned(B), chunks), unsigned(nw * 32), smem, stream>>>(
+  kernel<<<dim3(unsigned(B), chunks), unsigned(nw * 32), smem, stream>>>(
       out, probs, r, mean, rstd, X, C, w, b, qo, Nc, D, attention ? 1 : 0, p, keep_scale, seed,
-      rstream, eps, scale);
+      rstream, eps, scale, prof);
   ADA_CUDA_LAUNCHED();
 }
 
@@ -779,12 +808,14 @@ void launch_bwd(float* dX, float* dC, float* partial, const float* dout, const f
                 int Nc, int D, bool attention, float p, uint64_t seed, uint64_t rstream, int nw,
                 cudaStream_t stream) {
   const size_t smem = bwd_smem(Nc, D, nw);
-  allow_smem(k_ctx_block_bwd<KD>, smem);
+  unsigned long long* prof = phase_sums(Clocked::kContextBackward);
+  auto* kernel = prof ? k_ctx_block_bwd<KD, true> : k_ctx_block_bwd<KD, false>;
+  allow_smem(kernel, smem);
   const float keep_scale = p > 0.f ? 1.0f / (1.0f - p) : 1.0f;
   const float scale = 1.0f / std::sqrt(float(D));
-  k_ctx_block_bwd<KD><<<unsigned(B), unsigned(nw * 32), smem, stream>>>(
+  kernel<<<unsigned(B), unsigned(nw * 32), smem, stream>>>(
       dX, dC, partial, dout, probs, r, mean, rstd, X, C, w, qo, order, Nc, D, attention ? 1 : 0,
-      p, keep_scale, seed, rstream, scale);
+      p, keep_scale, seed, rstream, scale, prof);
   ADA_CUDA_LAUNCHED();
 }
 

@@ -53,6 +53,7 @@
 #include "ada/check.hpp"
 #include "ada/rng.hpp"
 #include "kernels/cuda_util.cuh"
+#include "kernels/phase_clock.cuh"
 
 namespace ada {
 namespace cuda {
@@ -219,13 +220,20 @@ __device__ __forceinline__ void conv_step(float (&acc)[kRowsPerWarp][TN], const 
     for (int j = 0; j < TN; ++j) acc[i][j] = fmaf(hrow[i * S + 32 * j], xv[j], acc[i][j]);
 }
 
-template <int TN>
+// The forward's phase clock ("filter_block_forward", kernels/phase_clock.cuh), per filter block:
+// the CTA's setup (weight and filter staging, spread over its blocks), then per block the E tile and
+// keep bits up to the first barrier, the convolution, the Linear, the LayerNorm and outputs, the
+// wait at the last barrier.
+enum FbFwdSlot { kFbSetup = 1, kFbStage, kFbFilter, kFbLinear, kFbNorm, kFbWait };
+
+template <int TN, bool kClock>
 __global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
     k_fb_fwd(float* Et, float* F, float* Rr, float* mean, float* rstd, const float* E,
              const float* cw, const float* Wd, const float* bd, const float* lw, const float* lb,
              const float* tables, int64_t R, int K, int D, float eps, float p, float keep_scale,
-             float s, uint64_t seed, uint64_t stream) {
+             float s, uint64_t seed, uint64_t stream, unsigned long long* prof) {
   extern __shared__ float sm[];
+  PhaseClock<kClock> clk(prof);
   const FbLayout L = fb_layout(K, D, TN, false);
   const int Kf = L.Kf, S = L.S, SW = L.SW;
   float* Ws = sm + L.off_W;
@@ -273,6 +281,7 @@ __global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
   const int n0 = kRowsPerWarp * w;
   const int mA = min(n0 + 1, K), mB = min(n0 + kRowsPerWarp, K);
   __syncthreads();
+  clk.lap(kFbSetup);
 
   for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
     const int64_t e0 = r * K * D, b0 = e0 >> 2;
@@ -282,6 +291,7 @@ __global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
     store_tile<TN>(xs, pre, L);
     if (drop) keep_bits(keep, e0, int64_t(K) * D, p, seed, stream);
     __syncthreads();
+    clk.lap(kFbStage);
     if (r + gridDim.x < R) fetch_tile<TN>(pre, E + (r + gridDim.x) * K * D, L);
     // 2. the filter: circular convolution along K (m in increasing order) -> F (the warp's rows)
     float acc[kRowsPerWarp][TN];
@@ -320,6 +330,7 @@ __global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
       }
     }
     __syncwarp();
+    clk.lap(kFbFilter);
     // 3. Linear + bias, dropout, residual, LayerNorm
 #pragma unroll
     for (int m = 0; m < kRowsPerWarp; ++m)
@@ -345,6 +356,7 @@ __global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
         }
       }
     }
+    clk.lap(kFbLinear);
 #pragma unroll
     for (int m = 0; m < kRowsPerWarp; ++m) {
       const int n = kRowsPerWarp * w + m;
@@ -386,7 +398,10 @@ __global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
         rstd[r * K + n] = rs;
       }
     }
-    __syncthreads();  // the next block overwrites xs, keep, Gr, Gi
+    clk.lap(kFbNorm);
+    __syncthreads();  // the next block overwrites xs, keep and F
+    clk.lap(kFbWait);
+    clk.unit();
   }
 }
 
@@ -652,9 +667,11 @@ void launch_fb_fwd(FilterBlockWorkspace& ws, cudaStream_t st, size_t smem, int t
                    const float* Wd, const float* bd, const float* lw, const float* lb,
                    const float* tb, int64_t R, int K, int D, float eps, float p, float keep_scale,
                    float s, uint64_t seed, uint64_t stream) {
-  const unsigned grid = fb_grid(ws, k_fb_fwd<TN>, smem, threads, R);
-  k_fb_fwd<TN><<<grid, threads, smem, st>>>(Et, F, Rr, mean, rstd, E, cw, Wd, bd, lw, lb, tb, R, K,
-                                            D, eps, p, keep_scale, s, seed, stream);
+  unsigned long long* prof = phase_sums(Clocked::kFilterForward);
+  auto* kernel = prof ? k_fb_fwd<TN, true> : k_fb_fwd<TN, false>;
+  const unsigned grid = fb_grid(ws, kernel, smem, threads, R);
+  kernel<<<grid, threads, smem, st>>>(Et, F, Rr, mean, rstd, E, cw, Wd, bd, lw, lb, tb, R, K, D, eps,
+                                      p, keep_scale, s, seed, stream, prof);
   ADA_CUDA_LAUNCHED();
 }
 

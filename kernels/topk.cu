@@ -1,5 +1,6 @@
 // Fused batched score + top-k (see topk.cuh) and the GPU shard searcher of topk.hpp.
 #include "kernels/topk.cuh"
+#include "kernels/phase_clock.cuh"
 #include "kernels/warp_mma.cuh"
 
 #include <mma.h>
@@ -839,14 +840,11 @@ __device__ __forceinline__ float exact_score(const float* __restrict__ qv, const
 
 constexpr int kSelectBatch = 4;  // kernel 2's rounds over the group bests whose loads are issued together
 
-// The select kernel's phase clock (topk_select_profile): slots of its shared array `ts` and of the
-// device sums. Phases are clock64() boundaries of thread 0, each timed from the one before: the
-// query row and the group keys (kPhKeys), tau (kPhTau), the groups' bests offered or listed for
-// rescoring (kPhOffers), the rescoring (kPhRescore), the final sort (kPhSort), the output (kPhOut).
-enum SelectSlot {
-  kPhStart = 0, kPhKeys, kPhTau, kPhOffers, kPhRescore, kPhSort, kPhOut,
-  kCntTauSteps, kCntRescored, kCntCandidates, kProfBlocks, kProfSlots
-};
+// The select kernel's phase clock (kernels/phase_clock.cuh, "topk_select"): its slots, in the order
+// of phase_clock.cu's names. Phases from the start: the query row and the group keys, tau (the
+// bisection), the groups' bests offered or listed for rescoring, the rescoring, the final sort, the
+// output; then counts per query: bisection steps, groups rescored, candidates before the final sort.
+enum SelectSlot { kPhKeys = 1, kPhTau, kPhOffers, kPhRescore, kPhSort, kPhOut, kCntTauSteps, kCntRescored, kCntCandidates };
 
 // Kernel 2: one block per query.
 //  1. tau: a score that at least r = k + (excluded ids in range) + 1 (item 0) group bests reach,
@@ -861,8 +859,7 @@ enum SelectSlot {
 //     exactly, and the whole group when its second plus the margin reaches tau too.)
 //  3. The candidates go through a buffer with a running threshold; the best k are the result.
 // DT: D when it is 32, 64 or 128 (exact_score's batched loads), else 0. kClock: the phase clock
-// (topk_select_profile) into prof; a separate instantiation, so that the default one carries none
-// of it.
+// into prof (SelectSlot).
 template <int DT, bool kClock>
 __global__ void __launch_bounds__(kMaxSelectThreads)
 select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, const float* __restrict__ bias,
@@ -876,10 +873,6 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
                                                //  j only after every key up to j has been read)
   int* ctl = reinterpret_cast<int*>(keys + G);  // [4]: three rotating counters, rescan count
   const Buffer bf = carve(reinterpret_cast<unsigned char*>(ctl + 4), cap);
-  // [kProfSlots] after the buffer (8-byte aligned), with kClock: thread 0's clock at the phase
-  // boundaries and the counts (SelectSlot), added into prof at the end
-  long long* ts = reinterpret_cast<long long*>(
-      (reinterpret_cast<uintptr_t>(ctl + 4) + buffer_bytes(cap) + 7) & ~uintptr_t(7));
 
   const int64_t row = blockIdx.x;
   const int64_t e0 = ex_off[row], e1 = ex_off[row + 1];
@@ -887,11 +880,7 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
   const int32_t* id1p = in.id1 + row * G;
   const float* s2p = in.s2 + row * G;
   const bool approx = in.norm != nullptr;
-  const bool clocked = kClock && threadIdx.x == 0;
-  if (clocked) {
-    ts[kPhStart] = clock64();
-    ts[kCntTauSteps] = 0;  // no bisection when there are fewer groups than it needs
-  }
+  PhaseClock<kClock> clk(prof);
   for (int d = threadIdx.x; d < D; d += blockDim.x) qv[d] = U[row * D + d];
   if (threadIdx.x == 0) {
     ctl[0] = ctl[1] = ctl[2] = ctl[3] = 0;
@@ -907,7 +896,7 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
   for (int64_t i = threadIdx.x; i < G; i += blockDim.x)
     keys[i] = ordered_bits(approx ? order_key(s1p[i] - tc_margin(unorm, in.norm[i], in.absb[i])) : s1p[i]);
   __syncthreads();
-  if (clocked) ts[kPhKeys] = clock64();
+  clk.lap(kPhKeys);
 
   // 1. tau (as an ordered key): count(keys >= lo_u) >= r holds throughout, count(keys >= hi_u) < r.
   const uint32_t minus_inf = ordered_bits(-INFINITY);
@@ -924,7 +913,7 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
       if (threadIdx.x == 0) ctl[(it + 1) % 3] = 0;  // last read before the previous barrier
       __syncthreads();
       const int64_t total = ctl[it % 3];
-      if (clocked) ts[kCntTauSteps] = it + 1;
+      clk.add(kCntTauSteps, 1);
       if (total >= r) {
         lo_u = mid;
         if (total <= r + r / 8 + 8) break;
@@ -940,7 +929,7 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
     *bf.thr_id = kNoId;
   }
   __syncthreads();
-  if (clocked) ts[kPhTau] = clock64();
+  clk.lap(kPhTau);
 
   // 2. The groups' bests, kSelectBatch rounds of blockDim groups at a time: every thread loads its
   // groups' bounds (and keys) for all of them first, so the batch waits for memory once.
@@ -989,10 +978,8 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
     }
   }
 
-  if (clocked) {
-    ts[kPhOffers] = clock64();
-    ts[kCntRescored] = ctl[3];
-  }
+  clk.lap(kPhOffers);
+  clk.add(kCntRescored, ctl[3]);
   // 3. Rescoring, item by item, the groups that need it.
   const int64_t total = int64_t(ctl[3]) * g;
   for (int64_t t0 = 0; t0 < total; t0 += blockDim.x) {
@@ -1009,24 +996,18 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
     end_round(bf, k);
   }
 
-  if (clocked) {
-    ts[kPhRescore] = clock64();
-    ts[kCntCandidates] = *bf.cnt;  // every append is before the barrier that ended the last round
-  }
+  clk.lap(kPhRescore);
+  clk.add(kCntCandidates, *bf.cnt);  // every append is before the barrier that ended the last round
   compact(bf, k);
-  if (clocked) ts[kPhSort] = clock64();
+  clk.lap(kPhSort);
   const int kept = *bf.cnt;
   for (int i = threadIdx.x; i < k; i += blockDim.x) {
     out_s[row * k + i] = i < kept ? bf.s[i] : -INFINITY;
     out_i[row * k + i] = i < kept ? bf.id[i] : -1;
   }
   if (threadIdx.x == 0) out_c[row] = kept;
-  if (clocked) {  // the phases' cycles (each from the previous boundary), the counts, one block
-    ts[kPhOut] = clock64();
-    for (int ph = kPhKeys; ph <= kPhOut; ++ph) atomicAdd(prof + ph, (unsigned long long)(ts[ph] - ts[ph - 1]));
-    for (int c = kCntTauSteps; c <= kCntCandidates; ++c) atomicAdd(prof + c, (unsigned long long)ts[c]);
-    atomicAdd(prof + kProfBlocks, 1ull);
-  }
+  clk.lap(kPhOut);
+  clk.unit();
 }
 
 int64_t next_pow2(int64_t x) {
@@ -1039,7 +1020,7 @@ size_t tiled_smem(int qb, int D) { return size_t(D) * qb * sizeof(float) + size_
 
 size_t select_smem(int64_t G, int D, int cap) {
   return size_t(G) * sizeof(uint32_t) + size_t((D + 3) / 4 * 4) * sizeof(float) + 4 * sizeof(int) +
-         buffer_bytes(cap) + 7 + kProfSlots * sizeof(long long);  // (+ 7: the clock slots' alignment)
+         buffer_bytes(cap);
 }
 
 size_t align_up(size_t x) { return (x + 255) / 256 * 256; }
@@ -1072,7 +1053,6 @@ int g_tensor_cores = 0;  // TensorCores of topk.hpp: 0 auto, 1 always, 2 never
 bool g_staged = true;    // small batches: the staged warp kernel where it applies (topk_staged)
 int g_tc_kernel = 0;      // the tensor-core bounds kernel (topk_tc_kernel): 0 wmma, 1 wmma sharing, 2 mma.sync
 int g_select_threads = 0;  // threads per select block (topk_select_threads), 0: by the batch
-unsigned long long* g_select_prof = nullptr;  // [kProfSlots] device sums while the phase clock is on
 constexpr int64_t kTcAutoMinItems = 65536;
 
 template <class Kernel>
@@ -1291,7 +1271,8 @@ void run_topk(const float* U, int64_t B, int D, const float* E, const float* bia
            : D == 128 ? select_kernel<128, c>
                       : select_kernel<0, c>;
   };
-  const auto select_kern = g_select_prof ? select_for(D, std::true_type{}) : select_for(D, std::false_type{});
+  unsigned long long* prof = phase_sums(Clocked::kTopkSelect);
+  const auto select_kern = prof ? select_for(D, std::true_type{}) : select_for(D, std::false_type{});
   if (select) set_smem(select_kern, p.smem_select);
   for (int64_t b0 = 0; b0 < B; b0 += p.slice) {
     const int64_t nb = std::min(p.slice, B - b0);
@@ -1301,7 +1282,7 @@ void run_topk(const float* U, int64_t B, int D, const float* E, const float* bia
     if (!select) continue;
     select_kern<<<unsigned(nb), unsigned(p.select_threads), p.smem_select, stream>>>(
         Us, D, E, bias, lo, n, p.group, p.n_groups, k, p.cap, bounds, ex_off + b0, ex_ids, out_scores + b0 * k,
-        out_ids + b0 * k, out_count + b0, g_select_prof);
+        out_ids + b0 * k, out_count + b0, prof);
     ADA_CUDA_OK(cudaGetLastError());
   }
 }
@@ -1326,32 +1307,6 @@ void topk_select_threads(int threads) {
   ADA_CHECK(threads == 0 || (threads % 32 == 0 && threads >= 32 && threads <= kMaxSelectThreads),
             "topk: " << threads << " select threads (0, or a multiple of 32 up to " << kMaxSelectThreads << ")");
   g_select_threads = threads;
-}
-
-void topk_select_profile(bool on) {
-  if (g_select_prof) {
-    ADA_CUDA_OK(cudaDeviceSynchronize());  // no queued select kernel still adds into it
-    ADA_CUDA_OK(cudaFree(g_select_prof));
-    g_select_prof = nullptr;
-  }
-  if (!on) return;
-  ADA_CUDA_OK(cudaMalloc(&g_select_prof, kProfSlots * sizeof(unsigned long long)));
-  ADA_CUDA_OK(cudaMemset(g_select_prof, 0, kProfSlots * sizeof(unsigned long long)));
-}
-
-GpuSelectProfile topk_select_profile_read() {
-  if (!g_select_prof) return {};
-  unsigned long long h[kProfSlots] = {};
-  ADA_CUDA_OK(cudaDeviceSynchronize());
-  ADA_CUDA_OK(cudaMemcpy(h, g_select_prof, sizeof h, cudaMemcpyDeviceToHost));
-  GpuSelectProfile r;
-  r.blocks = int64_t(h[kProfBlocks]);
-  const double nb = r.blocks > 0 ? double(r.blocks) : 1.0;
-  for (int ph = kPhKeys; ph <= kPhOut; ++ph) r.cycles[ph - kPhKeys] = double(h[ph]) / nb;
-  r.tau_steps = double(h[kCntTauSteps]) / nb;
-  r.rescored_groups = double(h[kCntRescored]) / nb;
-  r.candidates = double(h[kCntCandidates]) / nb;
-  return r;
 }
 
 }  // namespace cuda
@@ -1479,8 +1434,6 @@ void set_gpu_topk_tensor_cores(TensorCores mode) { cuda::topk_tensor_cores(int(m
 void set_gpu_topk_staged(bool on) { cuda::topk_staged(on); }
 void set_gpu_topk_tc_kernel(TcKernel kernel) { cuda::topk_tc_kernel(int(kernel)); }
 void set_gpu_topk_select_threads(int threads) { cuda::topk_select_threads(threads); }
-void set_gpu_topk_select_profile(bool on) { cuda::topk_select_profile(on); }
-GpuSelectProfile gpu_topk_select_profile() { return cuda::topk_select_profile_read(); }
 
 std::unique_ptr<TopkSearcher> make_gpu_searcher(const float* E, const float* bias, int64_t lo, int64_t hi, int64_t D,
                                                 int device) {

@@ -29,8 +29,6 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "ada/topk.hpp"
-
 namespace ada {
 namespace cuda {
 
@@ -93,15 +91,6 @@ void topk_tc_kernel(int kernel);
 // multiprocessors idle, else 256), or 32 .. 1024 in multiples of 32 (32: a warp per query, many
 // queries per multiprocessor). Process-wide, for tests and benchmarks; results are identical.
 void topk_select_threads(int threads);
-
-// The select kernel's phase clock (ada::set_gpu_topk_select_profile, topk.hpp): while on, each
-// select block's thread 0 reads clock64() at its phase boundaries (each phase timed from the end of
-// the one before) and adds the cycles, a few counts and itself into device sums with one atomicAdd
-// each at its end, in a separate instantiation of the kernel. topk_select_profile(true) starts from
-// zero (false stops; either waits for the device first); topk_select_profile_read() waits for the
-// device and returns the means per block since the start (all zero while the clock is off).
-void topk_select_profile(bool on);
-GpuSelectProfile topk_select_profile_read();
 
 // Kernel 1 alone (its output stays in ws): for benchmarks that split the time between the kernels.
 void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo,

@@ -136,6 +136,38 @@ TEST_CASE("CUDA fused context block: small and odd shapes", "[cuda][fused_contex
   });
 }
 
+// The two kernels' phase clocks (ada::set_cuda_phase_clock, for benchmarks): the forward counts a
+// block per sample and group of 16 of its queries (3 + 1 + 5 + 33 queries: 1 + 1 + 1 + 3 blocks)
+// and their queries, the backward (run twice by check_case) each sample with queries and its
+// groups; the phases are sane non-negative cycle counts and the results still the CPU's.
+TEST_CASE("CUDA fused context block: the phase clocks count blocks, samples and queries, and change no result",
+          "[cuda][fused_context]") {
+  require_gpu();
+  Pair P;
+  uint64_t seed = 900;
+  {
+    const ada_test::PhaseClockOn on;
+    check_case(P, {{0, 3, 1, 0, 5, 33}, 7, 33}, true, 0.3f, seed);
+    const PhaseClockReading f = cuda_phase_clock("context_block_forward");
+    CHECK(f.units == 6);
+    CHECK(ada_test::reading_of(f, "queries") == Approx(42.0 / 6));
+    const PhaseClockReading b = cuda_phase_clock("context_block_backward");
+    CHECK(b.units == 2 * 4);
+    CHECK(ada_test::reading_of(b, "rounds") == Approx(2.0 * (1 + 1 + 1 + 3) / 8));
+    for (const PhaseClockReading* r : {&f, &b}) {
+      double total = 0;
+      for (size_t i = 0; i < r->names.size(); ++i) {
+        if (r->names[i] == "queries" || r->names[i] == "rounds") continue;  // counts
+        CHECK(r->means[i] >= 0);
+        CHECK(r->means[i] < 1e12);
+        total += r->means[i];
+      }
+      CHECK(total > 0);
+    }
+  }
+  CHECK(cuda_phase_clock("context_block_backward").units == 0);
+}
+
 TEST_CASE("CUDA fused context block: Beauty maxima", "[cuda][fused_context]") {
   run_cases({
       {{50, 1, 0, 17}, 80, 64},  // 50 queries (an empty history's padding), Nc = 80 (round 4)

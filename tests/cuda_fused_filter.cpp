@@ -12,7 +12,7 @@
 //   exact (0)   which elements the dropout zeroes: for p > 0 a position dropped on one side and kept
 //               on the other would show as an error of the size of the value, far above 1e-4; the
 //               keep bits are also checked exactly through G = 0 positions of Rr - E (see below)
-//   1e-4        F (DFT sums), Rr, Et, mean, rstd (Linear and LayerNorm sums in another order than
+//   1e-4        F (the filter's sums), Rr, Et, mean, rstd (Linear and LayerNorm sums in another order than
 //               OpenBLAS / the CPU loops), and the gradients dE, d complex weight, d dense weight,
 //               d dense bias, d LayerNorm weight and bias (sums over all n rows in another order)
 #include <catch2/catch.hpp>
@@ -78,6 +78,38 @@ const std::vector<Shape>& shapes() {
   return v;
 }
 
+// The forward of one shape and dropout rate on both backends: every output and the mask.
+void check_forward(Backend<float>& cpu, Backend<float>& gpu, const Shape& s, float p, uint64_t base) {
+  const Case c(s, p, base);
+  const int64_t n = s.R * s.K, nD = n * s.D;
+  std::vector<float> Et(sz(nD)), F(sz(nD)), Rr(sz(nD)), mean(sz(n)), rstd(sz(n));
+  cpu.filter_block_forward(Et.data(), F.data(), Rr.data(), mean.data(), rstd.data(), c.E.data(), c.cw.data(),
+                           c.Wd.data(), c.bd.data(), c.lw.data(), c.lb.data(), s.R, s.K, s.D, kEps, p, c.seed,
+                           c.stream);
+  auto dE = dev(c.E), dcw = dev(c.cw), dWd = dev(c.Wd), dbd = dev(c.bd), dlw = dev(c.lw), dlb = dev(c.lb);
+  DeviceArray<float> gEt(sz(nD)), gF(sz(nD)), gRr(sz(nD)), gmean(sz(n)), grstd(sz(n));
+  gpu.filter_block_forward(gEt.data(), gF.data(), gRr.data(), gmean.data(), grstd.data(), dE.data(), dcw.data(),
+                           dWd.data(), dbd.data(), dlw.data(), dlb.data(), s.R, s.K, s.D, kEps, p, c.seed,
+                           c.stream);
+  const std::string tag = c.tag();
+  expect_close("F" + tag, gF.to_vector(), F, kReduce);
+  const auto gR = gRr.to_vector();
+  expect_close("Rr" + tag, gR, Rr, kReduce);
+  expect_close("Et" + tag, gEt.to_vector(), Et, kReduce);
+  expect_close("mean" + tag, gmean.to_vector(), mean, kReduce);
+  expect_close("rstd" + tag, grstd.to_vector(), rstd, kReduce);
+  // the dropout mask exactly: Rr - E is 0 where the element was dropped (both sides)
+  size_t mismatched = 0, dropped = 0;
+  for (size_t i = 0; i < Rr.size(); ++i) {
+    const bool cpu_drop = Rr[i] - c.E[i] == 0.f, gpu_drop = gR[i] - c.E[i] == 0.f;
+    dropped += cpu_drop;
+    mismatched += cpu_drop != gpu_drop;
+  }
+  INFO("dropout mask" << tag << ": " << mismatched << " positions differ, " << dropped << " dropped");
+  CHECK(mismatched == 0);
+  if (p > 0 && nD >= 200) CHECK(dropped > 0);
+}
+
 }  // namespace
 
 TEST_CASE("CUDA fused filter block forward matches the CPU op (outputs and saved tensors)",
@@ -87,38 +119,33 @@ TEST_CASE("CUDA fused filter block forward matches the CPU op (outputs and saved
   auto gpu = make_cuda_backend(0);
   uint64_t base = 0;
   for (const Shape& s : shapes())
-    for (float p : {0.0f, 0.3f}) {
-      const Case c(s, p, ++base);
-      const int64_t n = s.R * s.K, nD = n * s.D;
-      std::vector<float> Et(sz(nD)), F(sz(nD)), Rr(sz(nD)), mean(sz(n)), rstd(sz(n));
-      cpu->filter_block_forward(Et.data(), F.data(), Rr.data(), mean.data(), rstd.data(), c.E.data(),
-                                c.cw.data(), c.Wd.data(), c.bd.data(), c.lw.data(), c.lb.data(), s.R,
-                                s.K, s.D, kEps, p, c.seed, c.stream);
-      auto dE = dev(c.E), dcw = dev(c.cw), dWd = dev(c.Wd), dbd = dev(c.bd), dlw = dev(c.lw),
-           dlb = dev(c.lb);
-      DeviceArray<float> gEt(sz(nD)), gF(sz(nD)), gRr(sz(nD)), gmean(sz(n)), grstd(sz(n));
-      gpu->filter_block_forward(gEt.data(), gF.data(), gRr.data(), gmean.data(), grstd.data(),
-                                dE.data(), dcw.data(), dWd.data(), dbd.data(), dlw.data(), dlb.data(),
-                                s.R, s.K, s.D, kEps, p, c.seed, c.stream);
-      const std::string tag = c.tag();
-      expect_close("F" + tag, gF.to_vector(), F, kReduce);
-      const auto gR = gRr.to_vector();
-      expect_close("Rr" + tag, gR, Rr, kReduce);
-      expect_close("Et" + tag, gEt.to_vector(), Et, kReduce);
-      expect_close("mean" + tag, gmean.to_vector(), mean, kReduce);
-      expect_close("rstd" + tag, grstd.to_vector(), rstd, kReduce);
-      // the dropout mask exactly: Rr - E is 0 where the element was dropped (both sides)
-      size_t mismatched = 0, dropped = 0;
-      for (size_t i = 0; i < Rr.size(); ++i) {
-        const bool cpu_drop = Rr[i] - c.E[i] == 0.f, gpu_drop = gR[i] - c.E[i] == 0.f;
-        dropped += cpu_drop;
-        mismatched += cpu_drop != gpu_drop;
-      }
-      INFO("dropout mask" << tag << ": " << mismatched << " positions differ, " << dropped
-                          << " dropped");
-      CHECK(mismatched == 0);
-      if (p > 0 && nD >= 200) CHECK(dropped > 0);
+    for (float p : {0.0f, 0.3f}) check_forward(*cpu, *gpu, s, p, ++base);
+}
+
+// The forward's phase clock (ada::set_cuda_phase_clock, for benchmarks): every filter block of
+// every call counted, each phase a sane non-negative number of cycles, the outputs still the CPU's.
+TEST_CASE("CUDA fused filter block forward: its phase clock counts every filter block and changes no output",
+          "[cuda][fused_filter]") {
+  require_gpu();
+  auto cpu = make_cpu_backend<float>();
+  auto gpu = make_cuda_backend(0);
+  {
+    const ada_test::PhaseClockOn on;
+    check_forward(*cpu, *gpu, {3, 5, 7}, 0.3f, 400);
+    check_forward(*cpu, *gpu, {40, 20, 64}, 0.0f, 401);
+    const PhaseClockReading r = cuda_phase_clock("filter_block_forward");
+    CHECK(r.units == 43);
+    CHECK(r.unit == "filter block");
+    double total = 0;
+    for (const char* ph : {"cta_setup", "stage", "filter", "linear", "norm", "wait"}) {
+      const double c = ada_test::reading_of(r, ph);
+      CHECK(c >= 0);
+      CHECK(c < 1e12);
+      total += c;
     }
+    CHECK(total > 0);
+  }
+  CHECK(cuda_phase_clock("filter_block_forward").units == 0);
 }
 
 TEST_CASE("CUDA fused filter block backward matches the CPU op (every gradient, += onto values)",

@@ -26,6 +26,22 @@ inline void require_gpu() {
 
 inline size_t sz(int64_t n) { return static_cast<size_t>(n); }
 
+// The CUDA kernels' phase clocks on for a scope (ada::set_cuda_phase_clock), off at its end.
+struct PhaseClockOn {
+  PhaseClockOn() { ada::set_cuda_phase_clock(true); }
+  ~PhaseClockOn() { ada::set_cuda_phase_clock(false); }
+  PhaseClockOn(const PhaseClockOn&) = delete;
+  PhaseClockOn& operator=(const PhaseClockOn&) = delete;
+};
+
+// The mean of slot `name` in a phase-clock reading (a test failure when there is no such slot).
+inline double reading_of(const ada::PhaseClockReading& r, const std::string& name) {
+  for (size_t i = 0; i < r.names.size(); ++i)
+    if (r.names[i] == name) return r.means[i];
+  FAIL("no slot " << name << " in the phase clock of " << r.unit << "s");
+  return 0;
+}
+
 // offset + uniform in [-scale, scale) from the counter RNG (key, stream = seed).
 inline std::vector<float> rnd(size_t n, uint64_t seed, float scale = 1.0f, float offset = 0.0f,
                               uint64_t key = 4321) {

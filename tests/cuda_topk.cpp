@@ -226,38 +226,37 @@ TEST_CASE("cuda top-k: select blocks of one and two warps", "[cuda][topk]") {
   for (int bad : {-32, 16, 48, 2048}) REQUIRE_THROWS_WITH(ada::set_gpu_topk_select_threads(bad), Catch::Contains("select threads"));
 }
 
-// The select kernel's phase clock (set_gpu_topk_select_profile, for benchmarks): every query's
-// block of every call counted, each phase's cycles a sane non-negative number (a phase timed against
-// the wrong boundary wraps around), the counts within their bounds, the lists still the CPU's, and
+// The select kernel's phase clock (ada::set_cuda_phase_clock, for benchmarks): every query's block
+// of every call counted, each phase's cycles a sane non-negative number (a phase timed against the
+// wrong boundary wraps around), the counts within their bounds, the lists still the CPU's, and
 // nothing counted once it is off.
 TEST_CASE("cuda top-k: the select kernel's phase clock counts every query and changes no list", "[cuda][topk]") {
   require_gpu();
-  struct Clock {
-    Clock() { ada::set_gpu_topk_select_profile(true); }
-    ~Clock() { ada::set_gpu_topk_select_profile(false); }
-  };
   const Problem p = random_problem(70, 3001, 32, 67u, 40);  // 376 groups of 8 items
   {
-    const Clock on;
+    const ada_test::PhaseClockOn on;
     compare(p, 0, p.N, 10);
     compare(p, 0, p.N, 100);
-    const ada::GpuSelectProfile prof = ada::gpu_topk_select_profile();
-    CHECK(prof.blocks == 2 * p.B);
+    const ada::PhaseClockReading r = ada::cuda_phase_clock("topk_select");
+    CHECK(r.units == 2 * p.B);
+    CHECK(r.unit == "query");
+    const auto at = [&](const char* name) { return ada_test::reading_of(r, name); };
     double total = 0;
-    for (double c : prof.cycles) {
-      CHECK(c >= 0);
-      CHECK(c < 1e12);
-      total += c;
+    for (const char* ph : {"keys", "tau", "offers", "rescore", "sort", "out"}) {
+      CHECK(at(ph) >= 0);
+      CHECK(at(ph) < 1e12);
+      total += at(ph);
     }
     CHECK(total > 0);
-    CHECK(prof.tau_steps >= 1);  // every row needs tau: k + 40 excluded + 1 <= 376 groups
-    CHECK(prof.tau_steps <= 33);
-    CHECK(prof.rescored_groups >= 0);
-    CHECK(prof.rescored_groups <= 376);
-    CHECK(prof.candidates >= (10 + 100) / 2.0);  // the buffer holds each row's k best at the end
+    CHECK(at("tau_steps") >= 1);  // every row needs tau: k + 40 excluded + 1 <= 376 groups
+    CHECK(at("tau_steps") <= 33);
+    CHECK(at("rescored_groups") >= 0);
+    CHECK(at("rescored_groups") <= 376);
+    CHECK(at("candidates") >= (10 + 100) / 2.0);  // the buffer holds each row's k best at the end
   }
   compare(p, 0, p.N, 10);
-  CHECK(ada::gpu_topk_select_profile().blocks == 0);
+  CHECK(ada::cuda_phase_clock("topk_select").units == 0);
+  REQUIRE_THROWS_WITH(ada::cuda_phase_clock("no_such_kernel"), Catch::Contains("topk_select"));
 }
 
 TEST_CASE("cuda top-k equals the CPU searcher on random problems", "[cuda][topk][large]") {

@@ -28,6 +28,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "ada/backend.hpp"
@@ -93,6 +94,25 @@ class DeviceArray {
   T* ptr_ = nullptr;
   size_t n_ = 0;
 };
+
+// Phase clocks of CUDA kernels, for benchmarks: where a kernel's time goes, without a profiler.
+// While on, the clocked kernels ("topk_select", "filter_block_forward", "context_block_forward",
+// "context_block_backward") run a separate instantiation whose thread 0 of each block reads the SM
+// clock at the kernel's phase boundaries and adds each phase's cycles, and a few counts, into device
+// sums (a few atomics per block; the results are unchanged, the time a little longer).
+// set_cuda_phase_clock(true) starts every clock from zero, (false) stops them; both wait for the
+// device. cuda_phase_clock(kernel) waits for the device and returns, since the start, how many
+// units of the kernel were counted (a query, a filter block, ...: `unit`) and, per slot, its name
+// and its mean per unit (SM cycles for the phases, each timed from the end of the one before; then
+// counts). An unknown kernel is an ada::Error. Without CUDA: a no-op, and readings of 0 units.
+struct PhaseClockReading {
+  int64_t units = 0;
+  std::string unit;
+  std::vector<std::string> names;
+  std::vector<double> means;
+};
+void set_cuda_phase_clock(bool on);
+PhaseClockReading cuda_phase_clock(const std::string& kernel);
 
 extern template class DeviceArray<float>;
 extern template class DeviceArray<int32_t>;

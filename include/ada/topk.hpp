@@ -108,22 +108,6 @@ void set_gpu_topk_tc_kernel(TcKernel kernel);
 // queries per multiprocessor, no wait on other warps at its barriers). ada::Error otherwise. The
 // lists are the same; for tests and benchmarks. Process-wide; a no-op without CUDA.
 void set_gpu_topk_select_threads(int threads);
-// The selection step's phase clock, for benchmarks and tests (a breakdown without a profiler): while
-// on, each query's select block reads the SM clock at its phase boundaries and adds the cycles of
-// each phase and a few counts into device sums (the lists are unchanged). set_gpu_topk_select_profile
-// (true) starts from zero, (false) stops; gpu_topk_select_profile() returns the means per query
-// since the start (blocks = 0 without CUDA, or when the clock is off). Both wait for the device.
-struct GpuSelectProfile {
-  int64_t blocks = 0;  // select blocks (one per query and call) counted
-  // SM cycles per block: the query and group keys; tau (bisection); the group bests offered or
-  // listed for rescoring; the rescoring; the final sort; the output
-  double cycles[6] = {0, 0, 0, 0, 0, 0};
-  double tau_steps = 0;        // bisection steps per block
-  double rescored_groups = 0;  // groups rescored item by item, per block
-  double candidates = 0;       // candidate-buffer entries before the final sort, per block
-};
-void set_gpu_topk_select_profile(bool on);
-GpuSelectProfile gpu_topk_select_profile();
 
 // Exact merge of shard results for the same rows: the best k of the union, in the order above.
 // Shards must cover disjoint item ranges (a repeated id is an error).

@@ -9,8 +9,6 @@ void set_gpu_topk_tensor_cores(TensorCores) {}
 void set_gpu_topk_staged(bool) {}
 void set_gpu_topk_tc_kernel(TcKernel) {}
 void set_gpu_topk_select_threads(int) {}
-void set_gpu_topk_select_profile(bool) {}
-GpuSelectProfile gpu_topk_select_profile() { return {}; }
 
 std::unique_ptr<TopkSearcher> make_gpu_searcher(const float*, const float*, int64_t, int64_t, int64_t, int device) {
   ADA_FAIL("gpu searcher: this build of ada-retrieval has no CUDA (configure with -DADA_WITH_CUDA=ON and nvcc on "
