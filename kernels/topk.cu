@@ -132,11 +132,11 @@ __device__ void compact(const Buffer& bf, int k) {
   __syncthreads();
 }
 
-// After a round of at most blockDim.x appends per thread block: compacts when the next round might
-// not fit. Every thread reads cnt here and takes the same branch; the barrier on both paths keeps the
+// After a round of at most `per_thread` appends per thread: compacts when the next round might not
+// fit. Every thread reads cnt here and takes the same branch; the barrier on both paths keeps the
 // next round's appends after every thread's read.
-__device__ __forceinline__ void end_round(const Buffer& bf, int k) {
-  if (*bf.cnt > bf.cap - int(blockDim.x))
+__device__ __forceinline__ void end_round(const Buffer& bf, int k, int per_thread) {
+  if (*bf.cnt > bf.cap - per_thread * int(blockDim.x))
     compact(bf, k);
   else
     __syncthreads();
@@ -931,8 +931,13 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
   __syncthreads();
   clk.lap(kPhTau);
 
-  // 2. The groups' bests, kSelectBatch rounds of blockDim groups at a time: every thread loads its
-  // groups' bounds (and keys) for all of them first, so the batch waits for memory once.
+  // 2. The groups' bests, kSelectBatch groups per thread at a time: every thread loads its groups'
+  // bounds (and keys) for all of them first, so the batch waits for memory once; then handles them
+  // in turn, an exact score (one more memory latency) only for the bests it offers, and the block
+  // meets once per batch (the buffer keeps room for kSelectBatch appends per thread). (Until
+  // 2026-11-29 the batch ran as kSelectBatch rounds of one group per thread, each round ending at a
+  // barrier: with the tensor cores' bounds a round with any best to score waited a latency, about
+  // every round, though few threads had one.)
   for (int64_t t0 = 0; t0 < G; t0 += kSelectBatch * int64_t(blockDim.x)) {
     float s1v[kSelectBatch], s2v[kSelectBatch], mv[kSelectBatch];
     int idv[kSelectBatch];
@@ -973,18 +978,20 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
         else
           offer(bf, s1, id);
       }
-      __syncthreads();
-      end_round(bf, k);
     }
+    __syncthreads();
+    end_round(bf, k, kSelectBatch);
   }
 
   clk.lap(kPhOffers);
   clk.add(kCntRescored, ctl[3]);
-  // 3. Rescoring, item by item, the groups that need it.
+  // 3. Rescoring, item by item, the groups that need it: kSelectBatch items per thread between the
+  // block's meetings, as above.
   const int64_t total = int64_t(ctl[3]) * g;
-  for (int64_t t0 = 0; t0 < total; t0 += blockDim.x) {
-    const int64_t f = t0 + threadIdx.x;
-    if (f < total) {
+  for (int64_t t0 = 0; t0 < total; t0 += kSelectBatch * int64_t(blockDim.x)) {
+    for (int u = 0; u < kSelectBatch; ++u) {
+      const int64_t f = t0 + u * int64_t(blockDim.x) + threadIdx.x;
+      if (f >= total) break;
       const int64_t item = int64_t(rescan[f / g]) * g + f % g;
       const int gid = int(lo + item);
       if (item < n && gid != 0) {
@@ -993,7 +1000,7 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
       }
     }
     __syncthreads();
-    end_round(bf, k);
+    end_round(bf, k, kSelectBatch);
   }
 
   clk.lap(kPhRescore);
@@ -1136,7 +1143,7 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
   // Kernel 2: 1024 threads per query while the batch leaves multiprocessors idle, else 256. Its
   // shared memory grows with the groups: on devices with less of it, fewer and larger groups.
   p.select_threads = g_select_threads ? g_select_threads : B <= 2 * int64_t(sms) ? kMaxSelectThreads : 256;
-  p.cap = int(next_pow2(k + p.select_threads));
+  p.cap = int(next_pow2(k + kSelectBatch * p.select_threads));
   while (select_smem(p.n_groups, D, p.cap) > size_t(smem_optin) && p.n_groups > 1 && p.group < (1 << 29)) {
     p.group *= 2;
     p.n_groups = (n + p.group - 1) / p.group;

@@ -58,7 +58,7 @@ struct TopkPlan {
   int64_t chunk_items = 0;     // items per block of the tiled kernel (whole groups and tiles)
   int n_chunks = 0;
   int select_threads = 0;      // threads per block of the select kernel (256 or 1024)
-  int cap = 0;                 // candidate buffer of the select kernel (power of two >= k + select_threads)
+  int cap = 0;                 // candidate buffer of the select kernel (power of two >= k + 4 select_threads)
   size_t smem_bounds = 0, smem_select = 0;  // dynamic shared memory bytes
   int64_t slice = 0;           // queries per pass (bounds the workspace)
   size_t workspace_bytes = 0;
