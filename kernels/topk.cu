@@ -893,8 +893,21 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
     for (int d = 0; d < D; ++d) ss += double(qv[d]) * qv[d];
     unorm = ss == ss ? norm_up(ss) : INFINITY;
   }
-  for (int64_t i = threadIdx.x; i < G; i += blockDim.x)
-    keys[i] = ordered_bits(approx ? order_key(s1p[i] - tc_margin(unorm, in.norm[i], in.absb[i])) : s1p[i]);
+  // The keys, kSelectBatch per thread with their loads issued first (one latency per batch).
+  for (int64_t i0 = threadIdx.x; i0 < G; i0 += kSelectBatch * int64_t(blockDim.x)) {
+    float sv[kSelectBatch], mv[kSelectBatch];
+#pragma unroll
+    for (int u = 0; u < kSelectBatch; ++u) {
+      const int64_t i = i0 + u * int64_t(blockDim.x);
+      sv[u] = i < G ? s1p[i] : 0.0f;
+      mv[u] = i < G && approx ? tc_margin(unorm, in.norm[i], in.absb[i]) : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kSelectBatch; ++u) {
+      const int64_t i = i0 + u * int64_t(blockDim.x);
+      if (i < G) keys[i] = ordered_bits(approx ? order_key(sv[u] - mv[u]) : sv[u]);
+    }
+  }
   __syncthreads();
   clk.lap(kPhKeys);
 
