@@ -838,7 +838,7 @@ __device__ __forceinline__ float exact_score(const float* __restrict__ qv, const
   return bias ? acc + __ldg(bias + item) : acc;
 }
 
-constexpr int kSelectBatch = 4;  // kernel 2's rounds over the group bests whose loads are issued together
+constexpr int kSelectBatch = 4;  // kernel 2: keys, groups or rescored items a thread takes per batch
 
 // The select kernel's phase clock (kernels/phase_clock.cuh, "topk_select"): its slots, in the order
 // of phase_clock.cu's names. Phases from the start: the query row and the group keys, tau (the
