@@ -220,9 +220,9 @@ __device__ __forceinline__ void stage_context(float* Cs, const float* Cb, int Nc
 // the block's queries (a count). Backward ("context_block_backward", per sample with queries): the
 // context staged and dC zeroed; per group of 4 nw queries, thread 0's warp's batch, the wait for
 // the other warps, the dC accumulation (to its barrier); at the end dC added to global memory and
-// the LayerNorm partials; the groups (a count).
-enum CtxFwdSlot { kCfStage = 1, kCfScores, kCfPc, kCfNorm, kCfQueries };
-enum CtxBwdSlot { kCbStage = 1, kCbQueries, kCbWait, kCbDc, kCbFlush, kCbRounds };
+// the LayerNorm partials; the groups (a count). Both: the slowest block.
+enum CtxFwdSlot { kCfStage = 1, kCfScores, kCfPc, kCfNorm, kCfQueries, kCfMaxBlock };
+enum CtxBwdSlot { kCbStage = 1, kCbQueries, kCbWait, kCbDc, kCbFlush, kCbRounds, kCbMaxBlock };
 
 template <int KD, bool kClock>
 __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 6 : 1)
@@ -417,6 +417,7 @@ __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 6 : 1)
     __syncwarp();  // xs4 / ps4 are rewritten by the warp's next batch
     clk.lap(kCfNorm);
   }
+  clk.max_since_start(kCfMaxBlock);
   clk.unit();
 }
 
@@ -714,6 +715,7 @@ __global__ void __launch_bounds__(kCtxWarps * 32, KD <= 2 ? 3 : 1)
     part[D + d] = sb;
   }
   clk.lap(kCbFlush);
+  clk.max_since_start(kCbMaxBlock);
   clk.unit();
 }
 

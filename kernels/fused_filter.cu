@@ -223,8 +223,8 @@ __device__ __forceinline__ void conv_step(float (&acc)[kRowsPerWarp][TN], const 
 // The forward's phase clock ("filter_block_forward", kernels/phase_clock.cuh), per filter block:
 // the CTA's setup (weight and filter staging, spread over its blocks), then per block the E tile and
 // keep bits up to the first barrier, the convolution, the Linear, the LayerNorm and outputs, the
-// wait at the last barrier.
-enum FbFwdSlot { kFbSetup = 1, kFbStage, kFbFilter, kFbLinear, kFbNorm, kFbWait };
+// wait at the last barrier; the slowest CTA.
+enum FbFwdSlot { kFbSetup = 1, kFbStage, kFbFilter, kFbLinear, kFbNorm, kFbWait, kFbMaxCta };
 
 template <int TN, bool kClock>
 __global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
@@ -403,6 +403,7 @@ __global__ void __launch_bounds__(512, TN <= 2 ? 2 : 1)
     clk.lap(kFbWait);
     clk.unit();
   }
+  clk.max_since_start(kFbMaxCta);
 }
 
 // Partial row of one CTA: dW [D, D], d complex weight [Kf, D, 2], d bias, d LN w, d LN b [D].

@@ -22,10 +22,12 @@ struct Spec {
 const std::array<Spec, size_t(Clocked::kCount)>& specs() {
   static const std::array<Spec, size_t(Clocked::kCount)> s = {{
       {"topk_select", "query",
-       {"keys", "tau", "offers", "rescore", "sort", "out", "tau_steps", "rescored_groups", "candidates"}},
-      {"filter_block_forward", "filter block", {"cta_setup", "stage", "filter", "linear", "norm", "wait"}},
-      {"context_block_forward", "block", {"stage", "scores", "pc", "norm", "queries"}},
-      {"context_block_backward", "sample", {"stage", "queries", "wait", "dc", "flush", "rounds"}},
+       {"keys", "tau", "offers", "rescore", "sort", "out", "tau_steps", "rescored_groups", "candidates",
+        "max_block"}},
+      {"filter_block_forward", "filter block",
+       {"cta_setup", "stage", "filter", "linear", "norm", "wait", "max_cta"}},
+      {"context_block_forward", "block", {"stage", "scores", "pc", "norm", "queries", "max_block"}},
+      {"context_block_backward", "sample", {"stage", "queries", "wait", "dc", "flush", "rounds", "max_block"}},
   }};
   return s;
 }
@@ -63,7 +65,10 @@ int64_t phase_clock_read(const std::string& kernel, std::string& unit, std::vect
     ADA_CUDA_CHECK(cudaDeviceSynchronize());
     ADA_CUDA_CHECK(cudaMemcpy(h.data(), g_sums[k], h.size() * sizeof(h[0]), cudaMemcpyDeviceToHost));
     const double units = double(h[0]);
-    for (size_t i = 0; i < names.size(); ++i) means[i] = units > 0 ? double(h[i + 1]) / units : 0.0;
+    for (size_t i = 0; i < names.size(); ++i) {
+      const bool is_max = names[i].compare(0, 4, "max_") == 0;  // a maximum, not a sum
+      means[i] = is_max ? double(h[i + 1]) : units > 0 ? double(h[i + 1]) / units : 0.0;
+    }
     return int64_t(h[0]);
   }
   std::string known;

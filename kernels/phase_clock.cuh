@@ -32,9 +32,9 @@ int64_t phase_clock_read(const std::string& kernel, std::string& unit, std::vect
 template <bool kOn>
 struct PhaseClock {
   unsigned long long* sums;
-  long long last = 0;
+  long long begin = 0, last = 0;
   __device__ explicit PhaseClock(unsigned long long* s) : sums(s) {
-    if (kOn && threadIdx.x == 0) last = clock64();
+    if (kOn && threadIdx.x == 0) begin = last = clock64();
   }
   // The cycles since the last lap (or since the start) into `slot`.
   __device__ __forceinline__ void lap(int slot) {
@@ -54,6 +54,12 @@ struct PhaseClock {
   }
   // One unit of the kernel (slot 0): the divisor of the means.
   __device__ __forceinline__ void unit() { add(0, 1); }
+  // The largest time from the clock's start (the block's) to now over all blocks, into `slot`: a
+  // slot named max_... (phase_clock.cu), read as it is, not as a mean. The slowest block is the
+  // kernel's critical path when the grid runs in one wave; the means hide it.
+  __device__ __forceinline__ void max_since_start(int slot) {
+    if (kOn && threadIdx.x == 0) atomicMax(sums + slot, (unsigned long long)(clock64() - begin));
+  }
 };
 
 }  // namespace cuda

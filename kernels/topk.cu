@@ -843,8 +843,11 @@ constexpr int kSelectBatch = 4;  // kernel 2: keys, groups or rescored items a t
 // The select kernel's phase clock (kernels/phase_clock.cuh, "topk_select"): its slots, in the order
 // of phase_clock.cu's names. Phases from the start: the query row and the group keys, tau (the
 // bisection), the groups' bests offered or listed for rescoring, the rescoring, the final sort, the
-// output; then counts per query: bisection steps, groups rescored, candidates before the final sort.
-enum SelectSlot { kPhKeys = 1, kPhTau, kPhOffers, kPhRescore, kPhSort, kPhOut, kCntTauSteps, kCntRescored, kCntCandidates };
+// output; then counts per query: bisection steps, groups rescored, candidates before the final sort;
+// the slowest block.
+enum SelectSlot {
+  kPhKeys = 1, kPhTau, kPhOffers, kPhRescore, kPhSort, kPhOut, kCntTauSteps, kCntRescored, kCntCandidates, kMaxBlock
+};
 
 // Kernel 2: one block per query.
 //  1. tau: a score that at least r = k + (excluded ids in range) + 1 (item 0) group bests reach,
@@ -1027,6 +1030,7 @@ select_kernel(const float* __restrict__ U, int D, const float* __restrict__ E, c
   }
   if (threadIdx.x == 0) out_c[row] = kept;
   clk.lap(kPhOut);
+  clk.max_since_start(kMaxBlock);
   clk.unit();
 }
 

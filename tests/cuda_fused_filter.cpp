@@ -144,6 +144,7 @@ TEST_CASE("CUDA fused filter block forward: its phase clock counts every filter 
       total += c;
     }
     CHECK(total > 0);
+    CHECK(ada_test::reading_of(r, "max_cta") >= total);  // the slowest CTA: at least a mean block's time
   }
   CHECK(cuda_phase_clock("filter_block_forward").units == 0);
 }

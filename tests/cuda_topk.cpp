@@ -248,6 +248,7 @@ TEST_CASE("cuda top-k: the select kernel's phase clock counts every query and ch
       total += at(ph);
     }
     CHECK(total > 0);
+    CHECK(at("max_block") >= total);  // the slowest block took at least the mean block's time
     CHECK(at("tau_steps") >= 1);  // every row needs tau: k + 40 excluded + 1 <= 376 groups
     CHECK(at("tau_steps") <= 33);
     CHECK(at("rescored_groups") >= 0);

@@ -104,7 +104,9 @@ class DeviceArray {
 // device. cuda_phase_clock(kernel) waits for the device and returns, since the start, how many
 // units of the kernel were counted (a query, a filter block, ...: `unit`) and, per slot, its name
 // and its mean per unit (SM cycles for the phases, each timed from the end of the one before; then
-// counts). An unknown kernel is an ada::Error. Without CUDA: a no-op, and readings of 0 units.
+// counts), except the slots named max_...: the largest cycles any block (or persistent CTA) took
+// from its start to its end. An unknown kernel is an ada::Error. Without CUDA: a no-op, and
+// readings of 0 units.
 struct PhaseClockReading {
   int64_t units = 0;
   std::string unit;

@@ -228,6 +228,11 @@ inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v)
   const unsigned long long o = *p; *p = o + v; return o;
 }
 inline int atomicMax(int* p, int v) { const int o = *p; if (v > o) *p = v; return o; }
+inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
+  const unsigned long long o = *p;
+  if (v > o) *p = v;
+  return o;
+}
 
 // The SM's cycle counter: here the host's steady clock in nanoseconds (monotone, so phase clocks
 // give non-negative durations; their values mean nothing on the host).
