@@ -13,6 +13,9 @@
 //   BM_attention_bwd_baseline_cublas  its backward: scatter dO, dV = P^T dO and dP = dO V^T (two
 //                               batched GEMMs), one kernel for the dropout mask and the softmax
 //                               backward, dQ = dS K and dK = dS^T Q (two more), gather dq, dk, dv
+//   BM_attention_fwd_phases, BM_attention_bwd_phases  BM_attention_fwd / _bwd with the pair
+//                               kernels' phase clocks on: cycles per sequence of each phase and the
+//                               slowest block's
 // scripts/gpu-check pairs BM_<k>_baseline_<what> with BM_<k> and prints the speed-up.
 //
 // Shapes: 1,024 sequences, about 15% of them empty histories that keep all 50 padding tokens and
@@ -565,11 +568,23 @@ void BM_adam_update(benchmark::State& st) {  // Ada-SASRec on Beauty: about 1.01
   st.SetBytesProcessed(int64_t(st.iterations()) * n * 4 * int64_t(sizeof(float)));
 }
 
+// BM_attention_fwd / _bwd with the pair kernels' phase clocks on (ada::set_cuda_phase_clock): where
+// their time goes per sequence and the slowest block, without a profiler (scripts/gpu-check prints
+// the counters).
+void BM_attention_fwd_phases(benchmark::State& st) {
+  ada_bench::with_phase_clock(st, "attention_forward", [&] { BM_attention_fwd(st); });
+}
+void BM_attention_bwd_phases(benchmark::State& st) {
+  ada_bench::with_phase_clock(st, "attention_backward", [&] { BM_attention_bwd(st); });
+}
+
 #define ADA_KERNEL_BENCH(fn) BENCHMARK(fn)->UseManualTime()->Unit(benchmark::kMicrosecond)->MinTime(0.05)->MinWarmUpTime(0.01)
 ADA_KERNEL_BENCH(BM_attention_fwd);
 ADA_KERNEL_BENCH(BM_attention_fwd_baseline_cublas);
 ADA_KERNEL_BENCH(BM_attention_bwd);
 ADA_KERNEL_BENCH(BM_attention_bwd_baseline_cublas);
+ADA_KERNEL_BENCH(BM_attention_fwd_phases);
+ADA_KERNEL_BENCH(BM_attention_bwd_phases);
 ADA_KERNEL_BENCH(BM_layernorm_fwd_bwd);
 ADA_KERNEL_BENCH(BM_ffn_linear_fwd_bwd);
 ADA_KERNEL_BENCH(BM_sampled_bce);

@@ -26,6 +26,7 @@
 #include "kernels/fused_context.cuh"
 #include "kernels/fused_filter.cuh"
 #include "kernels/fused_user.cuh"
+#include "kernels/phase_clock.cuh"
 #include "kernels/topk.cuh"
 #include "src/core/work_order.hpp"
 
@@ -398,6 +399,14 @@ __global__ void k_attn_bwd(float* dq, float* dk, float* dv, float* ds, const flo
 // head) would otherwise start wherever they happen to sit in the batch, the last of them in the
 // grid's final wave.
 
+// The pair kernel for a head_dim (instantiated for up to 4, 8 and 32), the phase-clocked one when
+// `clocked`.
+template <class K>
+K pick_attn_kernel(int hd, bool clocked, K k4, K k8, K k32, K c4, K c8, K c32) {
+  if (clocked) return hd <= 4 ? c4 : hd <= 8 ? c8 : c32;
+  return hd <= 4 ? k4 : hd <= 8 ? k8 : k32;
+}
+
 // Whether the thread-per-pair kernels take a shape: head_dim up to 32 and the longest sequence's
 // rows (two [n, W] arrays) in the default 48 KB of shared memory.
 inline bool attn_pairs_fit(int hd, int64_t W, int64_t max_len) {
@@ -432,10 +441,19 @@ __device__ __forceinline__ void stage_rows2(float* as, float* bs, const float* a
   }
 }
 
-template <int HDMAX>
+// The pair kernels' phase clocks (kernels/phase_clock.cuh; "attention_forward" and
+// "attention_backward", per sequence): forward, the k and v rows staged, then the thread's pairs;
+// backward, the k and v rows staged, phase 1 (queries), the q and dout rows staged, phase 2 (keys);
+// both, the slowest block.
+enum AttnFwdSlot { kAfStage = 1, kAfPairs, kAfMaxBlock };
+enum AttnBwdSlot { kAbStage = 1, kAbQueries, kAbRestage, kAbKeys, kAbMaxBlock };
+
+template <int HDMAX, bool kClock>
 __global__ void __launch_bounds__(kThreads)
-k_attn_fwd_pairs(float* out, float* probs, const float* q, const float* k, const float* v, AttnArgs a) {
+k_attn_fwd_pairs(float* out, float* probs, const float* q, const float* k, const float* v, AttnArgs a,
+                 unsigned long long* prof) {
   extern __shared__ float sm[];  // k rows then v rows of the sequence, [n][W] each
+  PhaseClock<kClock> clk(prof);
   const int64_t s = a.order[blockIdx.x];
   const int64_t t0 = a.tok[s], n = a.tok[s + 1] - t0;
   const bool masked = a.masked[s] != 0;
@@ -447,6 +465,7 @@ k_attn_fwd_pairs(float* out, float* probs, const float* q, const float* k, const
   float* vs = sm + n * W;
   stage_rows2(ks, vs, k, v, t0, n, W);
   __syncthreads();
+  clk.lap(kAfStage);
   const int64_t pairs = (n - i_begin) * a.H;
   for (int64_t pr = threadIdx.x; pr < pairs; pr += blockDim.x) {
     const int64_t i = i_begin + pr / a.H;
@@ -485,6 +504,9 @@ k_attn_fwd_pairs(float* out, float* probs, const float* q, const float* k, const
     }
     head_store(out + qrow * W + int64_t(h) * hd, o, hd);
   }
+  clk.lap(kAfPairs);
+  clk.max_since_start(kAfMaxBlock);
+  clk.unit();
 }
 
 // Backward. Phase 1, thread per (query, head), k and v rows in shared memory: dp_j = <dout, v_j> m_j
@@ -492,11 +514,12 @@ k_attn_fwd_pairs(float* out, float* probs, const float* q, const float* k, const
 // ds_j k_j (keys in order). Phase 2, thread per (key, head), the queries' q and dout rows in the
 // same shared memory: dv_j += sum_i p_ij m_ij dout_i and dk_j += sum_i ds_ij q_i over the queries
 // in increasing order, as the CPU adds them; the loads of four queries are issued together.
-template <int HDMAX>
+template <int HDMAX, bool kClock>
 __global__ void __launch_bounds__(kThreads)
 k_attn_bwd_pairs(float* dq, float* dk, float* dv, float* ds, const float* dout, const float* probs, const float* q,
-                 const float* k, const float* v, AttnArgs a) {
+                 const float* k, const float* v, AttnArgs a, unsigned long long* prof) {
   extern __shared__ float sm[];
+  PhaseClock<kClock> clk(prof);
   const int64_t s = a.order[blockIdx.x];
   const int64_t t0 = a.tok[s], n = a.tok[s + 1] - t0;
   const bool masked = a.masked[s] != 0;
@@ -509,6 +532,7 @@ k_attn_bwd_pairs(float* dq, float* dk, float* dv, float* ds, const float* dout, 
   float* vs = sm + n * W;
   stage_rows2(ks, vs, k, v, t0, n, W);
   __syncthreads();
+  clk.lap(kAbStage);
   for (int64_t pr = threadIdx.x; pr < nq * a.H; pr += blockDim.x) {
     const int64_t i = i_begin + pr / a.H;
     const int h = int(pr % a.H);
@@ -540,10 +564,12 @@ k_attn_bwd_pairs(float* dq, float* dk, float* dv, float* ds, const float* dout, 
     head_store(dq + qrow * W + int64_t(h) * hd, acc, hd);
   }
   __syncthreads();  // every ds of the sequence is written (and visible to the block); k, v rows done with
+  clk.lap(kAbQueries);
   float* qs = sm;            // [nq][W]: the queries' q rows
   float* gs = sm + nq * W;   // [nq][W]: their dout rows
   stage_rows2(qs, gs, q, dout, qrow_of(i_begin), nq, W);  // the query rows are consecutive (one if last_only)
   __syncthreads();
+  clk.lap(kAbRestage);
   for (int64_t pr = threadIdx.x; pr < n * a.H; pr += blockDim.x) {
     const int64_t j = pr / a.H;
     const int h = int(pr % a.H);
@@ -579,6 +605,9 @@ k_attn_bwd_pairs(float* dq, float* dk, float* dv, float* ds, const float* dout, 
     head_store(dkj, ak, hd);
     head_store(dvj, av, hd);
   }
+  clk.lap(kAbKeys);
+  clk.max_since_start(kAbMaxBlock);
+  clk.unit();
 }
 
 // ---- sampled scorer + BCE ----
@@ -1258,12 +1287,12 @@ class CudaBackend final : public Backend<float> {
     const int64_t W = int64_t(sh.heads) * sh.head_dim;
     if (attn_pairs_fit(sh.head_dim, W, m.max_len)) {
       const size_t bytes = size_t(2 * m.max_len * W) * sizeof(float);
-      if (sh.head_dim <= 4)
-        k_attn_fwd_pairs<4><<<S, kThreads, bytes, stream_>>>(out, probs, q, k, v, a);
-      else if (sh.head_dim <= 8)
-        k_attn_fwd_pairs<8><<<S, kThreads, bytes, stream_>>>(out, probs, q, k, v, a);
-      else
-        k_attn_fwd_pairs<32><<<S, kThreads, bytes, stream_>>>(out, probs, q, k, v, a);
+      unsigned long long* prof = phase_sums(Clocked::kAttentionForward);
+      auto* kernel = pick_attn_kernel(sh.head_dim, prof != nullptr, k_attn_fwd_pairs<4, false>,
+                                      k_attn_fwd_pairs<8, false>, k_attn_fwd_pairs<32, false>,
+                                      k_attn_fwd_pairs<4, true>, k_attn_fwd_pairs<8, true>,
+                                      k_attn_fwd_pairs<32, true>);
+      kernel<<<S, kThreads, bytes, stream_>>>(out, probs, q, k, v, a, prof);
     } else {
       k_attn_fwd<<<S, kThreads, 0, stream_>>>(out, probs, q, k, v, a);
     }
@@ -1281,12 +1310,12 @@ class CudaBackend final : public Backend<float> {
     const int64_t W = int64_t(sh.heads) * sh.head_dim;
     if (attn_pairs_fit(sh.head_dim, W, m.max_len)) {
       const size_t bytes = size_t(2 * m.max_len * W) * sizeof(float);
-      if (sh.head_dim <= 4)
-        k_attn_bwd_pairs<4><<<S, kThreads, bytes, stream_>>>(dq, dk, dv, ds, dout, probs, q, k, v, a);
-      else if (sh.head_dim <= 8)
-        k_attn_bwd_pairs<8><<<S, kThreads, bytes, stream_>>>(dq, dk, dv, ds, dout, probs, q, k, v, a);
-      else
-        k_attn_bwd_pairs<32><<<S, kThreads, bytes, stream_>>>(dq, dk, dv, ds, dout, probs, q, k, v, a);
+      unsigned long long* prof = phase_sums(Clocked::kAttentionBackward);
+      auto* kernel = pick_attn_kernel(sh.head_dim, prof != nullptr, k_attn_bwd_pairs<4, false>,
+                                      k_attn_bwd_pairs<8, false>, k_attn_bwd_pairs<32, false>,
+                                      k_attn_bwd_pairs<4, true>, k_attn_bwd_pairs<8, true>,
+                                      k_attn_bwd_pairs<32, true>);
+      kernel<<<S, kThreads, bytes, stream_>>>(dq, dk, dv, ds, dout, probs, q, k, v, a, prof);
     } else {
       k_attn_bwd<<<S, kThreads, 0, stream_>>>(dq, dk, dv, ds, dout, probs, q, k, v, a);
     }

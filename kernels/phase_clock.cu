@@ -28,6 +28,8 @@ const std::array<Spec, size_t(Clocked::kCount)>& specs() {
        {"cta_setup", "stage", "filter", "linear", "norm", "wait", "max_cta"}},
       {"context_block_forward", "block", {"stage", "scores", "pc", "norm", "queries", "max_block"}},
       {"context_block_backward", "sample", {"stage", "queries", "wait", "dc", "flush", "rounds", "max_block"}},
+      {"attention_forward", "sequence", {"stage", "pairs", "max_block"}},
+      {"attention_backward", "sequence", {"stage", "queries", "restage", "keys", "max_block"}},
   }};
   return s;
 }

@@ -16,7 +16,9 @@ namespace cuda {
 
 // The clocked kernels; the slot names of each (phases in cycles, then counts) are in
 // kernels/phase_clock.cu. Slot 0 of every kernel counts its units (PhaseClock::unit).
-enum class Clocked { kTopkSelect, kFilterForward, kContextForward, kContextBackward, kCount };
+enum class Clocked {
+  kTopkSelect, kFilterForward, kContextForward, kContextBackward, kAttentionForward, kAttentionBackward, kCount
+};
 
 // The device sums of kernel k while the clocks are on (allocated and zeroed when they were switched
 // on), else nullptr: a launcher runs the kOn instantiation with it exactly when it is not null.

@@ -405,6 +405,36 @@ TEST_CASE("CUDA jagged causal attention, all_masked sequences, last_only, dropou
     }
 }
 
+// The thread-per-pair attention kernels' phase clocks (ada::set_cuda_phase_clock, for benchmarks):
+// every sequence of every call counted (4 + 2 sequences through check_attention's forward and
+// backward), the phases sane non-negative cycle counts, the slowest block at least the mean one, the
+// results still the CPU's. (head_dim 37 takes the warp kernels, which have no clock: not counted.)
+TEST_CASE("CUDA attention: the pair kernels' phase clocks count every sequence and change no result", "[cuda]") {
+  require_gpu();
+  Pair P;
+  {
+    const ada_test::PhaseClockOn on;
+    check_attention(P, make_layout({50, 49, 33, 2}, {0, 1, 0, 0}), 16, 4, false, 0.2f, 950);
+    check_attention(P, make_layout({1, 3}, {1, 1}), 2, 3, true, 0.0f, 960);
+    check_attention(P, make_layout({50, 49, 33, 2}, {0, 1, 0, 0}), 1, 37, false, 0.0f, 970);
+    for (const char* kernel : {"attention_forward", "attention_backward"}) {
+      INFO(kernel);
+      const PhaseClockReading r = cuda_phase_clock(kernel);
+      CHECK(r.units == 6);
+      CHECK(r.unit == "sequence");
+      double total = 0;
+      for (size_t i = 0; i + 1 < r.names.size(); ++i) {  // the phases; the last slot is max_block
+        CHECK(r.means[i] >= 0);
+        CHECK(r.means[i] < 1e12);
+        total += r.means[i];
+      }
+      CHECK(total > 0);
+      CHECK(ada_test::reading_of(r, "max_block") >= total);
+    }
+  }
+  CHECK(cuda_phase_clock("attention_forward").units == 0);
+}
+
 TEST_CASE("CUDA sampled BCE loss and gradients (clamped logs, padding row)", "[cuda]") {
   require_gpu();
   Pair P;
