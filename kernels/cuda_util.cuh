@@ -4,6 +4,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "ada/check.hpp"
@@ -36,6 +37,22 @@ namespace ada {
 namespace cuda {
 
 constexpr int kThreads = 256;
+
+// The current device's opt-in shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin;
+// remembered per thread and device).
+inline size_t smem_optin_bytes() {
+  thread_local int cached_dev = -1;
+  thread_local size_t cached = 0;
+  int dev = 0;
+  ADA_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev != cached_dev) {
+    int v = 0;
+    ADA_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    cached = size_t(v);
+    cached_dev = dev;
+  }
+  return cached;
+}
 
 // Blocks for a grid-stride loop over n items (at least 1, at most 2^20: the loops stride beyond).
 inline unsigned grid_for(int64_t n, int threads = kThreads) {

@@ -749,20 +749,8 @@ size_t bwd_smem(int64_t Nc, int64_t D, int nw) {
   return sizeof(float) * size_t(Nc * (D + 1) + Nc * D + kQW * nw * (2 * D + 2 * Nc));
 }
 
-// The current device's opt-in shared memory per block (remembered per thread and device).
-size_t smem_optin_limit() {
-  thread_local int cached_dev = -1;
-  thread_local size_t cached = 0;
-  int dev = 0;
-  ADA_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev != cached_dev) {
-    int v = 0;
-    ADA_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    cached = std::max<size_t>(size_t(v), kDefaultSmem);
-    cached_dev = dev;
-  }
-  return cached;
-}
+// The current device's opt-in shared memory per block, at least the default 48 KB.
+size_t smem_optin_limit() { return std::max<size_t>(smem_optin_bytes(), kDefaultSmem); }
 
 // Warps per block: kCtxWarps, halved while the backward's (the larger) shared memory does not fit;
 // 0 when even one warp does not fit.

@@ -30,10 +30,17 @@
 //     summed in order by the last CTA to finish (one launch, deterministic).
 //   Global loads in the forward's elementwise loops are batched (batched_for: a thread issues the
 //   loads of several iterations before the first store), so a tile pays one memory latency per
-//   batch, not one per iteration; the bias of a product is loaded with its first weight chunk. The
-//   backward's elementwise loops load per iteration (only its LayerNorm rows are loaded ahead):
-//   batched there, they took the backward kernel from 192 registers (sm_90) to 255 with spills on
-//   sm_90 and sm_80, and it ran slower (117 -> 124 us at B = 1024, D = 64, t = 4 on an H100).
+//   batch, not one per iteration; the bias of a product is loaded with its first weight chunk. In
+//   the backward, batched the same way, they took the kernel from 192 registers (sm_90) to 255 with
+//   spills and it ran slower (117 -> 124 us at B = 1024, D = 64, t = 4 on an H100); so (since
+//   2026-11-29, not yet run on a GPU) the backward copies what its elementwise loops read (a1r, v,
+//   h_t, and the gates, gh's n part and h_prev of the last P steps, as shared memory allows) into
+//   shared memory by cp.async at its start, and each group's d users rows during the group's
+//   product: no registers held, one wait where there were about 28 dependent global loads per
+//   thread at t = 1 (a loop that stores to global memory cannot have its next load hoisted above the
+//   store). The buffers' offsets are kernel parameters: computed in the kernel, they were registers
+//   live across the products and took DB = 128 to 255 registers with spills. ptxas (CUDA 13): sm_90
+//   194 and 252 registers (DB = 64, 128), no spills; sm_80 255 and 254, 16 bytes spilled at DB = 64.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -49,6 +56,7 @@
 #include "ada/rng.hpp"
 #include "kernels/cuda_util.cuh"
 #include "kernels/fused_user.cuh"
+#include "kernels/warp_mma.cuh"
 
 namespace ada {
 namespace cuda {
@@ -345,15 +353,45 @@ struct BwdArgs {
   UserAdapterSaved<float> sv;
   UserAdapterTensors<const float*> w;
   int64_t B;
-  int D, t, G;
+  int D, t, G, P;  // P: the last steps (t - 1 down to t - P) whose operands are prefetched
+  // Where the prefetched operands go in shared memory (float offsets; kernel parameters, not
+  // registers held across the products: computed in the kernel they took DB = 128 to 255 registers
+  // with spills), and whether every source row is 16-byte aligned (cp.async; else plain copies).
+  int off_du, off_a1r, off_v, off_ht, off_step;
+  bool vec;
   float p, keep_scale;
   uint64_t seed, stream;
 };
 
-// G: the steps whose d users products share one pass over W_ih (4 R D floats each).
-size_t bwd_smem_floats(int D, int G) {
-  return size_t(kWsFloats) + size_t(kRows) * 11 * D + size_t(G) * kRows * 4 * D;
+// G: the steps whose d users products share one pass over W_ih (4 R D floats each, and R D for
+// their prefetched d users rows); P: the steps whose operands are prefetched at the start (gates,
+// gh's n part, h_prev: 5 R D each); 4 R D: a1r, v and h_t, prefetched at the start too.
+size_t bwd_smem_floats(int D, int G, int P) {
+  return size_t(kWsFloats) + size_t(kRows) * 15 * D + size_t(G + P) * kRows * 5 * D;
 }
+constexpr size_t kBwdSmemBudget = 160 * 1024;  // backward: the d users products of G steps fit this
+
+// Rows b0 .. b0 + kRows - 1 of a row-major global array (src points at row b0; row stride ld
+// floats), columns c0 .. c0 + cols - 1, into dst [kRows][cols] in shared memory, rows >= nr zero:
+// by cp.async in 16-byte pieces when `vec` (cols, c0 and ld multiples of 4, src 16-byte aligned),
+// else element by element. The caller commits the group, waits for it and meets at a barrier before
+// any thread reads dst (the pieces of a row are other threads').
+__device__ __forceinline__ void prefetch_rows(float* dst, const float* src, int64_t ld, int c0, int cols, int nr,
+                                              bool vec) {
+  if (vec) {
+    const int pieces = kRows * cols / 4;
+    for (int c = threadIdx.x; c < pieces; c += kCta) {
+      const int r = 4 * c / cols, x = 4 * c % cols;
+      ptx::cp_async16(dst + r * cols + x, r < nr ? src + r * ld + c0 + x : src, r < nr ? 16 : 0);
+    }
+  } else {
+    for (int i = threadIdx.x; i < kRows * cols; i += kCta) {
+      const int r = i / cols, x = i % cols;
+      dst[i] = r < nr ? src[r * ld + c0 + x] : 0.f;
+    }
+  }
+}
+
 
 template <int DB>
 __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
@@ -372,6 +410,21 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
   float* P = DGH + 3 * RD;                        // [R, D]
   float* DGI = P + RD;                            // [G, R, 3D]: d gi of the group's steps
   float* PA = DGI + G * 3 * RD;                   // [G, R, D]: their d gi W_ih
+  // Operands read from global memory in the loops below, prefetched by cp.async (no registers held,
+  // no wait per loop iteration: the loops store to global memory, so their loads could not be
+  // hoisted, and batching them in registers spilled, see the header):
+  const bool vec = A.vec;
+  prefetch_rows(sm + A.off_a1r, A.sv.a1r + b0 * 2 * D, 2 * D, 0, 2 * D, nr, vec);
+  prefetch_rows(sm + A.off_v, A.v + b0 * D, D, 0, D, nr, vec);
+  prefetch_rows(sm + A.off_ht, A.sv.hs + (int64_t(t) * B + b0) * D, D, 0, D, nr, vec);
+  for (int j = 0; j < A.P; ++j) {
+    const int64_t s = t - 1 - j;
+    float* xs = sm + A.off_step + j * 5 * RD;
+    prefetch_rows(xs, A.sv.gates + (s * B + b0) * 3 * D, 3 * D, 0, 3 * D, nr, vec);
+    prefetch_rows(xs + 3 * RD, A.sv.gh + (s * B + b0) * 3 * D, 3 * D, 2 * D, D, nr, vec);
+    prefetch_rows(xs + 4 * RD, A.sv.hs + (s * B + b0) * D, D, 0, D, nr, vec);
+  }
+  ptx::cp_async_commit();
   if (blockIdx.x == 0 && tid == 0) *A.counter = 0u;  // k_colsum runs after this kernel
   // LayerNorm backward (warp per row) and the dropout mask; rows beyond B are zeros
   for (int r = tid >> 5; r < kRows; r += kCta / 32) {
@@ -419,13 +472,14 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
       A.d_a2[row * D + d] = g;
     }
   }
-  // d a1r = d a2 W2 (W2 [D, 2D]); relu'. The elementwise loops from here on load as they go, not
-  // batched_for: see the header (register pressure).
+  // d a1r = d a2 W2 (W2 [D, 2D]); relu'. The elementwise loops from here on read what was
+  // prefetched (waited for here, visible after the product's first barrier).
+  ptx::cp_async_wait<0>();
   block_product<Cts<DB>::k2, true>(DA1, 2 * D, 0, DA2, D, 0, 1, A.w.w2, nullptr, 2 * D, D, Ws);
   for (int i = tid; i < 2 * RD; i += kCta) {
     const int r = i / (2 * D);
     if (r < nr) {
-      const float g = DA1[i] * (A.sv.a1r[b0 * 2 * D + i] > 0.f ? 1.f : 0.f);
+      const float g = DA1[i] * (sm[A.off_a1r + i] > 0.f ? 1.f : 0.f);
       DA1[i] = g;
       A.d_a1[b0 * 2 * D + i] = g;
     } else {
@@ -440,16 +494,21 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
     if (r < nr) {
       A.d_v[b0 * D + i] = DR[i] + DZ[r * 2 * D + d];
       const int64_t zo = (b0 + r) * 2 * D;
-      A.z[zo + d] = A.v[b0 * D + i];
-      A.z[zo + D + d] = A.sv.hs[(int64_t(t) * B + b0) * D + i];
+      A.z[zo + d] = sm[A.off_v + i];
+      A.z[zo + D + d] = sm[A.off_ht + i];
     }
   }
   // the steps in reverse, in groups of G: slot j of a group is step s_top - j
   int slot = 0, s_top = t - 1;
   for (int s = t - 1; s >= 0; --s) {
-    const float* gates = A.sv.gates + int64_t(s) * B * 3 * D;
-    const float* gh = A.sv.gh + int64_t(s) * B * 3 * D;
-    const float* hp = A.sv.hs + int64_t(s) * B * D;
+    // step s's operands: prefetched (rows of the CTA, [R, 3D], [R, D], [R, D]) for the last P
+    // steps, else the global rows (gh's n part at column 2D of rows of 3D)
+    const bool pre = s >= t - A.P;
+    const float* xs = sm + A.off_step + (t - 1 - s) * 5 * RD;
+    const float* gates = pre ? xs : A.sv.gates + (int64_t(s) * B + b0) * 3 * D;
+    const float* ghn = pre ? xs + 3 * RD : A.sv.gh + (int64_t(s) * B + b0) * 3 * D + 2 * D;
+    const int ghs = pre ? D : 3 * D;  // ghn's row stride
+    const float* hp = pre ? xs + 4 * RD : A.sv.hs + (int64_t(s) * B + b0) * D;
     float* dgi = A.d_gi + int64_t(s) * B * 3 * D;
     float* dgh = A.d_gh + int64_t(s) * B * 3 * D;
     __syncthreads();  // DH written by every thread; DGI/DGH free
@@ -464,9 +523,9 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
         continue;
       }
       const int64_t o3 = (b0 + r) * 3 * D;
-      const GruGrads<float> o =
-          gru_cell_grads(gates[o3 + d], gates[o3 + D + d], gates[o3 + 2 * D + d],
-                         gh[o3 + 2 * D + d], hp[(b0 + r) * D + d], DH[i]);
+      const int l3 = r * 3 * D;
+      const GruGrads<float> o = gru_cell_grads(gates[l3 + d], gates[l3 + D + d], gates[l3 + 2 * D + d],
+                                               ghn[r * ghs + d], hp[i], DH[i]);
       DH[i] = o.h_prev;
       gru_store_grads(gi3, gh3, D, d, o);
       gru_store_grads(dgi + o3, dgh + o3, D, d, o);
@@ -475,14 +534,20 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
       block_product<Cts<DB>::k1, true>(P, D, 0, DGH, 3 * D, 0, 1, A.w.w_hh, nullptr, D, 3 * D, Ws);
       for (int i = tid; i < RD; i += kCta) DH[i] = P[i] + DH[i];
     }
-    // d users[s] += d gi W_ih  (W_ih [3D, D]) for the group's steps at once
+    // d users[s] += d gi W_ih  (W_ih [3D, D]) for the group's steps at once (their d users rows
+    // prefetched during the product)
     if (++slot == G || s == 0) {
+      for (int j = 0; j < slot; ++j)
+        prefetch_rows(sm + A.off_du + j * RD, A.d_users + (int64_t(s_top - j) * B + b0) * D, D, 0, D, nr, vec);
+      ptx::cp_async_commit();
       block_product<Cts<DB>::k1, true>(PA, D, RD, DGI, 3 * D, 3 * RD, slot, A.w.w_ih, nullptr, D, 3 * D, Ws);
+      ptx::cp_async_wait<0>();
+      __syncthreads();  // every thread's pieces of the d users rows
       for (int i = tid; i < slot * RD; i += kCta) {
         const int j = i / RD, e = i % RD;
         if (e / D < nr) {
           float* du = A.d_users + (int64_t(s_top - j) * B + b0) * D;
-          du[e] = PA[i] + du[e];
+          du[e] = PA[i] + sm[A.off_du + i];
         }
       }
       slot = 0;
@@ -589,8 +654,11 @@ void set_smem(Kern k, size_t bytes) {
 
 }  // namespace
 
+// Also that the backward fits the device with one step per d users pass (at D = 128: 96.5 KB), else
+// the backend composes the primitive ops, both directions.
 bool user_fused_supported(const UserAdapterShape& sh) {
-  return sh.D >= 1 && sh.D <= kMaxD && sh.t >= 1 && sh.B >= 0 && sh.B <= int64_t(kRows) * 0x7fffffff;
+  return sh.D >= 1 && sh.D <= kMaxD && sh.t >= 1 && sh.B >= 0 && sh.B <= int64_t(kRows) * 0x7fffffff &&
+         sizeof(float) * bwd_smem_floats(int(sh.D), 1, 0) <= smem_optin_bytes();
 }
 
 void user_fused_forward(cudaStream_t stream, float* out, const UserAdapterSaved<float>& sv,
@@ -660,10 +728,23 @@ void user_fused_backward(cudaStream_t stream, cublasHandle_t blas, float* d_v, f
   a.seed = sh.seed;
   a.stream = sh.stream;
   const unsigned grid = unsigned((B + kRows - 1) / kRows);
-  const int64_t room = (int64_t(kSmemBudget / sizeof(float)) - int64_t(bwd_smem_floats(a.D, 0))) /
-                       (int64_t(kRows) * 4 * D);
+  // G and then P as the budget allows (G >= 1: user_fused_supported checked that it fits)
+  const size_t budget = std::min(kBwdSmemBudget, smem_optin_bytes());
+  const int64_t per = int64_t(kRows) * 5 * D;
+  const int64_t room = (int64_t(budget / sizeof(float)) - int64_t(bwd_smem_floats(a.D, 0, 0))) / per;
   a.G = int(std::max<int64_t>(1, std::min<int64_t>(t, room)));
-  const size_t bytes = sizeof(float) * bwd_smem_floats(a.D, a.G);
+  a.P = int(std::max<int64_t>(0, std::min<int64_t>(t, room - a.G)));
+  const size_t bytes = sizeof(float) * bwd_smem_floats(a.D, a.G, a.P);
+  // the prefetch buffers after the kernel's own arrays (kWsFloats + 11 R D + 4 G R D floats)
+  const int RD = int(kRows * D);
+  a.off_du = kWsFloats + 11 * RD + 4 * a.G * RD;  // [G, R, D]: the group's d users rows
+  a.off_a1r = a.off_du + a.G * RD;                // [R, 2D]
+  a.off_v = a.off_a1r + 2 * RD;                   // [R, D]
+  a.off_ht = a.off_v + RD;                        // [R, D]
+  a.off_step = a.off_ht + RD;                     // [P][5 R D]: step t - 1 - j's gates, gh n part, h_prev
+  const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
+  a.vec = D % 4 == 0 && aligned(sv.a1r) && aligned(v) && aligned(sv.hs) && aligned(sv.gates) && aligned(sv.gh) &&
+          aligned(d_users);
   if (D > 64) {
     set_smem(k_user_bwd<128>, bytes);
     k_user_bwd<128><<<grid, kCta, bytes, stream>>>(a);
