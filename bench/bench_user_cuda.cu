@@ -10,6 +10,7 @@
 //   BM_user_bwd/<t>, BM_user_bwd_baseline_cublas/<t>         the backward (saved tensors from one
 //                                       forward; parameter gradients accumulate over iterations)
 //   BM_user_fwdbwd/<t>, BM_user_fwdbwd_baseline_cublas/<t>   forward + backward
+//   BM_user_bwd_phases/<t>              BM_user_bwd with its kernel's phase clock on (per CTA)
 // CUDA-event time (UseManualTime); "FLOP/s" counts the nominal products (2 t 3D^2 x 2 for the GRU,
 // 6 D^2 for the MLP, per row, x 2 FLOP; backward twice that: data and weight gradients).
 // Inputs are random; tests/cuda_fused_user.cpp checks the values.
@@ -143,6 +144,12 @@ void BM_user_bwd(benchmark::State& st) { run(st, 1, true); }
 void BM_user_bwd_baseline_cublas(benchmark::State& st) { run(st, 1, false); }
 void BM_user_fwdbwd(benchmark::State& st) { run(st, 2, true); }
 void BM_user_fwdbwd_baseline_cublas(benchmark::State& st) { run(st, 2, false); }
+// BM_user_bwd with the backward kernel's phase clock on: its phases per CTA and the slowest CTA's
+// cycles, the kernel's own time, next to BM_user_bwd's (which adds the cuBLAS weight GEMMs and the
+// column sums).
+void BM_user_bwd_phases(benchmark::State& st) {
+  ada_bench::with_phase_clock(st, "user_adapter_backward", [&] { BM_user_bwd(st); });
+}
 
 }  // namespace
 
@@ -155,5 +162,6 @@ ADA_USER_BENCH(BM_user_bwd);
 ADA_USER_BENCH(BM_user_bwd_baseline_cublas);
 ADA_USER_BENCH(BM_user_fwdbwd);
 ADA_USER_BENCH(BM_user_fwdbwd_baseline_cublas);
+ADA_USER_BENCH(BM_user_bwd_phases);
 
 BENCHMARK_MAIN();

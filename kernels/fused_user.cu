@@ -56,6 +56,7 @@
 #include "ada/rng.hpp"
 #include "kernels/cuda_util.cuh"
 #include "kernels/fused_user.cuh"
+#include "kernels/phase_clock.cuh"
 #include "kernels/warp_mma.cuh"
 
 namespace ada {
@@ -359,6 +360,7 @@ struct BwdArgs {
   // with spills), and whether every source row is 16-byte aligned (cp.async; else plain copies).
   int off_du, off_a1r, off_v, off_ht, off_step;
   bool vec;
+  unsigned long long* prof;  // the phase clock's sums (the kClock instantiation), else null
   float p, keep_scale;
   uint64_t seed, stream;
 };
@@ -393,9 +395,16 @@ __device__ __forceinline__ void prefetch_rows(float* dst, const float* src, int6
 }
 
 
-template <int DB>
+// The backward's phase clock ("user_adapter_backward", kernels/phase_clock.cuh), per CTA of kRows
+// rows: the LayerNorm backward and the mask (with the prefetches issued), the W2 product and relu',
+// the W1 product and d v, the GRU steps with their d users products; the slowest CTA (128 CTAs at
+// B = 1024 run in one wave: the kernel's time; the rest of the op is cuBLAS and k_colsum).
+enum UserBwdSlot { kUbLn = 1, kUbW2, kUbW1, kUbSteps, kUbMaxCta };
+
+template <int DB, bool kClock>
 __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
   extern __shared__ float sm[];
+  PhaseClock<kClock> clk(A.prof);
   const int D = A.D, t = A.t, G = A.G, tid = threadIdx.x, lane = tid & 31;
   const int64_t B = A.B, b0 = int64_t(blockIdx.x) * kRows;
   const int nr = int(min(int64_t(kRows), B - b0));
@@ -472,6 +481,7 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
       A.d_a2[row * D + d] = g;
     }
   }
+  clk.lap(kUbLn);
   // d a1r = d a2 W2 (W2 [D, 2D]); relu'. The elementwise loops from here on read what was
   // prefetched (waited for here, visible after the product's first barrier).
   ptx::cp_async_wait<0>();
@@ -486,6 +496,7 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
       DA1[i] = 0.f;
     }
   }
+  clk.lap(kUbW2);
   // d z = d a1 W1 (W1 [2D, 2D]); d v = d r2 + d z[:, :D], d h = d z[:, D:]
   block_product<Cts<DB>::k2, true>(DZ, 2 * D, 0, DA1, 2 * D, 0, 1, A.w.w1, nullptr, 2 * D, 2 * D, Ws);
   for (int i = tid; i < RD; i += kCta) {
@@ -498,6 +509,7 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
       A.z[zo + D + d] = sm[A.off_ht + i];
     }
   }
+  clk.lap(kUbW1);
   // the steps in reverse, in groups of G: slot j of a group is step s_top - j
   int slot = 0, s_top = t - 1;
   for (int s = t - 1; s >= 0; --s) {
@@ -554,6 +566,9 @@ __global__ void __launch_bounds__(kCta) k_user_bwd(BwdArgs A) {
       s_top = s - 1;
     }
   }
+  clk.lap(kUbSteps);
+  clk.max_since_start(kUbMaxCta);
+  clk.unit();
 }
 
 // ---- column sums: dst[c] += sum over rows of src[row, c] (or of LayerNorm's xhat * dy) ----------
@@ -745,13 +760,11 @@ void user_fused_backward(cudaStream_t stream, cublasHandle_t blas, float* d_v, f
   const auto aligned = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
   a.vec = D % 4 == 0 && aligned(sv.a1r) && aligned(v) && aligned(sv.hs) && aligned(sv.gates) && aligned(sv.gh) &&
           aligned(d_users);
-  if (D > 64) {
-    set_smem(k_user_bwd<128>, bytes);
-    k_user_bwd<128><<<grid, kCta, bytes, stream>>>(a);
-  } else {
-    set_smem(k_user_bwd<64>, bytes);
-    k_user_bwd<64><<<grid, kCta, bytes, stream>>>(a);
-  }
+  a.prof = phase_sums(Clocked::kUserBackward);
+  auto* kernel = D > 64 ? (a.prof ? k_user_bwd<128, true> : k_user_bwd<128, false>)
+                        : (a.prof ? k_user_bwd<64, true> : k_user_bwd<64, false>);
+  set_smem(kernel, bytes);
+  kernel<<<grid, kCta, bytes, stream>>>(a);
   ADA_CUDA_LAUNCHED();
   // weight gradients (cuBLAS on blas's stream = stream)
   gemm_tn_acc(blas, D, 2 * D, B, a.d_a2, D, sv.a1r, 2 * D, g.w2, 2 * D);

@@ -30,6 +30,7 @@ const std::array<Spec, size_t(Clocked::kCount)>& specs() {
       {"context_block_backward", "sample", {"stage", "queries", "wait", "dc", "flush", "rounds", "max_block"}},
       {"attention_forward", "sequence", {"stage", "pairs", "max_block"}},
       {"attention_backward", "sequence", {"stage", "queries", "restage", "keys", "max_block"}},
+      {"user_adapter_backward", "CTA of 8 rows", {"ln", "w2", "w1", "steps", "max_cta"}},
   }};
   return s;
 }

@@ -17,7 +17,8 @@ namespace cuda {
 // The clocked kernels; the slot names of each (phases in cycles, then counts) are in
 // kernels/phase_clock.cu. Slot 0 of every kernel counts its units (PhaseClock::unit).
 enum class Clocked {
-  kTopkSelect, kFilterForward, kContextForward, kContextBackward, kAttentionForward, kAttentionBackward, kCount
+  kTopkSelect, kFilterForward, kContextForward, kContextBackward, kAttentionForward, kAttentionBackward,
+  kUserBackward, kCount
 };
 
 // The device sums of kernel k while the clocks are on (allocated and zeroed when they were switched

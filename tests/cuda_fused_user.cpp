@@ -156,6 +156,33 @@ TEST_CASE("CUDA fused user adapter forward and backward match the CPU compositio
     for (float p : {0.0f, 0.3f}) check_case(*cpu, *gpu, s.B, s.D, s.t, p, ++seed);
 }
 
+// The backward kernel's phase clock (ada::set_cuda_phase_clock, for benchmarks): every CTA of 8 rows
+// of every call counted (check_case runs the backward once: 9 rows and 17 rows make 2 + 3 CTAs), the
+// phases sane non-negative cycle counts, the slowest CTA at least the mean one, the results still
+// the CPU's, nothing counted once it is off.
+TEST_CASE("CUDA fused user adapter backward: its phase clock counts every CTA and changes no result", "[cuda]") {
+  require_gpu();
+  auto cpu = make_cpu_backend<float>();
+  auto gpu = make_cuda_backend(0);
+  {
+    const ada_test::PhaseClockOn on;
+    check_case(*cpu, *gpu, 9, 64, 4, 0.3f, 500);
+    check_case(*cpu, *gpu, 17, 33, 1, 0.0f, 501);
+    const PhaseClockReading r = cuda_phase_clock("user_adapter_backward");
+    CHECK(r.units == 5);
+    double total = 0;
+    for (const char* ph : {"ln", "w2", "w1", "steps"}) {
+      const double c = ada_test::reading_of(r, ph);
+      CHECK(c >= 0);
+      CHECK(c < 1e12);
+      total += c;
+    }
+    CHECK(total > 0);
+    CHECK(ada_test::reading_of(r, "max_cta") >= total);
+  }
+  CHECK(cuda_phase_clock("user_adapter_backward").units == 0);
+}
+
 TEST_CASE("CUDA user adapter beyond the fused kernels' D falls back to the composition", "[cuda]") {
   require_gpu();
   auto cpu = make_cpu_backend<float>();

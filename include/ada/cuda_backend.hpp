@@ -98,7 +98,8 @@ class DeviceArray {
 // Phase clocks of CUDA kernels, for benchmarks: where a kernel's time goes, without a profiler.
 // While on, the clocked kernels ("topk_select", "filter_block_forward", "context_block_forward",
 // "context_block_backward", "attention_forward", "attention_backward": SASRec's attention where
-// the thread-per-pair kernels take the shape) run a separate instantiation whose thread 0 of each block reads the SM
+// the thread-per-pair kernels take the shape; "user_adapter_backward": its kernel, not the cuBLAS
+// GEMMs and column sums after it) run a separate instantiation whose thread 0 of each block reads the SM
 // clock at the kernel's phase boundaries and adds each phase's cycles, and a few counts, into device
 // sums (a few atomics per block; the results are unchanged, the time a little longer).
 // set_cuda_phase_clock(true) starts every clock from zero, (false) stops them; both wait for the
