@@ -755,15 +755,7 @@ int FilterBlockWorkspace::sms() {
   return sms_;
 }
 
-size_t FilterBlockWorkspace::smem_optin() {
-  if (smem_optin_ == 0) {
-    int dev = 0, v = 0;
-    ADA_CUDA_CHECK(cudaGetDevice(&dev));
-    ADA_CUDA_CHECK(cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    smem_optin_ = size_t(std::max(v, 48 * 1024));
-  }
-  return smem_optin_;
-}
+size_t FilterBlockWorkspace::smem_optin() { return std::max<size_t>(smem_optin_bytes(), 48 * 1024); }
 
 void FilterBlockWorkspace::allow_smem(const void* kernel) {
   if (smem_set_.count(kernel)) return;

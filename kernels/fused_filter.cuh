@@ -42,7 +42,6 @@ class FilterBlockWorkspace {
   float* partial_ = nullptr;
   size_t partial_cap_ = 0;
   int sms_ = 0;
-  size_t smem_optin_ = 0;
 };
 
 // Et, F, Rr, mean, rstd = filter_block_forward(E, ...), all device pointers, queued on `stream`.
