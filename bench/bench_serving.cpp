@@ -9,6 +9,10 @@
 //   BM_user_vectors/<device>/<N>/<B>   the model's part alone: forward() of the T rounds with its
 //                                      T - 1 context searches (BM_retrieve runs T searches in all,
 //                                      each giving a round's list and the next round's context)
+//   BM_retrieve_phases/<device>/<N>/<B>  BM_retrieve with AdaRetriever's timing on: where a call's
+//                                      time goes (ms per call: forward launches or CPU forward,
+//                                      wait for the device, searches, bookkeeping, request), as the
+//                                      ph<NN>_ counters scripts/gpu-check prints after the time
 #include <benchmark/benchmark.h>
 #include <unistd.h>
 
@@ -125,6 +129,30 @@ void BM_user_vectors(benchmark::State& st) {
   st.counters["users/s"] = benchmark::Counter(double(st.range(2)), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// BM_retrieve with the retriever's timing on (a GPU model waits for its device work before each
+// search, so the searches are timed alone; the other rows run without it). Counters: the parts of a
+// call in ms (they add up to the row's time, up to the benchmark loop) and the searches per call.
+void BM_retrieve_phases(benchmark::State& st) {
+  auto s = setup(st);
+  if (!s) return;
+  const Variants v(int(st.range(0)));
+  AdaRetriever& r = s->first;
+  r.set_timing(true);
+  warm_up([&] { return r.retrieve_batch(s->second, 100, 5); });
+  r.reset_timing();
+  for (auto _ : st) benchmark::DoNotOptimize(r.retrieve_batch(s->second, 100, 5));
+  const RetrieveTiming t = r.timing();
+  const double per_call_ms = t.calls > 0 ? 1e3 / double(t.calls) : 0.0;
+  st.counters["ph01_forward"] = t.forward_s * per_call_ms;
+  st.counters["ph02_wait"] = t.wait_s * per_call_ms;
+  st.counters["ph03_search"] = t.search_s * per_call_ms;
+  st.counters["ph04_host"] = t.host_s * per_call_ms;
+  st.counters["ph05_request"] = t.request_s * per_call_ms;
+  st.counters["ph06_searches"] = t.calls > 0 ? double(t.searches) / double(t.calls) : 0.0;
+  st.counters["users/s"] = benchmark::Counter(double(st.range(2)), benchmark::Counter::kIsIterationInvariantRate);
+  st.SetLabel("ms per call and searches per call");  // no comma: CSV
+}
+
 void grid(benchmark::internal::Benchmark* b) {
   for (int mode : {0, 1, 2, 3})
     for (int64_t N : {12101, 1000000})
@@ -136,6 +164,21 @@ void grid(benchmark::internal::Benchmark* b) {
   b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 }
 
+// The breakdown where it matters: B = 1 (latency) and B = 1024 (throughput).
+void phases_grid(benchmark::internal::Benchmark* b) {
+  for (int mode : {0, 2, 3})
+    for (int64_t N : {12101, 1000000})
+      for (int64_t B : {1, 1024}) {
+        if (mode < 2 && N == 1000000 && B == 1024) continue;
+        if (mode == 3 && B != 1024) continue;
+        b->Args({mode, N, B});
+      }
+  b->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+}
+
+// The breakdown first: in scripts/gpu-check's time budget for this program (90 s) the rows that say
+// where the time goes come before the plain ones.
+BENCHMARK(BM_retrieve_phases)->Apply(phases_grid);
 BENCHMARK(BM_retrieve)->Apply(grid);
 BENCHMARK(BM_user_vectors)->Apply(grid);
 

@@ -1039,6 +1039,7 @@ class CudaDeviceMemory final : public DeviceMemory {
         int64_t(src_stride / 4), words, n);
     ADA_CUDA_LAUNCHED();
   }
+  void synchronize() override { ADA_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
 
  private:
   cudaStream_t stream_ = nullptr;

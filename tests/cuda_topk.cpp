@@ -473,18 +473,29 @@ TEST_CASE("AdaRetriever on device cuda: the model on the GPU, lists exact for it
         earlier[size_t(b)].push_back(top.ids[at]);
       }
   }
-  for (ada::AdaRetriever* r : {&rg, &rs}) {
+  // The third pass: the kernel with the serving timing on (each search first waits for the device).
+  for (int pass = 0; pass < 3; ++pass) {
+    ada::AdaRetriever* r = pass == 1 ? &rs : &rg;
+    if (pass == 2) rg.set_timing(true);
     const auto got = r->retrieve_batch(seqs, k, T);
     for (size_t b = 0; b < seqs.size(); ++b) {
       REQUIRE(got[b].size() == want[b].size());
       for (size_t i = 0; i < got[b].size(); ++i) {
-        INFO((r == &rg ? "kernel" : "shards") << ": user " << b << " position " << i);
+        INFO((pass == 0 ? "kernel" : pass == 1 ? "shards" : "kernel, timed") << ": user " << b << " position " << i);
         REQUIRE(got[b][i].item == want[b][i].item);
         REQUIRE(got[b][i].score == want[b][i].score);
         REQUIRE(got[b][i].round == want[b][i].round);
       }
     }
   }
+  const ada::RetrieveTiming tm = rg.timing();
+  REQUIRE(tm.calls == 1);
+  REQUIRE(tm.users == B);
+  REQUIRE(tm.searches == T);  // one per round (an Ada round's list and next context share one)
+  REQUIRE(tm.search_s > 0.0);
+  REQUIRE(tm.wait_s >= 0.0);
+  REQUIRE(tm.host_s >= 0.0);
+  REQUIRE(tm.forward_s + tm.wait_s + tm.search_s + tm.host_s + tm.request_s == Approx(tm.total_s).epsilon(1e-9));
   // The host tables are the checkpoint's (for export and external indexes).
   REQUIRE(std::equal(rg.item_embeddings(), rg.item_embeddings() + c.n_items * D, rc.item_embeddings()));
 }

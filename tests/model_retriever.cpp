@@ -263,3 +263,54 @@ TEST_CASE("retrieve_batch and user_vectors in passes of RetrieverOptions::batch 
   zero.batch = 0;
   REQUIRE_THROWS_WITH(AdaRetriever::load(ck.ada, zero), Catch::Contains("batch must be >= 1, got 0"));
 }
+
+TEST_CASE("retrieve_batch's timing is off by default, counts calls, users and searches, its parts add up to the "
+          "total, and leaves the lists unchanged",
+          "[model]") {
+  Checkpoints ck;
+  std::vector<std::vector<ItemId>> seqs = {{3, 17, 42}, {}, {5}, {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}};
+  for (ItemId i = 1; i <= 7; ++i) seqs.push_back({i, ItemId(60 - i), ItemId(20 + 2 * i)});
+  const int64_t passes = 3;  // 11 users in passes of 4
+  for (const std::string& path : {ck.base, ck.ada}) {
+    const bool ada = path == ck.ada;
+    INFO(path);
+    RetrieverOptions o;
+    o.batch = 4;
+    AdaRetriever r = AdaRetriever::load(path, o);
+    const auto want = r.retrieve_batch(seqs, 13, 3);
+    REQUIRE(r.timing().calls == 0);  // off by default
+    REQUIRE(r.timing().total_s == 0.0);
+    r.set_timing(true);
+    for (int call = 0; call < 2; ++call) {
+      const auto got = r.retrieve_batch(seqs, 13, 3);
+      for (size_t b = 0; b < seqs.size(); ++b)
+        for (size_t i = 0; i < got[b].size(); ++i) {
+          REQUIRE(got[b][i].item == want[b][i].item);
+          REQUIRE(got[b][i].score == want[b][i].score);
+        }
+    }
+    const RetrieveTiming t = r.timing();
+    REQUIRE(t.calls == 2);
+    REQUIRE(t.users == 2 * int64_t(seqs.size()));
+    // one search per round and pass: an Ada round's list and next context share one search here
+    REQUIRE(t.searches == 2 * passes * 3);
+    for (double part : {t.forward_s, t.search_s, t.request_s}) REQUIRE(part > 0.0);
+    REQUIRE(t.wait_s == 0.0);  // nothing to wait for on the CPU
+    if (ada)
+      REQUIRE(t.host_s > 0.0);
+    else
+      REQUIRE(t.host_s == 0.0);  // a base model's bookkeeping is inside its searches
+    REQUIRE(t.forward_s + t.wait_s + t.search_s + t.host_s + t.request_s == Approx(t.total_s).epsilon(1e-9));
+    // a call that throws adds nothing
+    REQUIRE_THROWS(r.retrieve_batch({{3, 99}}, 13, 3));
+    REQUIRE(r.timing().calls == 2);
+    REQUIRE(r.timing().total_s == t.total_s);
+    r.reset_timing();
+    REQUIRE(r.timing().calls == 0);
+    REQUIRE(r.timing().searches == 0);
+    REQUIRE(r.timing().search_s == 0.0);
+    r.set_timing(false);
+    r.retrieve_batch(seqs, 13, 3);
+    REQUIRE(r.timing().calls == 0);
+  }
+}

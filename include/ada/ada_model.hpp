@@ -61,6 +61,23 @@ class AdaSasRec {
                      ItemId* ids, float* scores);
   // Catalog searches (contexts and lists) the last forward or forward_lists ran.
   int last_searches() const { return searches_; }
+
+  // Where forward / forward_lists spend their wall-clock time around the catalog searches, summed
+  // over calls until reset_times(); collected only while set_timing(true) (serving profiles,
+  // AdaRetriever::timing). On a device backend each search then first waits for the forward's
+  // queued device work, timed as wait_s, so that search_s is the searches' own time. The rest of a
+  // call (its wall time minus these three) is the forward's own host time: op launches on a device,
+  // the whole computation on the CPU.
+  struct Times {
+    double search_s = 0;  // the catalog searches (contexts and lists), their transfers included
+    double wait_s = 0;    // before a search: waiting for the device work queued by the forward
+    double host_s = 0;    // host bookkeeping around the searches: exclusion lists, per-row sets,
+                          // one search's result split into a round's list and its context
+    int64_t searches = 0;
+  };
+  void set_timing(bool on) { timing_ = on; }
+  const Times& times() const { return times_; }
+  void reset_times() { times_ = Times{}; }
   // d_users: [T, B, D] gradients of the loss w.r.t. each round's adapted user vector (consumed; in
   // the backend's memory).
   void backward(T* d_users);
@@ -144,6 +161,8 @@ class AdaSasRec {
   ShardedSearcher* searcher_ = nullptr;
   Lists* lists_ = nullptr;  // set during forward_lists
   int searches_ = 0;
+  bool timing_ = false;
+  Times times_;
 };
 
 extern template class AdaSasRec<float>;

@@ -81,6 +81,24 @@ struct RetrieverOptions {
   int batch = 1024;
 };
 
+// Where retrieve_batch() (and retrieve(), retrieve_scored()) spent their wall-clock time, summed
+// over the calls since reset_timing(). The five parts add up to total_s.
+struct RetrieveTiming {
+  int64_t calls = 0, users = 0;
+  int64_t searches = 0;    // full-catalog searches (an Ada model: one per round, two when a round's
+                           // list and context cannot share one)
+  double total_s = 0;
+  double forward_s = 0;    // the rounds' forwards on the host: op launches on a GPU, the whole
+                           // computation on the CPU
+  double wait_s = 0;       // waiting for the forwards' device work before each search (GPU)
+  double search_s = 0;     // the searches, their transfers included (a base model's also include
+                           // building its exclusion lists)
+  double host_s = 0;       // an Ada model's bookkeeping around its searches: exclusion lists,
+                           // per-row sets, one search's result split into a list and a context
+  double request_s = 0;    // the request: checking ids and candidates, laying out the histories,
+                           // building the returned lists
+};
+
 class AdaRetriever {
  public:
   // Loads model.safetensors (or a run folder holding one). Throws ada::Error naming the file, or
@@ -121,6 +139,13 @@ class AdaRetriever {
 
   // How k splits over T rounds (see above).
   static std::vector<int> round_sizes(int k, int T);
+
+  // Timing of retrieve_batch() (off by default): a serving profile of where a call's time goes.
+  // While on, a GPU model waits for its queued device work before each search (timed as wait_s), so
+  // that the searches are timed alone; the results are the same. A call that throws is not counted.
+  void set_timing(bool on);
+  RetrieveTiming timing() const;
+  void reset_timing();
 
  private:
   struct Impl;

@@ -32,6 +32,8 @@ class DeviceMemory {
   // and both pointers a multiple of 4 bytes.
   virtual void copy_rows(void* dst, size_t dst_stride, const void* src, size_t src_stride,
                          size_t row_bytes, size_t rows) = 0;
+  // Waits until every op and copy queued before it has finished (throws on a device error).
+  virtual void synchronize() = 0;
 };
 
 // The same moves on either memory (mem == nullptr: host). Typed counts are elements of T. Source and

@@ -9,6 +9,7 @@
 #include "ada/check.hpp"
 #include "ada/eval.hpp"
 #include "ada/rng.hpp"
+#include "src/core/wall_clock.hpp"
 
 namespace ada {
 
@@ -29,6 +30,27 @@ void copy_rows_in(DeviceMemory* mem, T* dst, const T* src, int64_t B, int64_t ro
                   int64_t D) {
   mem_copy_rows(mem, dst + off * D, rows_per * D, src, n * D, B, n * D);
 }
+
+
+// Adds a scope's wall time, minus the time its searches took (and waited for the device), to
+// times->host_s; nothing when times is null (timing off).
+template <class Times>
+class HostTime {
+ public:
+  explicit HostTime(Times* times) : t_(times) {
+    if (t_) inner0_ = t_->search_s + t_->wait_s;
+  }
+  ~HostTime() {
+    if (t_) t_->host_s += seconds_since(start_) - (t_->search_s + t_->wait_s - inner0_);
+  }
+  HostTime(const HostTime&) = delete;
+  HostTime& operator=(const HostTime&) = delete;
+
+ private:
+  Times* t_;
+  WallClock::time_point start_ = WallClock::now();
+  double inner0_ = 0;
+};
 
 }  // namespace
 
@@ -90,6 +112,16 @@ void AdaSasRec<T>::search(const T* u, int64_t B, int k, const Ragged& ex, ItemId
   const auto& c = base_.config();
   const int64_t D = c.hidden, N = c.n_items;
   ++searches_;
+  WallClock::time_point t0;
+  if (timing_) {
+    if (mem_) {  // the forward's queued device work first, so that the search's time is its own
+      t0 = WallClock::now();
+      mem_->synchronize();
+      times_.wait_s += seconds_since(t0);
+    }
+    ++times_.searches;
+    t0 = WallClock::now();
+  }
   if (searcher_) {
     ADA_CHECK((std::is_same_v<T, float>), "AdaSasRec: a context searcher needs a float model");
     if constexpr (std::is_same_v<T, float>) {
@@ -107,11 +139,13 @@ void AdaSasRec<T>::search(const T* u, int64_t B, int k, const Ragged& ex, ItemId
   } else {
     be_.topk(ids, u, B, base_.item_table(), base_.item_bias(), N, D, k, ex, scores);
   }
+  if (timing_) times_.search_s += seconds_since(t0);  // (a search that throws is not timed)
 }
 
 // The model's own context: top-kc of <u, e_j> + b_j over 1..N-1 minus earlier context (no history).
 template <class T>
 void AdaSasRec<T>::context_topk(const T* u, int64_t B, const ItemId* prev, int n_prev, ItemId* out) {
+  const HostTime<Times> host(timing_ ? &times_ : nullptr);
   Ragged ex;
   ex.offsets.reserve(size_t(B) + 1);
   ex.ids.reserve(size_t(B * n_prev * kc_));
@@ -134,6 +168,7 @@ void AdaSasRec<T>::context_topk(const T* u, int64_t B, const ItemId* prev, int n
 // two searches would: they then report it.)
 template <class T>
 bool AdaSasRec<T>::round_lists(const T* u, int64_t B, int t, bool with_context, ItemId* ctx_out) {
+  const HostTime<Times> host(timing_ ? &times_ : nullptr);
   Lists& L = *lists_;
   const int64_t N = base_.config().n_items;
   const int kt = L.ks[size_t(t)];

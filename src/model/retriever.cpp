@@ -11,6 +11,7 @@
 #include "ada/eval.hpp"
 #include "ada/fileio.hpp"
 #include "ada/topk.hpp"
+#include "src/core/wall_clock.hpp"
 
 namespace ada {
 
@@ -26,6 +27,8 @@ struct AdaRetriever::Impl {
   DeviceMemory* mem = nullptr;  // the backend's device memory (null on the CPU)
   int64_t batch = 1024;         // users per pass (RetrieverOptions::batch)
   Buffer<float> d_users;        // [T, B, D] on the device
+  bool timing = false;          // retrieve_batch's timing (set_timing)
+  RetrieveTiming timed;
   SasRec<float>& backbone() { return ada ? ada->base() : *base; }
 
   void make_searcher(const RetrieverOptions& opt) {
@@ -106,7 +109,8 @@ struct AdaRetriever::Impl {
     ada->forward_lists(hist, hist, ks, out, ids, scores);
   }
 
-  std::vector<float> round_users(const Ragged& hist, int T) {
+  // wait (timing on): adds the time spent waiting for the forward's device work.
+  std::vector<float> round_users(const Ragged& hist, int T, double* wait = nullptr) {
     check_rounds(T);
     const int64_t B = int64_t(hist.rows()), D = info.sasrec.hidden;
     std::vector<float> users(size_t(T) * size_t(B * D));
@@ -123,7 +127,14 @@ struct AdaRetriever::Impl {
       backbone().forward(hist, false, 0, 0, out);
       for (int t = 1; t < T; ++t) mem_copy(mem, out + t * B * D, out, B * D);
     }
-    if (mem) mem_download(mem, users.data(), out, int64_t(users.size()));
+    if (mem) {
+      if (wait) {
+        const WallClock::time_point t0 = WallClock::now();
+        mem->synchronize();
+        *wait += seconds_since(t0);
+      }
+      mem_download(mem, users.data(), out, int64_t(users.size()));
+    }
     return users;
   }
 };
@@ -203,8 +214,18 @@ std::vector<int> AdaRetriever::round_sizes(int k, int T) {
   return ks;
 }
 
+void AdaRetriever::set_timing(bool on) {
+  impl_->timing = on;
+  if (impl_->ada) impl_->ada->set_timing(on);
+}
+RetrieveTiming AdaRetriever::timing() const { return impl_->timed; }
+void AdaRetriever::reset_timing() { impl_->timed = RetrieveTiming{}; }
+
 std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vector<std::vector<ItemId>>& seqs, int k,
                                                                  int T) {
+  const WallClock::time_point t_call = WallClock::now();
+  RetrieveTiming part;  // this call's: forward_s (the model's calls whole until the end), wait_s, search_s, searches
+  const AdaSasRec<float>::Times model0 = impl_->ada ? impl_->ada->times() : AdaSasRec<float>::Times{};
   const std::vector<int> ks = round_sizes(k, T);
   const int32_t N = num_items();
   const int64_t B = int64_t(seqs.size()), D = impl_->info.sasrec.hidden;
@@ -227,10 +248,12 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
     const Ragged hist = Impl::histories(seqs, size_t(b0), size_t(b0 + nb));
     ids.resize(size_t(nb * k));
     scores.resize(size_t(nb * k));
+    const WallClock::time_point t_model = WallClock::now();
     if (impl_->ada) {  // the rounds' lists searched with their contexts
       impl_->ada_lists(hist, ks, ids.data(), scores.data());
     } else {  // one user vector for every round
-      const std::vector<float> users = impl_->round_users(hist, T);
+      const std::vector<float> users = impl_->round_users(hist, T, impl_->timing ? &part.wait_s : nullptr);
+      const WallClock::time_point t_search = WallClock::now();
       SasRec<float>& bb = impl_->backbone();
       if (impl_->searcher)
         impl_->searcher_rounds(users.data(), hist, ks, ids.data(), scores.data());
@@ -240,7 +263,10 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
       else
         multi_round_topk(users.data(), nb, bb.host_item_table(), bb.host_item_bias(), N, D, ks, hist, ids.data(),
                          scores.data());
+      part.search_s += seconds_since(t_search);
+      part.searches += T;
     }
+    part.forward_s += seconds_since(t_model);
     for (int64_t b = 0; b < nb; ++b) {
       std::vector<Retrieved>& list = out[size_t(b0 + b)];
       list.reserve(size_t(k));
@@ -251,6 +277,26 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
         --left;
       }
     }
+  }
+  if (impl_->timing) {
+    RetrieveTiming& a = impl_->timed;
+    const double total = seconds_since(t_call);
+    if (impl_->ada) {  // the model's own account of its calls
+      const AdaSasRec<float>::Times& m = impl_->ada->times();
+      part.wait_s = m.wait_s - model0.wait_s;
+      part.search_s = m.search_s - model0.search_s;
+      part.host_s = m.host_s - model0.host_s;
+      part.searches = m.searches - model0.searches;
+    }
+    a.calls += 1;
+    a.users += B;
+    a.searches += part.searches;
+    a.total_s += total;
+    a.request_s += total - part.forward_s;  // forward_s: the model's calls whole, so far
+    a.forward_s += part.forward_s - part.wait_s - part.search_s - part.host_s;
+    a.wait_s += part.wait_s;
+    a.search_s += part.search_s;
+    a.host_s += part.host_s;
   }
   return out;
 }

@@ -1,7 +1,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -12,16 +11,13 @@
 #include "ada/eval.hpp"
 #include "ada/fileio.hpp"
 #include "ada/train.hpp"
+#include "src/core/wall_clock.hpp"
 
 namespace ada {
 
 using nlohmann::json;
 
 namespace {
-
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
 
 Ragged slice_rows(const Ragged& r, size_t begin, size_t end) {
   Ragged out;
@@ -438,12 +434,12 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
 
   const bool bar = opt.progress && isatty(2);
   Batch batch;
-  const auto train_t0 = std::chrono::steady_clock::now();
+  const auto train_t0 = WallClock::now();
   const double train_seconds_before = st.report.train_seconds;
   bool key_note_logged = false;
   for (int epoch = st.next_epoch; epoch < opt.epochs; ++epoch) {
     // 1. validate first (the reference's order), 2. early stopping / best checkpoint
-    auto t0 = std::chrono::steady_clock::now();
+    auto t0 = WallClock::now();
     const MetricMap vm = evaluate(model, valid, exclude, opt.eval_batch);
     const double eval_s = seconds_since(t0);
     st.report.eval_seconds.push_back(eval_s);
@@ -477,7 +473,7 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
       break;
     }
     // 3. one training epoch
-    t0 = std::chrono::steady_clock::now();
+    t0 = WallClock::now();
     sampler.start_epoch(uint32_t(epoch));
     double loss_sum = 0;
     size_t skipped = 0;
