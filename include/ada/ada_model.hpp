@@ -160,6 +160,12 @@ class AdaSasRec {
   Buffer<T> scratch2_;
   ShardedSearcher* searcher_ = nullptr;
   Lists* lists_ = nullptr;  // set during forward_lists
+  // round_lists' per-row sets, sorted and distinct: A = the earlier rounds' contexts, P = the row's
+  // exclusions (item 0 dropped) and earlier lists, common = A n P (scratch reused by every call).
+  struct RowSets {
+    std::vector<ItemId> a, p, common;
+  };
+  std::vector<RowSets> list_sets_;
   int searches_ = 0;
   bool timing_ = false;
   Times times_;

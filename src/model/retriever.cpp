@@ -232,6 +232,7 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
   impl_->check_ids(seqs, "retrieve");  // every id and every row's candidates checked before any work
   std::vector<ItemId> distinct;
   for (size_t b = 0; b < seqs.size(); ++b) {
+    if (int64_t(k) <= int64_t(N) - 1 - int64_t(seqs[b].size())) continue;  // enough even with no repeats
     distinct.assign(seqs[b].begin(), seqs[b].end());
     std::sort(distinct.begin(), distinct.end());
     distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
