@@ -229,6 +229,21 @@ TEST_CASE("ada retrieve: --seq, --input, --json, an empty history and clear erro
     const Run p = run_ada("retrieve" + ck + "--seq \"3 17 42\" -k 10 -T 3");
     REQUIRE(ids_of(p.out) == ids);
   }
+  {  // --timing: the list unchanged, and one line on stderr with the parts of the time
+    const Run plain = run_ada("retrieve" + ck + "--seq \"3 17 42\" -k 10 -T 3");
+    const Run r = run_ada("retrieve" + ck + "--seq \"3 17 42\" -k 10 -T 3 --timing");
+    INFO(r.out);
+    REQUIRE(r.code == 0);
+    const size_t at = r.out.find("timing: 1 users in ");
+    REQUIRE(at != std::string::npos);
+    const std::string line = r.out.substr(at, r.out.find('\n', at) - at);
+    // one search per round: each gives a round's list and the next round's context
+    for (const char* part : {"users/s): forward ", ", device wait 0.000 ms, 3 searches ", ", bookkeeping ", ", request "})
+      REQUIRE(line.find(part) != std::string::npos);
+    std::string rest = r.out;
+    rest.erase(at, line.size() + 1);
+    REQUIRE(rest == plain.out);
+  }
   {  // an empty --seq is a new user
     const Run r = run_ada("retrieve" + ck + "--seq \"\" -k 5 -T 2");
     INFO(r.out);

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <cstdio>
+#include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -366,8 +367,22 @@ int cmd_eval(DataArgs da, const std::string& ckpt_arg, const AdaConfig& slices, 
 // Input sequences for `ada retrieve`: --seq "3 17 42" or --input FILE with `user item item ...` lines.
 // Ids are the user's own when the model came with an item map.
 // An empty --seq "" is an empty history (a new user).
+// `ada retrieve --timing`: where the retrieval's time went (AdaRetriever::timing), on stderr.
+void print_timing(const RetrieveTiming& t) {
+  auto ms = [](double s) {
+    std::ostringstream o;
+    o << std::fixed << std::setprecision(s < 0.01 ? 3 : 1) << s * 1e3 << " ms";
+    return o.str();
+  };
+  std::cerr << "timing: " << t.users << " users in " << ms(t.total_s) << " ("
+            << std::fixed << std::setprecision(0) << (t.total_s > 0 ? double(t.users) / t.total_s : 0.0)
+            << " users/s): forward " << ms(t.forward_s) << ", device wait " << ms(t.wait_s) << ", " << t.searches
+            << " searches " << ms(t.search_s) << ", bookkeeping " << ms(t.host_s) << ", request " << ms(t.request_s)
+            << " (checkpoint loading and input parsing not included)\n";
+}
+
 int cmd_retrieve(const std::string& ckpt, bool seq_given, const std::string& seq_text, const std::string& input,
-                 int k, int T, bool as_json, int threads, const RetrieverOptions& opt) {
+                 int k, int T, bool as_json, bool timing, int threads, const RetrieverOptions& opt) {
   set_threads(threads);
   ADA_CHECK(seq_given != !input.empty(), "retrieve: give exactly one of --seq and --input");
   AdaRetriever r = AdaRetriever::load(ckpt, opt);
@@ -409,7 +424,9 @@ int cmd_retrieve(const std::string& ckpt, bool seq_given, const std::string& seq
     }
     ADA_CHECK(!seqs.empty(), input << ": no sequences");
   }
+  r.set_timing(timing);
   const auto results = r.retrieve_batch(seqs, k, T);
+  if (timing) print_timing(r.timing());
   auto name = [&](ItemId id) { return names.empty() ? std::to_string(id) : names[size_t(id)]; };
   if (as_json) {
     json all = json::array();
@@ -646,7 +663,7 @@ int main(int argc, char** argv) {
 
   std::string ret_ckpt, ret_seq, ret_input;
   int ret_k = 100, ret_T = 5, ret_threads = 0;
-  bool ret_json = false;
+  bool ret_json = false, ret_timing = false;
   auto* rt = app.add_subcommand("retrieve", "the next k items for histories, over T rounds (round order)");
   rt->add_option("--checkpoint", ret_ckpt, "model.safetensors or its run folder (base or Ada)")->required();
   auto* ret_seq_opt =
@@ -656,6 +673,8 @@ int main(int argc, char** argv) {
   rt->add_option("-T", ret_T, "rounds (k is split over them: the first k % T rounds get one more)")
       ->check(kPositive);
   rt->add_flag("--json", ret_json, "JSON with each item's score and round");
+  rt->add_flag("--timing", ret_timing,
+               "print where the retrieval's time went to stderr: forward, device wait, searches, bookkeeping");
   rt->add_option("--threads", ret_threads, "CPU threads");
   RetrieverOptions ret_opt;
   rt->add_option("--device", ret_opt.device,
@@ -716,8 +735,8 @@ int main(int argc, char** argv) {
     if (d->parsed()) return cmd_demo(demo_threads, demo_epochs, demo_out);
     if (ex->parsed()) return cmd_export(exp, exp_data);
     if (rt->parsed())
-      return cmd_retrieve(ret_ckpt, ret_seq_opt->count() > 0, ret_seq, ret_input, ret_k, ret_T, ret_json, ret_threads,
-                          ret_opt);
+      return cmd_retrieve(ret_ckpt, ret_seq_opt->count() > 0, ret_seq, ret_input, ret_k, ret_T, ret_json, ret_timing,
+                          ret_threads, ret_opt);
   } catch (const std::exception& ex) {
     std::cerr << "ada: error: " << ex.what() << "\n";
     return 1;
