@@ -33,6 +33,22 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
+// --racecheck: the kernels (and tests) are built with ThreadSanitizer, this runtime without it but
+// with EMU_TSAN. Every thread slot of a block is a TSan fiber, and fiber switches carry no
+// synchronisation (no_sync): TSan then sees the threads of a block as concurrent, and the only
+// happens-before edges are the ones a GPU guarantees, which the runtime declares: a __syncthreads
+// (each thread releases into the block's barrier at arrival and acquires from it when the barrier
+// opens), a __syncwarp (the same, per warp; shuffles, mma.sync and wmma order no memory), and the
+// launch and each block's start and end
+// (everything the host or an earlier block did comes before a block; the block before whatever
+// comes after it). Two accesses to one address by two threads of a block, at least one a write, not
+// ordered by those, are reported as a data race, whatever the schedule, in shared and global memory
+// alike. Atomics (cuda_emu.h) are __atomic operations, which TSan does not report against each other.
+// Blocks are ordered one after another, so races between blocks are not reported.
+#if defined(EMU_TSAN)
+#include <sanitizer/tsan_interface.h>
+#endif
+
 extern "C" void emu_switch(void** save_sp, void* load_sp);
 // Saves the callee-saved registers on the current stack, stores the stack pointer in *save_sp,
 // switches to load_sp and restores the registers saved there (System V x86-64; MXCSR and the x87
@@ -166,26 +182,29 @@ Where classify(const void* p, size_t n) {
   if (!p && n == 0) return Where::Null;
   if (find_alloc(p, n)) return Where::Device;
   const uintptr_t a = uintptr_t(p);
+  // Freed blocks (quarantined, never reused while listed) do not overlap live ones, but one can start
+  // where a live one ends (allocators without redzones, e.g. ThreadSanitizer's): inside a freed block
+  // is a use after free, not an overrun of its neighbour.
+  if (find_range(freed, a) != freed.end()) return Where::Freed;
   auto it = allocations.upper_bound(a);
   if (it != allocations.begin() && a - std::prev(it)->first <= std::prev(it)->second.bytes) return Where::Overrun;
-  if (find_range(freed, a) != freed.end()) return Where::Freed;
   return Where::Host;
 }
 
 // "0x... (offset o in the allocation #s of b bytes at 0x..., freed by cudaFree #f)" and the like.
 std::string describe(const void* p) {
   const uintptr_t a = uintptr_t(p);
+  auto f = find_range(freed, a);  // first, as in classify
+  if (f != freed.end())
+    return fmt("%p (offset %zu in device allocation #%lu of %zu bytes at %p, freed by cudaFree #%lu)", p,
+               size_t(a - f->first), f->second.serial, f->second.bytes, reinterpret_cast<void*>(f->first),
+               f->second.free_serial);
   auto it = allocations.upper_bound(a);
   if (it != allocations.begin() && a - std::prev(it)->first <= std::prev(it)->second.bytes) {
     --it;
     return fmt("%p (offset %zu in device allocation #%lu of %zu bytes at %p)", p, size_t(a - it->first),
                it->second.serial, it->second.bytes, reinterpret_cast<void*>(it->first));
   }
-  auto f = find_range(freed, a);
-  if (f != freed.end())
-    return fmt("%p (offset %zu in device allocation #%lu of %zu bytes at %p, freed by cudaFree #%lu)", p,
-               size_t(a - f->first), f->second.serial, f->second.bytes, reinterpret_cast<void*>(f->first),
-               f->second.free_serial);
   return fmt("%p (not inside any live device allocation)", p);
 }
 
@@ -261,6 +280,17 @@ struct Stack {
 
 std::vector<Fiber> fibers;
 std::vector<std::unique_ptr<Stack>> stacks;
+#ifdef EMU_TSAN
+std::vector<void*> tsan_fibers;  // per thread slot, made once (like the stacks)
+void* tsan_sched = nullptr;      // the host thread's own context (runs the scheduler)
+// Addresses TSan synchronises on: the block's barrier, its warps' operations, a block's start
+// (the host and earlier blocks release, the threads acquire) and end (the threads release, the
+// host acquires).
+char tsan_barrier, tsan_warp[32], tsan_block_start, tsan_block_end;
+void tsan_switch(int to) {  // to: a thread slot, or -1 for the scheduler
+  __tsan_switch_to_fiber(to < 0 ? tsan_sched : tsan_fibers[size_t(to)], __tsan_switch_to_fiber_no_sync);
+}
+#endif
 void* sched_sp = nullptr;
 int cur = -1;                // the running fiber, -1 in the scheduler
 std::vector<int> order;      // the order the fibers run in this phase
@@ -378,6 +408,9 @@ void yield_state(State s) {
 #ifdef EMU_ASAN
   __sanitizer_start_switch_fiber(s == DONE ? nullptr : &f.fake_stack, bottom, size);
 #endif
+#ifdef EMU_TSAN
+  tsan_switch(cur);
+#endif
   emu_switch(&f.sp, target);
 #ifdef EMU_ASAN
   note_switch_done(f.fake_stack);
@@ -388,6 +421,9 @@ extern "C" void emu_trampoline() {
 #ifdef EMU_ASAN
   note_switch_done(nullptr);
 #endif
+#ifdef EMU_TSAN
+  __tsan_acquire(&tsan_block_start);
+#endif
   (*body_ptr)();
   {  // copies still in flight when the thread exits land anyway
     Fiber& f = fibers[size_t(cur)];
@@ -395,6 +431,9 @@ extern "C" void emu_trampoline() {
       for (const PendingCopy& c : grp) perform(c);
     for (const PendingCopy& c : f.cp_open) perform(c);
   }
+#ifdef EMU_TSAN
+  __tsan_release(&tsan_block_end);
+#endif
   yield_state(DONE);
   std::abort();  // a finished fiber is never resumed
 }
@@ -409,6 +448,9 @@ void run_phase() {
 #ifdef EMU_ASAN
   void* fake = nullptr;
   __sanitizer_start_switch_fiber(&fake, stacks[size_t(cur)]->base, kStack);
+#endif
+#ifdef EMU_TSAN
+  tsan_switch(cur);
 #endif
   emu_switch(&sched_sp, fibers[size_t(cur)].sp);
 #ifdef EMU_ASAN
@@ -445,6 +487,15 @@ void run_block() {
   order.resize(size_t(nt));
   for (int t = 0; t < nt; ++t) order[size_t(t)] = schedule == Schedule::Reverse ? nt - 1 - t : t;
   n_bar = n_warp = n_done = 0;
+#ifdef EMU_TSAN
+  if (!tsan_sched) tsan_sched = __tsan_get_current_fiber();
+  while (tsan_fibers.size() < size_t(nt)) {
+    tsan_fibers.push_back(__tsan_create_fiber(0));
+    const std::string name = "emulated CUDA thread " + std::to_string(tsan_fibers.size() - 1) + " of a block";
+    __tsan_set_fiber_name(tsan_fibers.back(), name.c_str());
+  }
+  __tsan_release(&tsan_block_start);  // the host's inputs, the fresh shared memory, the blocks before
+#endif
   for (;;) {
     if (schedule == Schedule::Random) std::shuffle(order.begin(), order.end(), sched_rng);
     run_phase();
@@ -508,6 +559,9 @@ void run_block() {
       die("%s: deadlock: %s", where(), who);
     }
   }
+#ifdef EMU_TSAN
+  __tsan_acquire(&tsan_block_end);  // the block's writes come before whatever follows it
+#endif
 }
 
 }  // namespace
@@ -525,16 +579,55 @@ void syncthreads(const char* file, int line) {
   Fiber& f = fibers[size_t(cur)];
   f.file = file;
   f.line = line;
+#ifdef EMU_TSAN
+  __tsan_release(&tsan_barrier);
+#endif
   yield_state(BAR);
+#ifdef EMU_TSAN
+  __tsan_acquire(&tsan_barrier);  // the barrier has opened: every thread's accesses before it
+#endif
 }
 
-void syncwarp(unsigned mask, const char* file, int line) {
-  if (mask != 0xffffffffu) die("__syncwarp with a partial mask is not emulated (%s)", std::string(file));
+// Waits until the warp's lanes are all there. With `order` (a __syncwarp, the warp's memory barrier)
+// the lanes' accesses before it come before every lane's accesses after it (--racecheck); shuffles,
+// mma.sync and wmma operations meet the same way but, as on a GPU, order no memory.
+static void warp_wait(bool order) {
+#ifdef EMU_TSAN
+  if (order) {
+    char* sync = &tsan_warp[fibers[size_t(cur)].lin / 32];
+    __tsan_release(sync);
+    yield_state(WARP);
+    __tsan_acquire(sync);
+    return;
+  }
+#else
+  (void)order;
+#endif
+  yield_state(WARP);
+}
+
+static void warp_meet(const char* file, int line, bool order) {
   Fiber& f = fibers[size_t(cur)];
   f.file = file;
   f.line = line;
   f.wcount++;
-  yield_state(WARP);
+  warp_wait(order);
+}
+
+void syncwarp(unsigned mask, const char* file, int line) {
+  if (mask != 0xffffffffu) die("__syncwarp with a partial mask is not emulated (%s)", std::string(file));
+  warp_meet(file, line, true);
+}
+
+void warp_converge(const char* file, int line) { warp_meet(file, line, false); }
+
+// A shuffle's value through its slot, a copy ThreadSanitizer does not see (the shuffle itself orders
+// no memory; its slots are the emulator's, not the kernel's): volatile bytes, which the compiler
+// keeps as this loop instead of a memcpy call that TSan intercepts.
+static void slot_copy(void* dst, const void* src, size_t n) {
+  volatile unsigned char* d = static_cast<unsigned char*>(dst);
+  const volatile unsigned char* s = static_cast<const unsigned char*>(src);
+  for (size_t i = 0; i < n; ++i) d[i] = s[i];
 }
 
 void warp_put(const void* v, size_t n, unsigned mask, const char* file, int line) {
@@ -542,16 +635,16 @@ void warp_put(const void* v, size_t n, unsigned mask, const char* file, int line
   Fiber& f = fibers[size_t(cur)];
   f.file = file;
   f.line = line;
-  std::memcpy(slot(f.lin / 32, f.wcount % 2, f.lin % 32), v, n);
+  slot_copy(slot(f.lin / 32, f.wcount % 2, f.lin % 32), v, n);
   f.wcount++;
-  yield_state(WARP);
+  warp_wait(false);
 }
 
 void warp_get(void* v, size_t n, int lane) {
   Fiber& f = fibers[size_t(cur)];
   const int l = (f.lin / 32) * 32 + lane;
   if (l >= int(fibers.size())) die("%s: shuffle from lane %s of a partial warp", where(), std::to_string(lane));
-  std::memcpy(v, slot(f.lin / 32, (f.wcount - 1) % 2, lane), n);
+  slot_copy(v, slot(f.lin / 32, (f.wcount - 1) % 2, lane), n);
 }
 
 void cp_async(void* dst, const void* src, size_t n, size_t src_n) {

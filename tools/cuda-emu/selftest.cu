@@ -6,6 +6,9 @@
 //                        scripts/cuda-emu checks in the output (list: `selftest --list`, CASE<TAB>text)
 //   selftest warp_ahead  prints "warp_ahead N": 0 when warps advance through warp operations in step
 //                        (EMU_SCHEDULE forward, reverse, random), 1 when one runs ahead (warps)
+//   selftest race_shared | race_global | race_warp | race_shuffle | no_race
+//                        under --racecheck: the first four race (ThreadSanitizer must report them),
+//                        no_race orders the same kinds of accesses (it must report nothing)
 #include <cublas_v2.h>
 
 #include <cmath>
@@ -67,6 +70,49 @@ __global__ void k_cp_async(const float* src, float* out) {
   }
   __syncthreads();
   if (threadIdx.x == 1) out[9] = sm[3];
+}
+
+// --racecheck (ThreadSanitizer): races that must be reported, and ordered accesses that must not.
+// Threads 0 and 1 write one shared word between the same two barriers.
+__global__ void k_race_shared(int* out) {
+  __shared__ int w[1];
+  if (threadIdx.x < 2) w[0] = int(threadIdx.x);
+  __syncthreads();
+  if (threadIdx.x == 0) out[0] = w[0];
+}
+// Thread 33 (warp 1) reads the global word thread 0 (warp 0) writes, with no barrier between.
+__global__ void k_race_global(int* data) {
+  if (threadIdx.x == 0) data[0] = 1;
+  if (threadIdx.x == 33) data[1] = data[0];
+}
+// Lane 1 reads the shared word lane 0 wrote, with only a shuffle between: a shuffle orders no memory.
+__global__ void k_race_shuffle(int* out) {
+  __shared__ int w[1];
+  if (threadIdx.x == 0) w[0] = 7;
+  const int v = __shfl_sync(0xffffffffu, int(threadIdx.x), 0);
+  if (threadIdx.x == 1) out[0] = w[0] + v;
+}
+// The same kinds of accesses, ordered: a barrier, a warp operation within a warp, atomics from every
+// thread, each thread's own word; two blocks, so the second reuses the first's shared memory.
+__global__ void k_no_race(int* data) {
+  __shared__ int w[2], own[64];
+  __shared__ unsigned count;
+  if (threadIdx.x == 0) {
+    w[0] = 1;
+    count = 0;
+  }
+  __syncthreads();
+  atomicAdd(&count, 1u);
+  int* out = data + blockIdx.x * 4;
+  if (threadIdx.x == 1) out[0] = w[0];  // written before the barrier
+  __syncthreads();
+  if (threadIdx.x == 32) w[1] = 2;
+  __syncwarp();
+  if (threadIdx.x == 33) out[1] = w[1];  // the same warp, after a __syncwarp
+  const int mine = __shfl_xor_sync(0xffffffffu, int(threadIdx.x), 1);
+  own[threadIdx.x] = mine;  // each thread its own word
+  __syncthreads();
+  if (threadIdx.x == 2) out[2] = int(count) + own[63];  // 64 + 62
 }
 
 namespace {
@@ -244,6 +290,22 @@ int main(int argc, char** argv) {
     cudaMemcpy(&h, d, sizeof(int), cudaMemcpyDeviceToHost);
     cudaFree(d);
     std::printf("warp_ahead %d\n", h);
+    return 0;
+  }
+  if (c == "race_shared" || c == "race_global" || c == "race_warp" || c == "race_shuffle" ||
+      c == "no_race") {  // for --racecheck
+    int* d = nullptr;
+    std::vector<int> h(8, -1);
+    cudaMalloc(&d, 8 * sizeof(int));
+    cudaMemset(d, 0, 8 * sizeof(int));
+    if (c == "race_shared") k_race_shared<<<1, 64>>>(d);
+    if (c == "race_global") k_race_global<<<1, 64>>>(d);
+    if (c == "race_warp") k_warp_ahead<<<1, 64>>>(d);
+    if (c == "race_shuffle") k_race_shuffle<<<1, 32>>>(d);
+    if (c == "no_race") k_no_race<<<2, 64>>>(d);
+    cudaMemcpy(h.data(), d, 8 * sizeof(int), cudaMemcpyDeviceToHost);
+    cudaFree(d);
+    std::printf("%s %d %d %d\n", c.c_str(), h[0], h[1], h[2]);
     return 0;
   }
   if (c == "--list") {

@@ -62,7 +62,11 @@ inline const uint3& gdim() { return detail::cur_gdim; }
 void* dyn_smem();
 void syncthreads(const char* file, int line);
 void syncwarp(unsigned mask, const char* file, int line);
-void warp_put(const void* v, size_t n, unsigned mask, const char* file, int line);  // yields until the warp arrived
+// The lanes of the warp meet (checked like __syncwarp) without ordering their memory accesses: the
+// convergence of a warp-collective operation (wmma), which, unlike __syncwarp, is no memory barrier.
+void warp_converge(const char* file, int line);
+// yields until the warp arrived; like a shuffle (or mma.sync) on a GPU, orders no memory accesses
+void warp_put(const void* v, size_t n, unsigned mask, const char* file, int line);
 void warp_get(void* v, size_t n, int lane);    // the partner lane's deposit
 void check_launch_bounds(long max_threads, const char* kernel, const char* file, int line);
 // cp.async (global -> the block's dynamic shared memory, 4, 8 or 16 bytes, the last n - src_n
@@ -219,19 +223,41 @@ inline void mma_m16n8k8_tf32(float (&d)[4], const uint32_t (&a)[4], const uint32
 }
 }  // namespace emu
 
-// Atomics: a fiber is never preempted between barriers, so a read-modify-write is atomic.
-inline float atomicAdd(float* p, float v) { const float o = *p; *p = o + v; return o; }
-inline double atomicAdd(double* p, double v) { const double o = *p; *p = o + v; return o; }
-inline int atomicAdd(int* p, int v) { const int o = *p; *p = int(unsigned(o) + unsigned(v)); return o; }
-inline unsigned atomicAdd(unsigned* p, unsigned v) { const unsigned o = *p; *p = o + v; return o; }
-inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
-  const unsigned long long o = *p; *p = o + v; return o;
+// Atomics: a fiber is never preempted between barriers, so any read-modify-write would be atomic;
+// they are __atomic operations (relaxed, as CUDA's) so that ThreadSanitizer (scripts/cuda-emu
+// --racecheck) sees atomics, which never race with each other, and not plain accesses.
+namespace emu {
+template <class T, class F>
+inline T atomic_rmw(T* p, F f) {
+  T old;
+  __atomic_load(p, &old, __ATOMIC_RELAXED);
+  T next = f(old);
+  while (!__atomic_compare_exchange(p, &old, &next, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) next = f(old);
+  return old;
 }
-inline int atomicMax(int* p, int v) { const int o = *p; if (v > o) *p = v; return o; }
+}  // namespace emu
+inline float atomicAdd(float* p, float v) { return emu::atomic_rmw(p, [v](float o) { return o + v; }); }
+inline double atomicAdd(double* p, double v) { return emu::atomic_rmw(p, [v](double o) { return o + v; }); }
+inline int atomicAdd(int* p, int v) {
+  return emu::atomic_rmw(p, [v](int o) { return int(unsigned(o) + unsigned(v)); });
+}
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v) {
+  return __atomic_fetch_add(p, v, __ATOMIC_RELAXED);
+}
+inline int atomicMax(int* p, int v) { return emu::atomic_rmw(p, [v](int o) { return v > o ? v : o; }); }
 inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v) {
-  const unsigned long long o = *p;
-  if (v > o) *p = v;
-  return o;
+  return emu::atomic_rmw(p, [v](unsigned long long o) { return v > o ? v : o; });
+}
+inline int atomicMin(int* p, int v) { return emu::atomic_rmw(p, [v](int o) { return v < o ? v : o; }); }
+inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
+inline int atomicCAS(int* p, int cmp, int v) {
+  __atomic_compare_exchange_n(p, &cmp, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+  return cmp;  // the old value (written back on failure, equal to cmp on success)
+}
+inline unsigned atomicCAS(unsigned* p, unsigned cmp, unsigned v) {
+  __atomic_compare_exchange_n(p, &cmp, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
+  return cmp;
 }
 
 // The SM's cycle counter: here the host's steady clock in nanoseconds (monotone, so phase clocks
@@ -240,10 +266,6 @@ inline long long clock64() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
-inline int atomicMin(int* p, int v) { const int o = *p; if (v < o) *p = v; return o; }
-inline int atomicExch(int* p, int v) { const int o = *p; *p = v; return o; }
-inline int atomicCAS(int* p, int cmp, int v) { const int o = *p; if (o == cmp) *p = v; return o; }
-inline unsigned atomicCAS(unsigned* p, unsigned cmp, unsigned v) { const unsigned o = *p; if (o == cmp) *p = v; return o; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 template <class T>

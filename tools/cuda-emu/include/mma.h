@@ -1,7 +1,8 @@
 // The part of CUDA's <mma.h> (nvcuda::wmma) that kernels/*.cu uses: TF32 m16n16k8 fragments with FP32
 // accumulators. Each emulated thread holds a whole tile (the hardware spreads it over the warp's
 // lanes; kernels that only load, multiply and store fragments cannot tell). Every operation is
-// warp-collective like the hardware's: all 32 lanes must reach it together (checked as __syncwarp).
+// warp-collective like the hardware's: all 32 lanes must reach it together (checked as __syncwarp),
+// and, as on the hardware, orders no memory accesses between the lanes.
 // mma_sync accumulates the products in FP32 in k order; the hardware's order and rounding differ
 // within FP32 accumulation error, which code using TF32 must allow for anyway.
 #pragma once
@@ -52,7 +53,9 @@ inline float __float_to_tf32(float f) {
 }
 
 namespace detail {
-inline void converge(const char* what) { ::emu::syncwarp(0xffffffffu, what, 0); }
+// All 32 lanes together, as __syncwarp checks it; but, like the hardware's wmma operations, no
+// memory ordering between the lanes (--racecheck): that takes a __syncwarp.
+inline void converge(const char* what) { ::emu::warp_converge(what, 0); }
 }  // namespace detail
 
 template <class Layout>
@@ -87,11 +90,16 @@ void mma_sync(fragment<accumulator, 16, 16, 8, float>& d, const fragment<matrix_
     }
   std::memcpy(d.x, out, sizeof out);
 }
+// Every lane holds the whole tile, but each element is stored by one lane (element e by lane e % 32),
+// as the hardware spreads the tile over the lanes: the same bytes land, and under --racecheck the
+// lanes' stores do not overlap (a lane's reads of elements another lane stored need a __syncwarp).
 inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 8, float>& c, unsigned ldm, layout_t layout) {
   detail::converge("wmma::store_matrix_sync");
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 16; ++j)
-      (layout == mem_row_major ? p[size_t(i) * ldm + j] : p[size_t(j) * ldm + i]) = c.x[i * 16 + j];
+  const int lane = int(::emu::lane_id());
+  for (int e = lane; e < 256; e += 32) {
+    const int i = e / 16, j = e % 16;
+    (layout == mem_row_major ? p[size_t(i) * ldm + j] : p[size_t(j) * ldm + i]) = c.x[e];
+  }
 }
 
 }  // namespace wmma
