@@ -364,9 +364,6 @@ int cmd_eval(DataArgs da, const std::string& ckpt_arg, const AdaConfig& slices, 
   return 0;
 }
 
-// Input sequences for `ada retrieve`: --seq "3 17 42" or --input FILE with `user item item ...` lines.
-// Ids are the user's own when the model came with an item map.
-// An empty --seq "" is an empty history (a new user).
 // `ada retrieve --timing`: where the retrieval's time went (AdaRetriever::timing), on stderr.
 void print_timing(const RetrieveTiming& t) {
   auto ms = [](double s) {
@@ -381,6 +378,9 @@ void print_timing(const RetrieveTiming& t) {
             << " (checkpoint loading and input parsing not included)\n";
 }
 
+// Input sequences for `ada retrieve`: --seq "3 17 42" or --input FILE with `user item item ...` lines.
+// Ids are the user's own when the model came with an item map.
+// An empty --seq "" is an empty history (a new user).
 int cmd_retrieve(const std::string& ckpt, bool seq_given, const std::string& seq_text, const std::string& input,
                  int k, int T, bool as_json, bool timing, int threads, const RetrieverOptions& opt) {
   set_threads(threads);

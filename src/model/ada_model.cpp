@@ -31,7 +31,6 @@ void copy_rows_in(DeviceMemory* mem, T* dst, const T* src, int64_t B, int64_t ro
   mem_copy_rows(mem, dst + off * D, rows_per * D, src, n * D, B, n * D);
 }
 
-
 // Adds a scope's wall time, minus the time its searches took (and waited for the device), to
 // times->host_s; nothing when times is null (timing off).
 template <class Times>

@@ -224,7 +224,8 @@ void AdaRetriever::reset_timing() { impl_->timed = RetrieveTiming{}; }
 std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vector<std::vector<ItemId>>& seqs, int k,
                                                                  int T) {
   const WallClock::time_point t_call = WallClock::now();
-  RetrieveTiming part;  // this call's: forward_s (the model's calls whole until the end), wait_s, search_s, searches
+  RetrieveTiming part;  // this call's wait_s, search_s, host_s and searches
+  double model_s = 0;   // this call's model work whole: forwards, searches and their bookkeeping
   const AdaSasRec<float>::Times model0 = impl_->ada ? impl_->ada->times() : AdaSasRec<float>::Times{};
   const std::vector<int> ks = round_sizes(k, T);
   const int32_t N = num_items();
@@ -267,7 +268,7 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
       part.search_s += seconds_since(t_search);
       part.searches += T;
     }
-    part.forward_s += seconds_since(t_model);
+    model_s += seconds_since(t_model);
     for (int64_t b = 0; b < nb; ++b) {
       std::vector<Retrieved>& list = out[size_t(b0 + b)];
       list.reserve(size_t(k));
@@ -293,8 +294,8 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
     a.users += B;
     a.searches += part.searches;
     a.total_s += total;
-    a.request_s += total - part.forward_s;  // forward_s: the model's calls whole, so far
-    a.forward_s += part.forward_s - part.wait_s - part.search_s - part.host_s;
+    a.request_s += total - model_s;
+    a.forward_s += model_s - part.wait_s - part.search_s - part.host_s;
     a.wait_s += part.wait_s;
     a.search_s += part.search_s;
     a.host_s += part.host_s;
