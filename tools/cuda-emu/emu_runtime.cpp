@@ -37,11 +37,10 @@
 // with EMU_TSAN. Every thread slot of a block is a TSan fiber, and fiber switches carry no
 // synchronisation (no_sync): TSan then sees the threads of a block as concurrent, and the only
 // happens-before edges are the ones a GPU guarantees, which the runtime declares: a __syncthreads
-// (each thread releases into the block's barrier at arrival and acquires from it when the barrier
-// opens), a __syncwarp (the same, per warp; shuffles, mma.sync and wmma order no memory), and the
-// launch and each block's start and end
-// (everything the host or an earlier block did comes before a block; the block before whatever
-// comes after it). Two accesses to one address by two threads of a block, at least one a write, not
+// (each thread releases into the block's barrier at arrival, or when it exits, and acquires from it
+// when the barrier opens), a __syncwarp (the same, per warp; shuffles, mma.sync and wmma order no
+// memory), and the launch and each block's start and end (everything the host or an earlier block
+// did comes before a block; the block before whatever comes after it). Two accesses to one address by two threads of a block, at least one a write, not
 // ordered by those, are reported as a data race, whatever the schedule, in shared and global memory
 // alike. Atomics (cuda_emu.h) are __atomic operations, which TSan does not report against each other.
 // Blocks are ordered one after another, so races between blocks are not reported.
@@ -432,6 +431,7 @@ extern "C" void emu_trampoline() {
     for (const PendingCopy& c : f.cp_open) perform(c);
   }
 #ifdef EMU_TSAN
+  __tsan_release(&tsan_barrier);  // an exited thread counts as arrived at the barriers after it
   __tsan_release(&tsan_block_end);
 #endif
   yield_state(DONE);

@@ -92,8 +92,9 @@ __global__ void k_race_shuffle(int* out) {
   const int v = __shfl_sync(0xffffffffu, int(threadIdx.x), 0);
   if (threadIdx.x == 1) out[0] = w[0] + v;
 }
-// The same kinds of accesses, ordered: a barrier, a warp operation within a warp, atomics from every
-// thread, each thread's own word; two blocks, so the second reuses the first's shared memory.
+// The same kinds of accesses, ordered: a barrier, a __syncwarp within a warp, atomics from every
+// thread, each thread's own word (and a shuffle among them); two blocks, so the second reuses the
+// first's shared memory.
 __global__ void k_no_race(int* data) {
   __shared__ int w[2], own[64];
   __shared__ unsigned count;
