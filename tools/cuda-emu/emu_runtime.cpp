@@ -284,8 +284,14 @@ std::vector<void*> tsan_fibers;  // per thread slot, made once (like the stacks)
 void* tsan_sched = nullptr;      // the host thread's own context (runs the scheduler)
 // Addresses TSan synchronises on: the block's barrier, its warps' operations, a block's start
 // (the host and earlier blocks release, the threads acquire) and end (the threads release, the
-// host acquires).
-char tsan_barrier, tsan_warp[32], tsan_block_start, tsan_block_end;
+// host acquires). A barrier and a warp's __syncwarp have two addresses each, for alternate
+// generations: a thread that has passed barrier n runs on and releases at barrier n + 1 while
+// others have yet to resume from barrier n, and those must not acquire what it did after barrier n
+// (one address would order the two threads' accesses between the barriers, and hide their races).
+// Two suffice: barrier n + 2 cannot open before every thread has resumed from barrier n + 1, so
+// after every acquire of barrier n (the same for a warp's meetings).
+char tsan_barrier[2], tsan_warp[32][2], tsan_block_start, tsan_block_end;
+int bar_gen = 0;  // barriers opened so far in the block
 void tsan_switch(int to) {  // to: a thread slot, or -1 for the scheduler
   __tsan_switch_to_fiber(to < 0 ? tsan_sched : tsan_fibers[size_t(to)], __tsan_switch_to_fiber_no_sync);
 }
@@ -431,7 +437,7 @@ extern "C" void emu_trampoline() {
     for (const PendingCopy& c : f.cp_open) perform(c);
   }
 #ifdef EMU_TSAN
-  __tsan_release(&tsan_barrier);  // an exited thread counts as arrived at the barriers after it
+  __tsan_release(&tsan_barrier[bar_gen & 1]);  // an exited thread counts as arrived at the next barrier
   __tsan_release(&tsan_block_end);
 #endif
   yield_state(DONE);
@@ -495,6 +501,7 @@ void run_block() {
     __tsan_set_fiber_name(tsan_fibers.back(), name.c_str());
   }
   __tsan_release(&tsan_block_start);  // the host's inputs, the fresh shared memory, the blocks before
+  bar_gen = 0;
 #endif
   for (;;) {
     if (schedule == Schedule::Random) std::shuffle(order.begin(), order.end(), sched_rng);
@@ -549,6 +556,9 @@ void run_block() {
       for (auto& f : fibers)
         if (f.st == BAR) f.st = RUN;
       n_bar = 0;
+#ifdef EMU_TSAN
+      ++bar_gen;
+#endif
       released = true;
     }
     if (!released) {
@@ -580,11 +590,12 @@ void syncthreads(const char* file, int line) {
   f.file = file;
   f.line = line;
 #ifdef EMU_TSAN
-  __tsan_release(&tsan_barrier);
+  char* sync = &tsan_barrier[bar_gen & 1];
+  __tsan_release(sync);
 #endif
   yield_state(BAR);
 #ifdef EMU_TSAN
-  __tsan_acquire(&tsan_barrier);  // the barrier has opened: every thread's accesses before it
+  __tsan_acquire(sync);  // the barrier has opened: every thread's accesses before it
 #endif
 }
 
@@ -594,7 +605,8 @@ void syncthreads(const char* file, int line) {
 static void warp_wait(bool order) {
 #ifdef EMU_TSAN
   if (order) {
-    char* sync = &tsan_warp[fibers[size_t(cur)].lin / 32];
+    const Fiber& f = fibers[size_t(cur)];
+    char* sync = &tsan_warp[f.lin / 32][f.wcount & 1];  // wcount: the warp's meetings, this one counted
     __tsan_release(sync);
     yield_state(WARP);
     __tsan_acquire(sync);

@@ -6,8 +6,9 @@
 //                        scripts/cuda-emu checks in the output (list: `selftest --list`, CASE<TAB>text)
 //   selftest warp_ahead  prints "warp_ahead N": 0 when warps advance through warp operations in step
 //                        (EMU_SCHEDULE forward, reverse, random), 1 when one runs ahead (warps)
-//   selftest race_shared | race_global | race_warp | race_shuffle | no_race
-//                        under --racecheck: the first four race (ThreadSanitizer must report them),
+//   selftest race_shared | race_after_barrier | race_after_syncwarp | race_global | race_warp |
+//            race_shuffle | no_race
+//                        under --racecheck: the race_* cases race (ThreadSanitizer must report them),
 //                        no_race orders the same kinds of accesses (it must report nothing)
 #include <cublas_v2.h>
 
@@ -84,6 +85,25 @@ __global__ void k_race_shared(int* out) {
 __global__ void k_race_global(int* data) {
   if (threadIdx.x == 0) data[0] = 1;
   if (threadIdx.x == 33) data[1] = data[0];
+}
+// The same after a barrier: thread 0 writes, thread 1 reads, between the same two barriers (a thread
+// that runs on to the second barrier first must not order its accesses before the others' through it).
+__global__ void k_race_after_barrier(int* out) {
+  __shared__ int w[1];
+  if (threadIdx.x == 0) w[0] = 0;
+  __syncthreads();
+  if (threadIdx.x == 0) w[0] = 1;
+  if (threadIdx.x == 1) out[0] = w[0];
+  __syncthreads();
+}
+// The same within a warp, between two __syncwarp.
+__global__ void k_race_after_syncwarp(int* out) {
+  __shared__ int w[1];
+  if (threadIdx.x == 0) w[0] = 0;
+  __syncwarp();
+  if (threadIdx.x == 0) w[0] = 1;
+  if (threadIdx.x == 1) out[0] = w[0];
+  __syncwarp();
 }
 // Lane 1 reads the shared word lane 0 wrote, with only a shuffle between: a shuffle orders no memory.
 __global__ void k_race_shuffle(int* out) {
@@ -293,13 +313,16 @@ int main(int argc, char** argv) {
     std::printf("warp_ahead %d\n", h);
     return 0;
   }
-  if (c == "race_shared" || c == "race_global" || c == "race_warp" || c == "race_shuffle" ||
+  if (c == "race_shared" || c == "race_after_barrier" ||
+      c == "race_after_syncwarp" || c == "race_global" || c == "race_warp" || c == "race_shuffle" ||
       c == "no_race") {  // for --racecheck
     int* d = nullptr;
     std::vector<int> h(8, -1);
     cudaMalloc(&d, 8 * sizeof(int));
     cudaMemset(d, 0, 8 * sizeof(int));
     if (c == "race_shared") k_race_shared<<<1, 64>>>(d);
+    if (c == "race_after_barrier") k_race_after_barrier<<<1, 64>>>(d);
+    if (c == "race_after_syncwarp") k_race_after_syncwarp<<<1, 32>>>(d);
     if (c == "race_global") k_race_global<<<1, 64>>>(d);
     if (c == "race_warp") k_warp_ahead<<<1, 64>>>(d);
     if (c == "race_shuffle") k_race_shuffle<<<1, 32>>>(d);
