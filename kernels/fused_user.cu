@@ -636,7 +636,9 @@ __global__ void k_colsum(ColSegs S, float* partial, unsigned* counter) {
       h.dst[c2] += s;
     }
   }
-  if (tx == 0 && ty == 0) *counter = 0u;
+  // an atomic, as the other CTAs' tickets: a plain store would race with them (no fence orders their
+  // atomicAdd before it)
+  if (tx == 0 && ty == 0) atomicExch(counter, 0u);
 }
 
 // Row-major C[M, N] (ldc) += A^T B with A [K, M] (lda), B [K, N] (ldb), all row-major: the
