@@ -278,22 +278,40 @@ struct Stack {
 };
 
 std::vector<Fiber> fibers;
-std::vector<std::unique_ptr<Stack>> stacks;
+// Block sets (--racecheck): consecutive blocks of a launch alternate between kSets sets of thread
+// slots, each with its own stacks, TSan fibers, barrier addresses and shared memory, and blocks of
+// different sets are not ordered (below); without the race check there is one set.
 #ifdef EMU_TSAN
-std::vector<void*> tsan_fibers;  // per thread slot, made once (like the stacks)
+constexpr int kSets = kBlockSets;
+#else
+constexpr int kSets = 1;
+#endif
+int cur_set = 0;  // the running block's set
+std::vector<std::unique_ptr<Stack>> stacks_of[kSets];
+std::vector<std::unique_ptr<Stack>>* stacks_cur = &stacks_of[0];
+Stack& stack(int slot) { return *(*stacks_cur)[size_t(slot)]; }
+#ifdef EMU_TSAN
+std::vector<void*> tsan_fibers[kSets];  // per set and thread slot, made once (like the stacks)
 void* tsan_sched = nullptr;      // the host thread's own context (runs the scheduler)
-// Addresses TSan synchronises on: the block's barrier, its warps' operations, a block's start
-// (the host and earlier blocks release, the threads acquire) and end (the threads release, the
-// host acquires). A barrier and a warp's __syncwarp have two addresses each, for alternate
-// generations: a thread that has passed barrier n runs on and releases at barrier n + 1 while
-// others have yet to resume from barrier n, and those must not acquire what it did after barrier n
-// (one address would order the two threads' accesses between the barriers, and hide their races).
-// Two suffice: barrier n + 2 cannot open before every thread has resumed from barrier n + 1, so
-// after every acquire of barrier n (the same for a warp's meetings).
-char tsan_barrier[2], tsan_warp[32][2], tsan_block_start, tsan_block_end;
+// Addresses TSan synchronises on: a block's barrier and its warps' __syncwarp (per set), the launch
+// (the host releases before each block, the threads acquire at their start), a set's blocks (each
+// thread releases at its end, the threads of the set's next block acquire at their start, the host
+// at the launch's end; two addresses per set, alternate blocks, as a thread starts when its
+// block's first threads may have ended), and __threadfence. Blocks of different sets are therefore concurrent for TSan:
+// two blocks of a launch, one a write, touching one global address without an atomic, a race on a
+// GPU, are reported when the blocks are of different sets (consecutive blocks always are; blocks
+// of one set are ordered, as one set's fibers run them in turn).
+// A barrier and a warp's __syncwarp have two addresses each, for alternate generations: a thread
+// that has passed barrier n runs on and releases at barrier n + 1 while others have yet to resume
+// from barrier n, and those must not acquire what it did after barrier n (one address would order
+// the two threads' accesses between the barriers, and hide their races). Two suffice: barrier n + 2
+// cannot open before every thread has resumed from barrier n + 1, so after every acquire of
+// barrier n (the same for a warp's meetings).
+char tsan_barrier[kSets][2], tsan_warp[kSets][32][2], tsan_launch, tsan_set_end[kSets][2], tsan_fence;
+unsigned set_blocks[kSets];  // blocks run by each set (the running one counted)
 int bar_gen = 0;  // barriers opened so far in the block
 void tsan_switch(int to) {  // to: a thread slot, or -1 for the scheduler
-  __tsan_switch_to_fiber(to < 0 ? tsan_sched : tsan_fibers[size_t(to)], __tsan_switch_to_fiber_no_sync);
+  __tsan_switch_to_fiber(to < 0 ? tsan_sched : tsan_fibers[cur_set][size_t(to)], __tsan_switch_to_fiber_no_sync);
 }
 #endif
 void* sched_sp = nullptr;
@@ -397,7 +415,7 @@ void yield_state(State s) {
     enter(p);
     target = fibers[size_t(cur)].sp;
 #ifdef EMU_ASAN
-    bottom = stacks[size_t(cur)]->base;
+    bottom = stack(cur).base;
     size = kStack;
 #endif
   } else {
@@ -427,7 +445,9 @@ extern "C" void emu_trampoline() {
   note_switch_done(nullptr);
 #endif
 #ifdef EMU_TSAN
-  __tsan_acquire(&tsan_block_start);
+  __tsan_acquire(&tsan_launch);           // the host's work before the launch
+  // the set's blocks before this one (its shared memory, its slots), not the threads of this one
+  __tsan_acquire(&tsan_set_end[cur_set][(set_blocks[cur_set] + 1) & 1]);
 #endif
   (*body_ptr)();
   {  // copies still in flight when the thread exits land anyway
@@ -437,8 +457,8 @@ extern "C" void emu_trampoline() {
     for (const PendingCopy& c : f.cp_open) perform(c);
   }
 #ifdef EMU_TSAN
-  __tsan_release(&tsan_barrier[bar_gen & 1]);  // an exited thread counts as arrived at the next barrier
-  __tsan_release(&tsan_block_end);
+  __tsan_release(&tsan_barrier[cur_set][bar_gen & 1]);  // an exited thread counts as arrived at the next barrier
+  __tsan_release(&tsan_set_end[cur_set][set_blocks[cur_set] & 1]);
 #endif
   yield_state(DONE);
   std::abort();  // a finished fiber is never resumed
@@ -453,7 +473,7 @@ void run_phase() {
   from_sched = true;
 #ifdef EMU_ASAN
   void* fake = nullptr;
-  __sanitizer_start_switch_fiber(&fake, stacks[size_t(cur)]->base, kStack);
+  __sanitizer_start_switch_fiber(&fake, stack(cur).base, kStack);
 #endif
 #ifdef EMU_TSAN
   tsan_switch(cur);
@@ -473,7 +493,8 @@ bool same_site(const Fiber& a, const Fiber& b) {
 void run_block() {
   const int nt = int(detail::cur_bdim.x * detail::cur_bdim.y * detail::cur_bdim.z);
   fibers.assign(size_t(nt), Fiber{});
-  while (stacks.size() < size_t(nt)) stacks.emplace_back(new Stack());
+  stacks_cur = &stacks_of[cur_set];
+  while (stacks_cur->size() < size_t(nt)) stacks_cur->emplace_back(new Stack());
   slots.assign(size_t((nt + 31) / 32) * 2 * 32 * 16, 0);
   for (int t = 0; t < nt; ++t) {
     Fiber& f = fibers[size_t(t)];
@@ -481,9 +502,9 @@ void run_block() {
     f.tid = {unsigned(t % int(detail::cur_bdim.x)), unsigned((t / int(detail::cur_bdim.x)) % int(detail::cur_bdim.y)),
              unsigned(t / int(detail::cur_bdim.x * detail::cur_bdim.y))};
 #ifdef EMU_ASAN
-    __asan_unpoison_memory_region(stacks[size_t(t)]->base, kStack);
+    __asan_unpoison_memory_region(stack(t).base, kStack);
 #endif
-    const uintptr_t top = (uintptr_t(stacks[size_t(t)]->base) + kStack) & ~uintptr_t(15);
+    const uintptr_t top = (uintptr_t(stack(t).base) + kStack) & ~uintptr_t(15);
     void** sp = reinterpret_cast<void**>(top);
     *--sp = nullptr;                                   // alignment: rsp % 16 == 8 at the trampoline's entry
     *--sp = reinterpret_cast<void*>(&emu_trampoline);  // emu_switch returns here
@@ -495,12 +516,15 @@ void run_block() {
   n_bar = n_warp = n_done = 0;
 #ifdef EMU_TSAN
   if (!tsan_sched) tsan_sched = __tsan_get_current_fiber();
-  while (tsan_fibers.size() < size_t(nt)) {
-    tsan_fibers.push_back(__tsan_create_fiber(0));
-    const std::string name = "emulated CUDA thread " + std::to_string(tsan_fibers.size() - 1) + " of a block";
-    __tsan_set_fiber_name(tsan_fibers.back(), name.c_str());
+  ++set_blocks[cur_set];
+  auto& fs = tsan_fibers[cur_set];
+  while (fs.size() < size_t(nt)) {
+    fs.push_back(__tsan_create_fiber(0));
+    const std::string name = "emulated CUDA thread " + std::to_string(fs.size() - 1) + " of a block of set " +
+                             std::to_string(cur_set);
+    __tsan_set_fiber_name(fs.back(), name.c_str());
   }
-  __tsan_release(&tsan_block_start);  // the host's inputs, the fresh shared memory, the blocks before
+  __tsan_release(&tsan_launch);  // the host's inputs (the host acquires no block's end within a launch)
   bar_gen = 0;
 #endif
   for (;;) {
@@ -569,9 +593,6 @@ void run_block() {
       die("%s: deadlock: %s", where(), who);
     }
   }
-#ifdef EMU_TSAN
-  __tsan_acquire(&tsan_block_end);  // the block's writes come before whatever follows it
-#endif
 }
 
 }  // namespace
@@ -584,13 +605,20 @@ void* dyn_smem() {
   if (cur < 0) die("extern __shared__ used outside a kernel");
   return smem_ptr;
 }
+int block_set() { return cur_set; }
+void threadfence() {
+#ifdef EMU_TSAN
+  __tsan_release(&tsan_fence);
+  __tsan_acquire(&tsan_fence);
+#endif
+}
 
 void syncthreads(const char* file, int line) {
   Fiber& f = fibers[size_t(cur)];
   f.file = file;
   f.line = line;
 #ifdef EMU_TSAN
-  char* sync = &tsan_barrier[bar_gen & 1];
+  char* sync = &tsan_barrier[cur_set][bar_gen & 1];
   __tsan_release(sync);
 #endif
   yield_state(BAR);
@@ -606,7 +634,7 @@ static void warp_wait(bool order) {
 #ifdef EMU_TSAN
   if (order) {
     const Fiber& f = fibers[size_t(cur)];
-    char* sync = &tsan_warp[f.lin / 32][f.wcount & 1];  // wcount: the warp's meetings, this one counted
+    char* sync = &tsan_warp[cur_set][f.lin / 32][f.wcount & 1];  // wcount: the warp's meetings, this one counted
     __tsan_release(sync);
     yield_state(WARP);
     __tsan_acquire(sync);
@@ -705,6 +733,18 @@ cudaError_t func_set_attribute(const void* f, cudaFuncAttribute a, int v) {
   return set_error(cudaErrorInvalidValue);
 }
 
+// A block's fresh shared memory: 0xff bytes. Under --racecheck as stores TSan does not see (volatile):
+// the host thread writes, and it is ordered with no block of the launch but through the launch.
+void refill(unsigned char* p, size_t n) {
+#ifdef EMU_TSAN
+  volatile uint64_t* w = reinterpret_cast<uint64_t*>(p);  // 256-aligned
+  for (size_t i = 0; i < n / 8; ++i) w[i] = ~uint64_t(0);
+  for (size_t i = n / 8 * 8; i < n; ++i) static_cast<volatile unsigned char*>(p)[i] = 0xff;
+#else
+  std::memset(p, 0xff, n);
+#endif
+}
+
 int launch(const LaunchSite& site, const void* func, dim3 g, dim3 b, size_t sm, cudaStream_t,
            const std::function<void()>& body, const PtrArg* ptrs, int n_ptrs) {
   init_schedule();
@@ -741,19 +781,31 @@ int launch(const LaunchSite& site, const void* func, dim3 g, dim3 b, size_t sm, 
   }
   detail::cur_gdim = {g.x, g.y, g.z};
   detail::cur_bdim = {b.x, b.y, b.z};
-  // Exactly sm bytes (AddressSanitizer sees an overrun), 256-aligned, refilled with 0xff per block.
-  smem_ptr = static_cast<unsigned char*>(::operator new[](std::max<size_t>(sm, 1), std::align_val_t(256)));
+  // Exactly sm bytes (AddressSanitizer sees an overrun), 256-aligned, refilled with 0xff per block;
+  // one per block set.
+  unsigned char* smem_of[kSets];
+  for (auto& m : smem_of) m = static_cast<unsigned char*>(::operator new[](std::max<size_t>(sm, 1), std::align_val_t(256)));
   smem_size = sm;
   body_ptr = &body;
   cur_site = &site;
+  int64_t lin = 0;
   for (unsigned z = 0; z < g.z; ++z)
     for (unsigned y = 0; y < g.y; ++y)
-      for (unsigned x = 0; x < g.x; ++x) {
+      for (unsigned x = 0; x < g.x; ++x, ++lin) {
         detail::cur_bidx = {x, y, z};
-        std::memset(smem_ptr, 0xff, sm);
+        cur_set = int(lin % kSets);
+        smem_ptr = smem_of[cur_set];
+        refill(smem_ptr, sm);
         run_block();
       }
-  ::operator delete[](smem_ptr, std::align_val_t(256));
+#ifdef EMU_TSAN
+  for (auto& e : tsan_set_end) {  // every block before whatever follows the launch
+    __tsan_acquire(&e[0]);
+    __tsan_acquire(&e[1]);
+  }
+#endif
+  cur_set = 0;
+  for (auto& m : smem_of) ::operator delete[](m, std::align_val_t(256));
   smem_ptr = nullptr;
   smem_size = 0;
   body_ptr = nullptr;

@@ -6,11 +6,13 @@
   kernel<<<grid, block[, smem[, stream]]>>>(args)  ->  emu::Launcher("kernel", __FILE__, __LINE__,
                                                         grid, block, smem, stream).run(kernel, args)
   extern __shared__ [__align__(n)] T name[];       ->  T* name = static_cast<T*>(::emu::dyn_smem());
+  __shared__ [__align__(n)] T a[N], b;             ->  static T a_emu_sets[::emu::kBlockSets][N];
+                                                        T (&a)[N] = a_emu_sets[::emu::block_set()]; (b alike)
   __launch_bounds__(N, ...) kernel(...) {           ->  kernel(...) { ::emu::check_launch_bounds(N, ...);
 
 Line numbers are kept (a #line directive names the original file), so compiler messages and the
 emulator's reports (divergent barriers, rejected launches) point into the .cu file. Fails (exit 1)
-when a launch or a dynamic shared array cannot be rewritten: nothing is silently left for the
+when a launch or a shared declaration cannot be rewritten: nothing is silently left for the
 compiler to choke on or, worse, to compile into something else.
 """
 import argparse
@@ -151,6 +153,30 @@ def main():
         edits.append((m.start(), semi + 1, rep))
         dyn += 1
 
+    # ---- static shared memory: one copy per block set (::emu::kBlockSets), the running block's by
+    # reference, so that blocks --racecheck treats as concurrent do not share it
+    static = 0
+    for m in re.finditer(r'(?<!extern )\b__shared__\b', code):
+        if re.search(r'\bextern\s+$', code[:m.start()]):
+            continue
+        semi = code.find(';', m.end())
+        decl = code[m.end():semi]
+        d = re.fullmatch(r'\s*((?:__align__\s*\(\s*\d+\s*\)\s*)?)((?:unsigned\s+|signed\s+)?[A-Za-z_][\w:]*)\s+'
+                         r'(\w+\s*(?:\[[^\]\[]+\]\s*)*(?:,\s*\w+\s*(?:\[[^\]\[]+\]\s*)*)*)', decl)
+        if semi < 0 or not d or '\n' in decl:
+            errors.append(f'{name}:{line_of(code, m.start())}: cannot rewrite this __shared__ declaration')
+            continue
+        align, typ = d.group(1).strip(), d.group(2).strip()
+        parts = []
+        for v in d.group(3).split(','):
+            v = v.strip()
+            var = re.match(r'\w+', v).group(0)
+            dims = v[len(var):].replace(' ', '')
+            parts.append(f'{align + " " if align else ""}static {typ} {var}_emu_sets[::emu::kBlockSets]{dims}; '
+                         f'{typ} (&{var}){dims} = {var}_emu_sets[::emu::block_set()];')
+        edits.append((m.start(), semi + 1, ' '.join(parts)))
+        static += 1
+
     # ---- __launch_bounds__ -> a check at the kernel's entry
     bounds = 0
     for m in re.finditer(r'\b__launch_bounds__\s*\(', code):
@@ -180,7 +206,7 @@ def main():
     for s, e, rep in sorted(edits, key=lambda x: (x[0], x[1]), reverse=True):
         out = out[:s] + rep + out[e:]
     left = strip_comments(out)
-    for bad in ('<<<', '>>>', 'extern __shared__'):
+    for bad in ('<<<', '>>>', '__shared__'):
         if bad in left:
             sys.stderr.write(f'rewrite.py: {name}: "{bad}" is still in the rewritten source\n')
             sys.exit(1)
@@ -189,7 +215,8 @@ def main():
         sys.exit(1)
     with open(a.out, 'w') as f:
         f.write(f'#line 1 "{name}"\n' + out)
-    print(f'rewrite.py: {name}: {launches} launches, {dyn} dynamic shared arrays, {bounds} launch bounds')
+    print(f'rewrite.py: {name}: {launches} launches, {dyn} dynamic and {static} static shared declarations, '
+          f'{bounds} launch bounds')
 
 
 if __name__ == '__main__':

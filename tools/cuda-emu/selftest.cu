@@ -6,10 +6,11 @@
 //                        scripts/cuda-emu checks in the output (list: `selftest --list`, CASE<TAB>text)
 //   selftest warp_ahead  prints "warp_ahead N": 0 when warps advance through warp operations in step
 //                        (EMU_SCHEDULE forward, reverse, random), 1 when one runs ahead (warps)
-//   selftest race_shared | race_after_barrier | race_after_syncwarp | race_global | race_warp |
-//            race_shuffle | no_race
+//   selftest race_shared | race_after_barrier | race_after_syncwarp | race_blocks | race_global |
+//            race_warp | race_shuffle | no_race
 //                        under --racecheck: the race_* cases race (ThreadSanitizer must report them),
-//                        no_race orders the same kinds of accesses (it must report nothing)
+//                        no_race orders the same kinds of accesses, and blocks through a fence and a
+//                        ticket (it must report nothing; prints "no_race 1 2 126 10")
 #include <cublas_v2.h>
 
 #include <cmath>
@@ -105,6 +106,10 @@ __global__ void k_race_after_syncwarp(int* out) {
   if (threadIdx.x == 1) out[0] = w[0];
   __syncwarp();
 }
+// Two blocks write one global word (on a GPU they may run at once, in either order).
+__global__ void k_race_blocks(int* data) {
+  if (threadIdx.x == 0) data[0] = int(blockIdx.x);
+}
 // Lane 1 reads the shared word lane 0 wrote, with only a shuffle between: a shuffle orders no memory.
 __global__ void k_race_shuffle(int* out) {
   __shared__ int w[1];
@@ -134,6 +139,25 @@ __global__ void k_no_race(int* data) {
   own[threadIdx.x] = mine;  // each thread its own word
   __syncthreads();
   if (threadIdx.x == 2) out[2] = int(count) + own[63];  // 64 + 62
+}
+
+// Blocks ordered through memory: each writes its partial, fences and takes a ticket; the last
+// block sums the partials (data[0..3]; ticket data[4], sum data[5]) and resets the ticket by an atomic.
+__global__ void k_last_block(int* data) {
+  __shared__ bool last;
+  if (threadIdx.x == 0) data[blockIdx.x] = int(blockIdx.x) + 1;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&data[4], 1) == int(gridDim.x) - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (threadIdx.x == 0) {
+    int sum = 0;
+    for (unsigned b = 0; b < gridDim.x; ++b) sum += data[b];
+    data[5] = sum;
+    atomicExch(&data[4], 0);
+  }
 }
 
 namespace {
@@ -314,22 +338,26 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (c == "race_shared" || c == "race_after_barrier" ||
-      c == "race_after_syncwarp" || c == "race_global" || c == "race_warp" || c == "race_shuffle" ||
+      c == "race_after_syncwarp" || c == "race_blocks" || c == "race_global" || c == "race_warp" || c == "race_shuffle" ||
       c == "no_race") {  // for --racecheck
     int* d = nullptr;
-    std::vector<int> h(8, -1);
-    cudaMalloc(&d, 8 * sizeof(int));
-    cudaMemset(d, 0, 8 * sizeof(int));
+    std::vector<int> h(16, -1);
+    cudaMalloc(&d, 16 * sizeof(int));
+    cudaMemset(d, 0, 16 * sizeof(int));
     if (c == "race_shared") k_race_shared<<<1, 64>>>(d);
     if (c == "race_after_barrier") k_race_after_barrier<<<1, 64>>>(d);
     if (c == "race_after_syncwarp") k_race_after_syncwarp<<<1, 32>>>(d);
+    if (c == "race_blocks") k_race_blocks<<<2, 32>>>(d);
     if (c == "race_global") k_race_global<<<1, 64>>>(d);
     if (c == "race_warp") k_warp_ahead<<<1, 64>>>(d);
     if (c == "race_shuffle") k_race_shuffle<<<1, 32>>>(d);
-    if (c == "no_race") k_no_race<<<2, 64>>>(d);
-    cudaMemcpy(h.data(), d, 8 * sizeof(int), cudaMemcpyDeviceToHost);
+    if (c == "no_race") {
+      k_no_race<<<2, 64>>>(d);
+      k_last_block<<<4, 32>>>(d + 8);
+    }
+    cudaMemcpy(h.data(), d, 16 * sizeof(int), cudaMemcpyDeviceToHost);
     cudaFree(d);
-    std::printf("%s %d %d %d\n", c.c_str(), h[0], h[1], h[2]);
+    std::printf("%s %d %d %d %d\n", c.c_str(), h[0], h[1], h[2], h[13]);
     return 0;
   }
   if (c == "--list") {

@@ -20,8 +20,8 @@
 #define __host__
 #define __forceinline__ inline
 #define __noinline__
-// Static __shared__ arrays: one copy per kernel (blocks run one after another; their contents are
-// not reset between blocks, like a GPU's they are undefined at block start).
+// Static __shared__ declarations are rewritten by rewrite.py (one copy per block set); none should
+// be left. Their contents are not reset between blocks: like a GPU's, undefined at block start.
 #define __shared__ static
 #define __constant__ static
 #define __align__(n) alignas(n)
@@ -60,6 +60,14 @@ inline const uint3& bidx() { return detail::cur_bidx; }
 inline const uint3& bdim() { return detail::cur_bdim; }
 inline const uint3& gdim() { return detail::cur_gdim; }
 void* dyn_smem();
+// Static __shared__ declarations have one copy per block set (rewrite.py): --racecheck runs
+// consecutive blocks as concurrent sets of threads (emu_runtime.cpp), which must not share them.
+constexpr int kBlockSets = 2;
+int block_set();  // the running block's set
+// __threadfence under --racecheck: orders what each thread did before its fence before what any
+// thread does after a later one (in the emulator's order), the ordering a fence gives together
+// with an atomic that a later block reads (the "last block" pattern); otherwise nothing.
+void threadfence();
 void syncthreads(const char* file, int line);
 void syncwarp(unsigned mask, const char* file, int line);
 // The lanes of the warp meet (checked like __syncwarp) without ordering their memory accesses: the
@@ -251,6 +259,7 @@ inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v)
 }
 inline int atomicMin(int* p, int v) { return emu::atomic_rmw(p, [v](int o) { return v < o ? v : o; }); }
 inline int atomicExch(int* p, int v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
+inline unsigned atomicExch(unsigned* p, unsigned v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }
 inline int atomicCAS(int* p, int cmp, int v) {
   __atomic_compare_exchange_n(p, &cmp, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED);
   return cmp;  // the old value (written back on failure, equal to cmp on success)
@@ -274,5 +283,5 @@ inline unsigned __float_as_uint(float x) { unsigned u; std::memcpy(&u, &x, sizeo
 inline float __uint_as_float(unsigned u) { float x; std::memcpy(&x, &u, sizeof x); return x; }
 inline int __float_as_int(float x) { int u; std::memcpy(&u, &x, sizeof u); return u; }
 inline float __int_as_float(int u) { float x; std::memcpy(&x, &u, sizeof x); return x; }
-inline void __threadfence() {}
+inline void __threadfence() { ::emu::threadfence(); }
 inline void __threadfence_block() {}
