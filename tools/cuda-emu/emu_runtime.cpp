@@ -278,9 +278,10 @@ struct Stack {
 };
 
 std::vector<Fiber> fibers;
-// Block sets (--racecheck): consecutive blocks of a launch alternate between kSets sets of thread
-// slots, each with its own stacks, TSan fibers, barrier addresses and shared memory, and blocks of
-// different sets are not ordered (below); without the race check there is one set.
+// Block sets (--racecheck): the blocks of a launch alternate between kSets sets of thread slots
+// along every grid axis (set (x + y + z) % 2), each set with its own stacks, TSan fibers, barrier
+// addresses and shared memory, and blocks of different sets are not ordered (below); without the
+// race check there is one set.
 #ifdef EMU_TSAN
 constexpr int kSets = kBlockSets;
 #else
@@ -299,8 +300,8 @@ void* tsan_sched = nullptr;      // the host thread's own context (runs the sche
 // at the launch's end; two addresses per set, alternate blocks, as a thread starts when its
 // block's first threads may have ended), and __threadfence. Blocks of different sets are therefore concurrent for TSan:
 // two blocks of a launch, one a write, touching one global address without an atomic, a race on a
-// GPU, are reported when the blocks are of different sets (consecutive blocks always are; blocks
-// of one set are ordered, as one set's fibers run them in turn).
+// GPU, are reported when the blocks are of different sets (neighbours along a grid axis always
+// are; blocks of one set are ordered, as one set's fibers run them in turn).
 // A barrier and a warp's __syncwarp have two addresses each, for alternate generations: a thread
 // that has passed barrier n runs on and releases at barrier n + 1 while others have yet to resume
 // from barrier n, and those must not acquire what it did after barrier n (one address would order
@@ -788,12 +789,11 @@ int launch(const LaunchSite& site, const void* func, dim3 g, dim3 b, size_t sm, 
   smem_size = sm;
   body_ptr = &body;
   cur_site = &site;
-  int64_t lin = 0;
   for (unsigned z = 0; z < g.z; ++z)
     for (unsigned y = 0; y < g.y; ++y)
-      for (unsigned x = 0; x < g.x; ++x, ++lin) {
+      for (unsigned x = 0; x < g.x; ++x) {
         detail::cur_bidx = {x, y, z};
-        cur_set = int(lin % kSets);
+        cur_set = int((x + y + z) % kSets);  // a checkerboard: neighbours along every grid axis differ
         smem_ptr = smem_of[cur_set];
         refill(smem_ptr, sm);
         run_block();

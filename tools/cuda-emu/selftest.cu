@@ -106,9 +106,10 @@ __global__ void k_race_after_syncwarp(int* out) {
   if (threadIdx.x == 1) out[0] = w[0];
   __syncwarp();
 }
-// Two blocks write one global word (on a GPU they may run at once, in either order).
+// Two blocks write one global word (on a GPU they may run at once, in either order): of a 2 x 2
+// grid, blocks (0, 0) and (0, 1), two apart in launch order.
 __global__ void k_race_blocks(int* data) {
-  if (threadIdx.x == 0) data[0] = int(blockIdx.x);
+  if (threadIdx.x == 0 && blockIdx.x == 0) data[0] = int(blockIdx.y);
 }
 // Lane 1 reads the shared word lane 0 wrote, with only a shuffle between: a shuffle orders no memory.
 __global__ void k_race_shuffle(int* out) {
@@ -347,7 +348,7 @@ int main(int argc, char** argv) {
     if (c == "race_shared") k_race_shared<<<1, 64>>>(d);
     if (c == "race_after_barrier") k_race_after_barrier<<<1, 64>>>(d);
     if (c == "race_after_syncwarp") k_race_after_syncwarp<<<1, 32>>>(d);
-    if (c == "race_blocks") k_race_blocks<<<2, 32>>>(d);
+    if (c == "race_blocks") k_race_blocks<<<dim3(2, 2), 32>>>(d);
     if (c == "race_global") k_race_global<<<1, 64>>>(d);
     if (c == "race_warp") k_warp_ahead<<<1, 64>>>(d);
     if (c == "race_shuffle") k_race_shuffle<<<1, 32>>>(d);

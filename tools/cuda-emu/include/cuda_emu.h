@@ -61,7 +61,7 @@ inline const uint3& bdim() { return detail::cur_bdim; }
 inline const uint3& gdim() { return detail::cur_gdim; }
 void* dyn_smem();
 // Static __shared__ declarations have one copy per block set (rewrite.py): --racecheck runs
-// consecutive blocks as concurrent sets of threads (emu_runtime.cpp), which must not share them.
+// neighbouring blocks as concurrent sets of threads (emu_runtime.cpp), which must not share them.
 constexpr int kBlockSets = 2;
 int block_set();  // the running block's set
 // __threadfence under --racecheck: orders what each thread did before its fence before what any
