@@ -39,11 +39,11 @@
 // happens-before edges are the ones a GPU guarantees, which the runtime declares: a __syncthreads
 // (each thread releases into the block's barrier at arrival, or when it exits, and acquires from it
 // when the barrier opens), a __syncwarp (the same, per warp; shuffles, mma.sync and wmma order no
-// memory), and the launch and each block's start and end (everything the host or an earlier block
-// did comes before a block; the block before whatever comes after it). Two accesses to one address by two threads of a block, at least one a write, not
-// ordered by those, are reported as a data race, whatever the schedule, in shared and global memory
-// alike. Atomics (cuda_emu.h) are __atomic operations, which TSan does not report against each other.
-// Blocks are ordered one after another, so races between blocks are not reported.
+// memory), the launch (the host's work before it, everything after it) and __threadfence.
+// Neighbouring blocks run on two sets of fibers that nothing else orders, so TSan sees them as
+// concurrent too. Two accesses to one address by two threads, at least one a write, not ordered by
+// those, are reported as a data race, whatever the schedule, in shared and global memory alike.
+// Atomics (cuda_emu.h) are __atomic operations, which TSan does not report against each other.
 #if defined(EMU_TSAN)
 #include <sanitizer/tsan_interface.h>
 #endif
@@ -297,11 +297,12 @@ void* tsan_sched = nullptr;      // the host thread's own context (runs the sche
 // Addresses TSan synchronises on: a block's barrier and its warps' __syncwarp (per set), the launch
 // (the host releases before each block, the threads acquire at their start), a set's blocks (each
 // thread releases at its end, the threads of the set's next block acquire at their start, the host
-// at the launch's end; two addresses per set, alternate blocks, as a thread starts when its
-// block's first threads may have ended), and __threadfence. Blocks of different sets are therefore concurrent for TSan:
-// two blocks of a launch, one a write, touching one global address without an atomic, a race on a
-// GPU, are reported when the blocks are of different sets (neighbours along a grid axis always
-// are; blocks of one set are ordered, as one set's fibers run them in turn).
+// at the launch's end; two addresses per set, for alternate blocks, as a thread starts when the
+// first threads of its block may have ended), and __threadfence. Blocks of different sets are
+// therefore concurrent for TSan: two blocks of a launch, one a write, touching one global address
+// without an atomic, a race on a GPU, are reported when the blocks are of different sets
+// (neighbours along a grid axis always are; blocks of one set are ordered, as the set's fibers run
+// them in turn).
 // A barrier and a warp's __syncwarp have two addresses each, for alternate generations: a thread
 // that has passed barrier n runs on and releases at barrier n + 1 while others have yet to resume
 // from barrier n, and those must not acquire what it did after barrier n (one address would order
@@ -458,7 +459,7 @@ extern "C" void emu_trampoline() {
     for (const PendingCopy& c : f.cp_open) perform(c);
   }
 #ifdef EMU_TSAN
-  __tsan_release(&tsan_barrier[cur_set][bar_gen & 1]);  // an exited thread counts as arrived at the next barrier
+  __tsan_release(&tsan_barrier[cur_set][bar_gen & 1]);  // an exited thread: arrived at the next barrier
   __tsan_release(&tsan_set_end[cur_set][set_blocks[cur_set] & 1]);
 #endif
   yield_state(DONE);
@@ -635,7 +636,7 @@ static void warp_wait(bool order) {
 #ifdef EMU_TSAN
   if (order) {
     const Fiber& f = fibers[size_t(cur)];
-    char* sync = &tsan_warp[cur_set][f.lin / 32][f.wcount & 1];  // wcount: the warp's meetings, this one counted
+    char* sync = &tsan_warp[cur_set][f.lin / 32][f.wcount & 1];  // wcount: this meeting counted
     __tsan_release(sync);
     yield_state(WARP);
     __tsan_acquire(sync);
@@ -785,7 +786,8 @@ int launch(const LaunchSite& site, const void* func, dim3 g, dim3 b, size_t sm, 
   // Exactly sm bytes (AddressSanitizer sees an overrun), 256-aligned, refilled with 0xff per block;
   // one per block set.
   unsigned char* smem_of[kSets];
-  for (auto& m : smem_of) m = static_cast<unsigned char*>(::operator new[](std::max<size_t>(sm, 1), std::align_val_t(256)));
+  for (auto& m : smem_of)
+    m = static_cast<unsigned char*>(::operator new[](std::max<size_t>(sm, 1), std::align_val_t(256)));
   smem_size = sm;
   body_ptr = &body;
   cur_site = &site;
