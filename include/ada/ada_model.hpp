@@ -166,6 +166,9 @@ class AdaSasRec {
     std::vector<ItemId> a, p, common;
   };
   std::vector<RowSets> list_sets_;
+  // round_lists' walk: per OpenMP thread, two bit sets over the catalog (A's and P's ids of the row
+  // at hand, cleared after it), kept between calls
+  std::vector<std::vector<uint64_t>> walk_bits_;
   int searches_ = 0;
   bool timing_ = false;
   Times times_;

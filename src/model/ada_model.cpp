@@ -1,5 +1,7 @@
 #include "ada/ada_model.hpp"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -240,24 +242,54 @@ bool AdaSasRec<T>::round_lists(const T* u, int64_t B, int t, bool with_context, 
   std::vector<float> sc(size_t(B * m));
   search(u, B, int(m), both, ids.data(), sc.data());
   int64_t short_row = -1;
-#pragma omp parallel for schedule(static) if (B >= 64)
-  for (int64_t b = 0; b < B; ++b) {
-    const auto& a = list_sets_[size_t(b)].a;
-    const auto& pr = list_sets_[size_t(b)].p;
-    int nctx = 0, nlist = 0;
-    ItemId* lid = L.ids + b * L.total + L.start[size_t(t)];
-    float* lsc = L.scores + b * L.total + L.start[size_t(t)];
-    for (int64_t j = 0; j < m && (nctx < kc_ || nlist < kt); ++j) {
-      const ItemId id = ids[size_t(b * m + j)];
-      if (nctx < kc_ && !std::binary_search(a.begin(), a.end(), id)) ctx_out[b * kc_ + nctx++] = id;
-      if (nlist < kt && !std::binary_search(pr.begin(), pr.end(), id)) {
-        lid[nlist] = id;
-        lsc[nlist++] = sc[size_t(b * m + j)];
+  // Per row, the search's m ids in order, each tested against A and P: by a bit per catalog item
+  // (the thread's walk_bits_, set from the row's sets and cleared after it) rather than two binary
+  // searches per id, which were most of this host work (m is about 150 at K = 100, T = 5).
+  const size_t words = size_t(N + 63) / 64;
+  const int threads = B >= 64 ? omp_get_max_threads() : 1;
+  if (walk_bits_.size() < size_t(threads)) walk_bits_.resize(size_t(threads));
+#pragma omp parallel if (B >= 64)
+  {
+    std::vector<uint64_t>& bits = walk_bits_[size_t(omp_get_thread_num())];
+    if (bits.size() != 2 * words) bits.assign(2 * words, 0);
+    uint64_t* in_a = bits.data();
+    uint64_t* in_p = bits.data() + words;
+    // s's ids in the catalog (exclusions may hold others, which no search returns) into or out of set
+    auto mark = [N](uint64_t* set, const std::vector<ItemId>& s, bool on) {
+      for (const ItemId id : s)
+        if (id >= 0 && id < N) {
+          if (on)
+            set[size_t(id) >> 6] |= uint64_t(1) << (id & 63);
+          else
+            set[size_t(id) >> 6] = 0;  // only this row's bits are set
+        }
+    };
+    auto has = [N](const uint64_t* set, ItemId id) {
+      return id >= 0 && id < N && ((set[size_t(id) >> 6] >> (id & 63)) & 1);
+    };
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; ++b) {
+      const auto& a = list_sets_[size_t(b)].a;
+      const auto& pr = list_sets_[size_t(b)].p;
+      mark(in_a, a, true);
+      mark(in_p, pr, true);
+      int nctx = 0, nlist = 0;
+      ItemId* lid = L.ids + b * L.total + L.start[size_t(t)];
+      float* lsc = L.scores + b * L.total + L.start[size_t(t)];
+      for (int64_t j = 0; j < m && (nctx < kc_ || nlist < kt); ++j) {
+        const ItemId id = ids[size_t(b * m + j)];
+        if (nctx < kc_ && !has(in_a, id)) ctx_out[b * kc_ + nctx++] = id;
+        if (nlist < kt && !has(in_p, id)) {
+          lid[nlist] = id;
+          lsc[nlist++] = sc[size_t(b * m + j)];
+        }
       }
-    }
-    if (nctx < kc_ || nlist < kt) {  // cannot happen (m covers both); reported after the loop
+      mark(in_a, a, false);
+      mark(in_p, pr, false);
+      if (nctx < kc_ || nlist < kt) {  // cannot happen (m covers both); reported after the loop
 #pragma omp critical(ada_round_lists)
-      short_row = std::max(short_row, b);
+        short_row = std::max(short_row, b);
+      }
     }
   }
   ADA_CHECK(short_row < 0, "AdaSasRec: round " << t << " of row " << short_row

@@ -269,6 +269,8 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
       part.searches += T;
     }
     model_s += seconds_since(t_model);
+    // rows in parallel: at B = 1024 the lists' allocation and copy took 0.8 ms on one core
+#pragma omp parallel for schedule(static) if (nb >= 64)
     for (int64_t b = 0; b < nb; ++b) {
       std::vector<Retrieved>& list = out[size_t(b0 + b)];
       list.reserve(size_t(k));
