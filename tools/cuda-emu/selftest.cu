@@ -87,25 +87,20 @@ __global__ void k_race_global(int* data) {
   if (threadIdx.x == 0) data[0] = 1;
   if (threadIdx.x == 33) data[1] = data[0];
 }
-// The same after a barrier: thread 0 writes, thread 1 reads, between the same two barriers (a thread
-// that runs on to the second barrier first must not order its accesses before the others' through it).
-__global__ void k_race_after_barrier(int* out) {
+// Thread 0 writes a shared word and thread 1 reads it between two later barriers (Warp: two
+// __syncwarp): a thread that runs on to the second barrier first must not order its accesses before
+// the others' through it.
+template <bool Warp>
+__device__ void write_read_between_syncs(int* out) {
   __shared__ int w[1];
   if (threadIdx.x == 0) w[0] = 0;
-  __syncthreads();
+  if (Warp) __syncwarp(); else __syncthreads();
   if (threadIdx.x == 0) w[0] = 1;
   if (threadIdx.x == 1) out[0] = w[0];
-  __syncthreads();
+  if (Warp) __syncwarp(); else __syncthreads();
 }
-// The same within a warp, between two __syncwarp.
-__global__ void k_race_after_syncwarp(int* out) {
-  __shared__ int w[1];
-  if (threadIdx.x == 0) w[0] = 0;
-  __syncwarp();
-  if (threadIdx.x == 0) w[0] = 1;
-  if (threadIdx.x == 1) out[0] = w[0];
-  __syncwarp();
-}
+__global__ void k_race_after_barrier(int* out) { write_read_between_syncs<false>(out); }
+__global__ void k_race_after_syncwarp(int* out) { write_read_between_syncs<true>(out); }
 // Two blocks write one global word (on a GPU they may run at once, in either order): of a 2 x 2
 // grid, blocks (0, 0) and (0, 1), two apart in launch order.
 __global__ void k_race_blocks(int* data) {
