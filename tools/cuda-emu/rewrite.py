@@ -6,8 +6,9 @@
   kernel<<<grid, block[, smem[, stream]]>>>(args)  ->  emu::Launcher("kernel", __FILE__, __LINE__,
                                                         grid, block, smem, stream).run(kernel, args)
   extern __shared__ [__align__(n)] T name[];       ->  T* name = static_cast<T*>(::emu::dyn_smem());
-  __shared__ [__align__(n)] T a[N], b;             ->  static T a_emu_sets[::emu::kBlockSets][N];
-                                                        T (&a)[N] = a_emu_sets[::emu::block_set()]; (b alike)
+  __shared__ T a[N], b;                            ->  static T a_emu_sets[::emu::kBlockSets][N];
+                                                        T (&a)[N] = a_emu_sets[::emu::block_set()]; (b alike;
+                                                        with __align__(n), each set's copy in an aligned struct)
   __launch_bounds__(N, ...) kernel(...) {           ->  kernel(...) { ::emu::check_launch_bounds(N, ...);
 
 Line numbers are kept (a #line directive names the original file), so compiler messages and the
@@ -172,8 +173,12 @@ def main():
             v = v.strip()
             var = re.match(r'\w+', v).group(0)
             dims = v[len(var):].replace(' ', '')
-            parts.append(f'{align + " " if align else ""}static {typ} {var}_emu_sets[::emu::kBlockSets]{dims}; '
-                         f'{typ} (&{var}){dims} = {var}_emu_sets[::emu::block_set()];')
+            if align:  # each set's copy aligned (a struct: an array of arrays aligns only its start)
+                parts.append(f'static struct {align} {{ {typ} v{dims}; }} {var}_emu_sets[::emu::kBlockSets]; '
+                             f'{typ} (&{var}){dims} = {var}_emu_sets[::emu::block_set()].v;')
+            else:
+                parts.append(f'static {typ} {var}_emu_sets[::emu::kBlockSets]{dims}; '
+                             f'{typ} (&{var}){dims} = {var}_emu_sets[::emu::block_set()];')
         edits.append((m.start(), semi + 1, ' '.join(parts)))
         static += 1
 
