@@ -352,6 +352,7 @@ enum class Schedule { Forward, Reverse, Random, Warps };
 Schedule schedule = Schedule::Forward;
 std::mt19937 sched_rng(1);
 bool sched_init = false;
+unsigned set_shift = 0;  // EMU_BLOCK_SET_SHIFT: block sets by (x >> s) + (y >> s) + (z >> s)
 
 void init_schedule() {
   if (sched_init) return;
@@ -369,6 +370,12 @@ void init_schedule() {
   else
     die("EMU_SCHEDULE=%s: expected forward, reverse, random or warps", v);
   if (const char* seed = std::getenv("EMU_SEED")) sched_rng.seed(unsigned(std::strtoul(seed, nullptr, 10)));
+  if (const char* sh = std::getenv("EMU_BLOCK_SET_SHIFT")) {
+    char* end = nullptr;
+    const unsigned long v = std::strtoul(sh, &end, 10);
+    if (!*sh || *end || v > 30) die("EMU_BLOCK_SET_SHIFT=%s: expected 0 to 30", std::string(sh));
+    set_shift = unsigned(v);
+  }
 }
 
 unsigned char* slot(int warp, int parity, int lane) {
@@ -795,7 +802,9 @@ int launch(const LaunchSite& site, const void* func, dim3 g, dim3 b, size_t sm, 
     for (unsigned y = 0; y < g.y; ++y)
       for (unsigned x = 0; x < g.x; ++x) {
         detail::cur_bidx = {x, y, z};
-        cur_set = int((x + y + z) % kSets);  // a checkerboard: neighbours along every grid axis differ
+        // a checkerboard: neighbours along every grid axis differ (with EMU_BLOCK_SET_SHIFT = s, tiles of
+        // 2^s blocks: then blocks 2^s apart differ, and a run per s covers every pair)
+        cur_set = int(((x >> set_shift) + (y >> set_shift) + (z >> set_shift)) % kSets);
         smem_ptr = smem_of[cur_set];
         refill(smem_ptr, sm);
         run_block();
