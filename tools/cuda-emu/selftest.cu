@@ -333,9 +333,8 @@ int main(int argc, char** argv) {
     std::printf("warp_ahead %d\n", h);
     return 0;
   }
-  if (c == "race_shared" || c == "race_after_barrier" ||
-      c == "race_after_syncwarp" || c == "race_blocks" || c == "race_global" || c == "race_warp" || c == "race_shuffle" ||
-      c == "no_race") {  // for --racecheck
+  if (c == "race_shared" || c == "race_after_barrier" || c == "race_after_syncwarp" || c == "race_blocks" ||
+      c == "race_global" || c == "race_warp" || c == "race_shuffle" || c == "no_race") {  // for --racecheck
     int* d = nullptr;
     std::vector<int> h(16, -1);
     cudaMalloc(&d, 16 * sizeof(int));
