@@ -227,3 +227,98 @@ TEST_CASE("the GPU searcher refuses a device that is not there, naming it", "[to
   REQUIRE_THROWS_WITH(ada::make_gpu_searcher(p.E.data(), p.bias.data(), 1, 10, p.D, missing),
                       Catch::Contains("CUDA") && Catch::Contains("device " + std::to_string(missing)));
 }
+
+TEST_CASE("one- and two-query CPU searches (the int8 first pass) give the float path's lists bit for bit", "[topk]") {
+  // A batch of one or two queries scores the catalog from an int8 copy of the rows with an error
+  // bound, then rescores the candidates exactly (topk.cpp, build_int8); a batch of three takes the
+  // float path. Row r searched alone (and rows 0-1 as a pair) must give row r of the batch of three:
+  // the same ids, scores and count. Near ties on purpose: items in groups that differ by one ulp in
+  // one coordinate, and exact duplicates; k from 1 to more than the catalog; 1-3 threads (the
+  // items split between them); odd D; with and without bias; and the cases that must fall back to
+  // the float path (a NaN row, a NaN query, magnitudes near overflow).
+  struct Case {
+    int64_t N, D;
+    int k;
+    bool bias;
+    int kind;  // 0 random, 1 groups of 3 duplicates, 2 one-ulp near ties, 3 NaN row, 4 NaN query, 5 huge,
+               // 6 every item the same (no item can be ruled out)
+  };
+  const std::vector<Case> cases = {{5000, 64, 100, true, 0},  {5000, 64, 1, false, 0},   {3001, 13, 37, true, 1},
+                                   {2000, 64, 50, true, 2},    {2000, 128, 20, false, 2}, {300, 1, 9, true, 2},
+                                   {700, 32, 1000, true, 0},   {900, 16, 30, true, 3},    {900, 16, 30, true, 4},
+                                   {900, 16, 30, false, 5},    {20000, 16, 10, true, 6}};
+  for (const Case& c : cases) {
+    Problem p = random_problem(3, c.N, c.D, uint32_t(c.N * 7 + c.D + c.kind), 40, c.kind == 1);
+    std::mt19937 rng(uint32_t(c.kind + 1));
+    if (c.kind == 2)  // groups of 4: one base row, the others with one coordinate moved by an ulp
+      for (int64_t j = 1; j < c.N; ++j) {
+        const int64_t src = 1 + (j - 1) / 4 * 4;
+        std::copy_n(p.E.begin() + src * c.D, c.D, p.E.begin() + j * c.D);
+        p.bias[size_t(j)] = p.bias[size_t(src)];
+        float& x = p.E[size_t(j * c.D + int64_t(rng() % uint32_t(c.D)))];
+        x = std::nextafter(x, (j - src) % 2 ? 10.0f : -10.0f);
+      }
+    if (c.kind == 3) std::fill_n(p.E.begin() + 7 * c.D, c.D, std::nanf(""));
+    if (c.kind == 4) p.U[0] = std::nanf("");
+    if (c.kind == 5)
+      for (auto& x : p.E) x *= 1e18f;
+    if (c.kind == 6)
+      for (int64_t j = 2; j < c.N; ++j) {
+        std::copy_n(p.E.begin() + c.D, c.D, p.E.begin() + j * c.D);
+        p.bias[size_t(j)] = p.bias[1];
+      }
+    const float* bias = c.bias ? p.bias.data() : nullptr;
+    auto searcher = ada::make_cpu_searcher(p.E.data(), bias, 0, c.N, c.D);
+#ifdef _OPENMP
+    const int saved = omp_get_max_threads();
+    for (int threads : {1, 2, 3}) {
+      omp_set_num_threads(threads);
+#endif
+      const ada::TopkLists three = searcher->search(p.U.data(), 3, c.k, p.exclude);
+      INFO("N " << c.N << " D " << c.D << " k " << c.k << " bias " << c.bias << " kind " << c.kind);
+      auto same_row = [&](const ada::TopkLists& got, int64_t gr, int64_t r) {
+        INFO("row " << r);
+        REQUIRE(got.count[size_t(gr)] == three.count[size_t(r)]);
+        for (int i = 0; i < got.count[size_t(gr)]; ++i) {
+          const size_t a = size_t(gr * c.k + i), b = size_t(r * c.k + i);
+          REQUIRE(got.ids[a] == three.ids[b]);
+          REQUIRE(std::memcmp(&got.scores[a], &three.scores[b], sizeof(float)) == 0);
+        }
+      };
+      for (int64_t r = 0; r < 3; ++r) {
+        Ragged ex;
+        ex.push_row(p.exclude.row_begin(size_t(r)), p.exclude.row_end(size_t(r)));
+        same_row(searcher->search(p.U.data() + r * c.D, 1, c.k, ex), 0, r);
+      }
+      Ragged ex2;
+      for (int64_t r = 0; r < 2; ++r) ex2.push_row(p.exclude.row_begin(size_t(r)), p.exclude.row_end(size_t(r)));
+      const ada::TopkLists two = searcher->search(p.U.data(), 2, c.k, ex2);
+      for (int64_t r = 0; r < 2; ++r) same_row(two, r, r);
+#ifdef _OPENMP
+    }
+    omp_set_num_threads(saved);
+#endif
+  }
+  // The bound is nearly tight here: item 1's int8 row drops 0.49 from each of 7 coordinates, all
+  // against the query's sign, so its int8 score (127) is 3.43 under its exact one (130.43), while
+  // item 2's int8 row is exact (130). The best item is 1 only if the bound keeps it a candidate
+  // (a bound of half the quantisation error would drop it and return item 2).
+  {
+    const int64_t D = 8, N = 4;
+    std::vector<float> E(size_t(N * D), 0.0f), U(size_t(3 * D), 1.0f);
+    E[size_t(1 * D)] = 127.0f;
+    std::fill_n(E.begin() + 1 * D + 1, D - 1, 0.49f);
+    E[size_t(2 * D)] = 127.0f;
+    E[size_t(2 * D + 1)] = 3.0f;
+    E[size_t(3 * D)] = 1.0f;
+    auto searcher = ada::make_cpu_searcher(E.data(), nullptr, 0, N, D);
+    Ragged none1, none3;
+    none1.push_row(nullptr, nullptr);
+    for (int r = 0; r < 3; ++r) none3.push_row(nullptr, nullptr);
+    const ada::TopkLists one = searcher->search(U.data(), 1, 1, none1);
+    const ada::TopkLists three = searcher->search(U.data(), 3, 1, none3);
+    REQUIRE(three.ids[0] == 1);
+    REQUIRE(one.ids[0] == 1);
+    REQUIRE(std::memcmp(&one.scores[0], &three.scores[0], sizeof(float)) == 0);
+  }
+}

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <utility>
@@ -79,6 +80,7 @@ class CpuSearcher final : public TopkSearcher {
     for (int64_t i = 0; i < n; ++i)
       for (int64_t d = 0; d < D; ++d) Ep_[size_t(((i / kPanel) * D + d) * kPanel + i % kPanel)] = E[(lo + i) * D + d];
     if (bias) bias_.assign(bias + lo, bias + hi);
+    build_int8(E, bias);
   }
   const char* name() const override { return "cpu"; }
   int64_t lo() const override { return lo_; }
@@ -95,8 +97,10 @@ class CpuSearcher final : public TopkSearcher {
     std::vector<std::vector<std::vector<Scored>>> found(units.size());
     // Every result is a function of its row alone (exact top-k under one total order), so neither
     // the thread count nor the split into units changes it.
+    const bool int8 = int8_applies(U, B);
 #pragma omp parallel for schedule(dynamic, 1) if (units.size() > 1)
-    for (size_t u = 0; u < units.size(); ++u) found[u] = run(units[u], U, k, exclude, extra);
+    for (size_t u = 0; u < units.size(); ++u)
+      found[u] = int8 ? run_int8(units[u], U, k, exclude, extra) : run(units[u], U, k, exclude, extra);
     const Before better;
 #pragma omp parallel for schedule(static) if (B >= 64)
     for (int64_t b = 0; b < B; ++b) {
@@ -124,6 +128,8 @@ class CpuSearcher final : public TopkSearcher {
   static constexpr int kRows = 8;          // queries scored against a tile at a time
   static constexpr int64_t kTilePanels = 32;  // 512 items per tile
   static constexpr int64_t kTileItems = kTilePanels * kPanel;
+  static constexpr int64_t kInt8MaxRows = 2;  // batches up to this size take the int8 first pass
+  static constexpr int64_t kInt8MaxD = 1024;  // (the bound's slack covers float sums of <= 1024 terms)
 
   struct Unit {
     int64_t b0, b1;  // query rows [b0, b1)
@@ -273,6 +279,201 @@ class CpuSearcher final : public TopkSearcher {
     return lists;
   }
 
+  // ---- The int8 first pass (small batches) ----
+  // A batch of one or two queries is bound by reading the table (256 MB at 1M items, D = 64), not
+  // by arithmetic. For those, the shard also keeps its rows as int8 (a quarter of the bytes): item
+  // i's row is q_i s_i with s_i = max_d |e_id| / 127, q_id = round(e_id / s_i). A search scores
+  // every item from that copy, v'_i = (sum_d u_d q_id) s_i + b_i, with a bound w_i on how far the
+  // exact score v_i (the fma chain of the other path) can be from it:
+  //   |v_i - v'_i| <= |u|_1 err_i                       (err_i = max_d |e_id - q_id s_i|, exact)
+  //                 + (4 D + 8) 2^-24 |u|_1 m_i          (both float chains' rounding, the product
+  //                                                       by s_i and the bias add, twice over;
+  //                                                       m_i = max_d |e_id|)
+  //                 + 2^-22 |b_i|                       (the bias adds' rounding, twice over)
+  // and keeps t = the k-th best lower bound v'_i - w_i of the eligible items seen so far. Every
+  // item of the true top k has an exact score >= the k-th best, which is >= t, so its upper bound
+  // v'_i + w_i is too: the items whose upper bound reaches t are candidates, and rescoring them
+  // exactly (the same fma chain over the float rows) gives the same list, scores and order as the
+  // float path, bit for bit. Used only when every value is finite and no score can come near
+  // overflow (int8_ok_, int8_applies), where no NaN or inf can appear.
+  void build_int8(const float* E, const float* bias) {
+    if (D_ > kInt8MaxD) return;  // int8_ok_ stays false
+    const int64_t n = hi_ - lo_;
+    q8_.assign(size_t(n_panels_ * D_ * kPanel), 0);
+    q8_scale_.assign(size_t(n), 0.0f);
+    q8_err_.assign(size_t(n), 0.0f);
+    q8_bias_err_.assign(size_t(n), 0.0f);
+    bool finite = true;
+    double max_m = 0, max_b = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const float* e = E + (lo_ + i) * D_;
+      float m = 0.0f;
+      for (int64_t d = 0; d < D_; ++d) {
+        finite = finite && std::isfinite(e[d]);
+        m = std::max(m, std::fabs(e[d]));
+      }
+      const float sc = m / 127.0f;
+      double err = 0.0;
+      for (int64_t d = 0; d < D_; ++d) {
+        const float r = sc > 0.0f ? std::nearbyint(e[d] / sc) : 0.0f;
+        const int q = int(std::max(-127.0f, std::min(127.0f, r)));
+        q8_[size_t(((i / kPanel) * D_ + d) * kPanel + i % kPanel)] = int8_t(q);
+        // exact: q sc has at most 31 significant bits, and the difference of two such doubles
+        // rounds by 2^-53 of it at most, which the float rounding up below swamps
+        err = std::max(err, std::fabs(double(e[d]) - double(q) * double(sc)));
+      }
+      const double b = bias ? double(bias[lo_ + i]) : 0.0;
+      finite = finite && std::isfinite(b);
+      q8_scale_[size_t(i)] = sc;
+      q8_err_[size_t(i)] = float((err + (4.0 * double(D_) + 8.0) * 0x1p-24 * double(m)) * (1.0 + 0x1p-20));
+      q8_bias_err_[size_t(i)] = float(0x1p-22 * std::fabs(b) * (1.0 + 0x1p-20));
+      max_m = std::max(max_m, double(m));
+      max_b = std::max(max_b, std::fabs(b));
+    }
+    q8_max_abs_ = max_m;
+    int8_ok_ = finite && max_m < 1e15 && max_b < 1e30;
+  }
+
+  // Whether a search of these B queries takes the int8 pass: a small batch whose every |u|_1 is
+  // finite and keeps |u|_1 max_i m_i (a bound on every |score| before the bias) under 1e30.
+  bool int8_applies(const float* U, int64_t B) const {
+    if (!int8_ok_ || B < 1 || B > kInt8MaxRows) return false;
+    for (int64_t b = 0; b < B; ++b) {
+      const double u1 = l1_norm(U + b * D_);
+      if (!(u1 * q8_max_abs_ < 1e30)) return false;  // false for NaN and inf too
+    }
+    return true;
+  }
+  double l1_norm(const float* u) const {
+    double s = 0.0;
+    for (int64_t d = 0; d < D_; ++d) s += std::fabs(double(u[d]));
+    return s;
+  }
+
+  // acc[x] = sum_d u[d] q8[panel][d][x], an fma chain in float (the ints are exact in float), for
+  // the panel's 16 items.
+  void micro_int8(const float* __restrict u, const int8_t* __restrict panel, float* __restrict acc) const {
+#if defined(__AVX2__) && defined(__FMA__)
+    static_assert(kPanel == 16, "the AVX2 int8 micro-kernel is 2 vectors of 8 items");
+    __m256 c0 = _mm256_setzero_ps(), c1 = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D_; ++d) {
+      const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(panel + d * kPanel));
+      const __m256 e0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
+      const __m256 e1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q, 8)));
+      const __m256 ud = _mm256_broadcast_ss(u + d);
+      c0 = _mm256_fmadd_ps(ud, e0, c0);
+      c1 = _mm256_fmadd_ps(ud, e1, c1);
+    }
+    _mm256_storeu_ps(acc, c0);
+    _mm256_storeu_ps(acc + 8, c1);
+#else
+    float c[kPanel] = {};
+    for (int64_t d = 0; d < D_; ++d)
+      for (int x = 0; x < kPanel; ++x) c[x] = std::fma(u[d], float(panel[d * kPanel + x]), c[x]);
+    std::copy(c, c + kPanel, acc);
+#endif
+  }
+
+  // The exact score of shard-local item i for query u: micro()'s fma chain, then the bias.
+  float exact_score(const float* u, int64_t i) const {
+    const float* e = Ep_.data() + (i / kPanel) * D_ * kPanel + i % kPanel;
+    float acc = 0.0f;
+    for (int64_t d = 0; d < D_; ++d) acc = std::fma(u[d], e[d * kPanel], acc);
+    return bias_.empty() ? acc : acc + bias_[size_t(i)];
+  }
+
+  // The first j in [j, end) with hi[j] >= t, or end.
+  static int64_t skip_below(const float* hi, int64_t j, int64_t end, float t) {
+#if defined(__AVX2__)
+    const __m256 tv = _mm256_set1_ps(t);
+    for (; j + 8 <= end; j += 8) {
+      const int m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(hi + j), tv, _CMP_GE_OQ));
+      if (m) return j + __builtin_ctz(unsigned(m));
+    }
+#endif
+    while (j < end && !(hi[j] >= t)) ++j;
+    return j;
+  }
+
+  // run() for the int8 pass: the same lists (see build_int8).
+  std::vector<std::vector<Scored>> run_int8(const Unit& w, const float* U, int k, const Ragged& exclude,
+                                            const Ragged* extra) const {
+    const int64_t n = hi_ - lo_, rows = w.b1 - w.b0;
+    const Before better;
+    const size_t kk = size_t(k);
+    std::vector<std::vector<Scored>> lists(static_cast<size_t>(rows));
+    for (int64_t r0 = 0; r0 < rows; ++r0) {
+      const int64_t b = w.b0 + r0;
+      const float* u = U + b * D_;
+      std::vector<ItemId> ex;
+      shard_exclusions(b, exclude, extra, ex);
+      const float u1 = float(l1_norm(u) * (1.0 + 0x1p-20));
+      // t: the k-th best lower bound so far (-inf until k eligible items are seen); low: the lower
+      // bounds above t, cut to the best k when 2k are held; cand: (upper bound, item) of the items
+      // whose upper bound reached t when they were seen (those below the final t dropped later)
+      float t = -std::numeric_limits<float>::infinity();
+      std::vector<float> low;
+      low.reserve(2 * kk);
+      std::vector<std::pair<float, ItemId>> cand;
+      size_t cand_cap = std::max<size_t>(4 * kk, 4096);
+      float acc[kTileItems], hi_b[kTileItems], lo_b[kTileItems];
+      for (int64_t tp0 = w.p0; tp0 < w.p1; tp0 += kTilePanels) {
+        const int64_t tp1 = std::min(w.p1, tp0 + kTilePanels);
+        const int64_t j0 = tp0 * kPanel, tn = std::min(n, tp1 * kPanel) - j0;
+        for (int64_t p = tp0; p < tp1; ++p)
+          micro_int8(u, q8_.data() + p * D_ * kPanel, acc + (p - tp0) * kPanel);
+        const float* sc = q8_scale_.data() + j0;
+        const float* er = q8_err_.data() + j0;
+        const float* be = q8_bias_err_.data() + j0;
+        const float* bi = bias_.empty() ? nullptr : bias_.data() + j0;
+        for (int64_t i = 0; i < tn; ++i) {
+          const float v = acc[i] * sc[i] + (bi ? bi[i] : 0.0f);
+          // the bound, and room for the rounding of v +- it (each float step here rounds by 2^-24
+          // of its value at most; the 2^-10 slack and the 2^-21 |v| cover them)
+          const float wb = (u1 * er[i] + be[i]) * (1.0f + 0x1p-10f) + std::fabs(v) * 0x1p-21f;
+          hi_b[i] = v + wb;
+          lo_b[i] = v - wb;
+        }
+        for (int64_t i = 0;; ++i) {
+          i = skip_below(hi_b, i, tn, t);
+          if (i == tn) break;
+          const ItemId id = ItemId(lo_ + j0 + i);
+          if (id == 0 || std::binary_search(ex.begin(), ex.end(), id)) continue;
+          cand.emplace_back(hi_b[i], id);
+          if (lo_b[i] > t) {
+            low.push_back(lo_b[i]);
+            if (low.size() == 2 * kk) {
+              std::nth_element(low.begin(), low.begin() + (k - 1), low.end(), std::greater<float>());
+              low.resize(kk);
+              t = low[kk - 1];
+            }
+          }
+          if (cand.size() >= cand_cap) {  // (room doubles when nothing could go: equal items)
+            prune(cand, t);
+            cand_cap = std::max(cand_cap, 2 * cand.size());
+          }
+        }
+      }
+      if (low.size() >= kk) {  // fewer than 2k eligible items leave low uncut
+        std::nth_element(low.begin(), low.begin() + (k - 1), low.end(), std::greater<float>());
+        t = std::max(t, low[kk - 1]);
+      }
+      prune(cand, t);
+      auto& list = lists[size_t(r0)];
+      list.reserve(cand.size());
+      for (const auto& c : cand) list.emplace_back(exact_score(u, int64_t(c.second) - lo_), c.second);
+      if (list.size() > kk) {
+        std::nth_element(list.begin(), list.begin() + (k - 1), list.end(), better);
+        list.resize(kk);
+      }
+    }
+    return lists;
+  }
+  static void prune(std::vector<std::pair<float, ItemId>>& cand, float t) {
+    cand.erase(std::remove_if(cand.begin(), cand.end(), [t](const std::pair<float, ItemId>& c) { return c.first < t; }),
+               cand.end());
+  }
+
   // Row b's excluded ids inside this shard, sorted and unique.
   void shard_exclusions(int64_t b, const Ragged& exclude, const Ragged* extra, std::vector<ItemId>& out) const {
     out.clear();
@@ -290,6 +491,12 @@ class CpuSearcher final : public TopkSearcher {
   int64_t n_panels_ = 0;
   std::vector<float> Ep_;    // [n_panels][D][kPanel]
   std::vector<float> bias_;  // [n], empty without bias
+  // the int8 copy (build_int8): rows [n_panels][D][kPanel], per item its scale, its error term
+  // (err_i + (4 D + 8) 2^-24 m_i) and its bias term (2^-22 |b_i|), each rounded up
+  std::vector<int8_t> q8_;
+  std::vector<float> q8_scale_, q8_err_, q8_bias_err_;
+  double q8_max_abs_ = 0.0;  // max_i m_i
+  bool int8_ok_ = false;
 };
 
 }  // namespace
