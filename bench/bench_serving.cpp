@@ -31,9 +31,21 @@ namespace {
 
 using namespace ada;
 
+// The checkpoints this process wrote (260 MB each at 1M items), removed when it exits normally.
+struct Checkpoints {
+  std::map<int32_t, std::string> made;
+  ~Checkpoints() {
+    for (const auto& f : made) {
+      std::error_code ec;
+      std::filesystem::remove(f.second, ec);
+    }
+  }
+};
+
 // One checkpoint file per catalog size, written once per process.
 std::string checkpoint_for(int32_t n_items) {
-  static std::map<int32_t, std::string> made;
+  static Checkpoints files;
+  auto& made = files.made;
   auto it = made.find(n_items);
   if (it != made.end()) return it->second;
   SasRecConfig c;
