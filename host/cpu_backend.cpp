@@ -366,6 +366,7 @@ class CpuBackend final : public Backend<T> {
       case Activation::kGelu: return activation_forward_loop<Activation::kGelu>(out, in, n);
       case Activation::kRelu: return activation_forward_loop<Activation::kRelu>(out, in, n);
     }
+    ADA_CHECK(false, "activation_forward: unknown activation " << int(a));
   }
   void activation_backward(T* din, const T* dout, const T* in, int64_t n, Activation a) override {
     switch (a) {
@@ -373,6 +374,7 @@ class CpuBackend final : public Backend<T> {
       case Activation::kGelu: return activation_backward_loop<Activation::kGelu>(din, dout, in, n);
       case Activation::kRelu: return activation_backward_loop<Activation::kRelu>(din, dout, in, n);
     }
+    ADA_CHECK(false, "activation_backward: unknown activation " << int(a));
   }
 
   void dropout_forward(T* out, const T* in, int64_t n, float p, uint64_t seed,
