@@ -80,7 +80,7 @@ class CpuSearcher final : public TopkSearcher {
     for (int64_t i = 0; i < n; ++i)
       for (int64_t d = 0; d < D; ++d) Ep_[size_t(((i / kPanel) * D + d) * kPanel + i % kPanel)] = E[(lo + i) * D + d];
     if (bias) bias_.assign(bias + lo, bias + hi);
-    build_int8(E, bias);
+    build_int8(bias);
   }
   const char* name() const override { return "cpu"; }
   int64_t lo() const override { return lo_; }
@@ -296,7 +296,7 @@ class CpuSearcher final : public TopkSearcher {
   // exactly (the same fma chain over the float rows) gives the same list, scores and order as the
   // float path, bit for bit. Used only when every value is finite and no score can come near
   // overflow (int8_ok_, int8_applies), where no NaN or inf can appear.
-  void build_int8(const float* E, const float* bias) {
+  void build_int8(const float* bias) {
     if (D_ > kInt8MaxD) return;  // int8_ok_ stays false
     const int64_t n = hi_ - lo_;
     q8_.assign(size_t(n_panels_ * D_ * kPanel), 0);
@@ -305,30 +305,45 @@ class CpuSearcher final : public TopkSearcher {
     q8_bias_err_.assign(size_t(n), 0.0f);
     bool finite = true;
     double max_m = 0, max_b = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const float* e = E + (lo_ + i) * D_;
-      float m = 0.0f;
-      for (int64_t d = 0; d < D_; ++d) {
-        finite = finite && std::isfinite(e[d]);
-        m = std::max(m, std::fabs(e[d]));
+    // From the float panels (Ep_, zero past the last item), one panel of 16 items at a time, the
+    // loops over its items innermost (contiguous, vectorised); panels are independent.
+#pragma omp parallel for schedule(static) reduction(&& : finite) reduction(max : max_m, max_b)
+    for (int64_t p = 0; p < n_panels_; ++p) {
+      const float* ep = Ep_.data() + p * D_ * kPanel;
+      int8_t* qp = q8_.data() + p * D_ * kPanel;
+      // nan[x] = sum of e * 0 (NaN when the item has an inf or NaN): a form the loop vectorises
+      float m[kPanel] = {}, nan[kPanel] = {}, sc[kPanel], inv[kPanel], err[kPanel] = {};
+      for (int64_t d = 0; d < D_; ++d)
+        for (int x = 0; x < kPanel; ++x) {
+          nan[x] += ep[d * kPanel + x] * 0.0f;
+          m[x] = std::max(m[x], std::fabs(ep[d * kPanel + x]));
+        }
+      bool fin = true;
+      for (int x = 0; x < kPanel; ++x) fin = fin && nan[x] == 0.0f;
+      for (int x = 0; x < kPanel; ++x) {
+        sc[x] = m[x] / 127.0f;
+        inv[x] = m[x] > 0.0f ? 127.0f / m[x] : 0.0f;
       }
-      const float sc = m / 127.0f;
-      double err = 0.0;
-      for (int64_t d = 0; d < D_; ++d) {
-        const float r = sc > 0.0f ? std::nearbyint(e[d] / sc) : 0.0f;
-        const int q = int(std::max(-127.0f, std::min(127.0f, r)));
-        q8_[size_t(((i / kPanel) * D_ + d) * kPanel + i % kPanel)] = int8_t(q);
-        // exact: q sc has at most 31 significant bits, and the difference of two such doubles
-        // rounds by 2^-53 of it at most, which the float rounding up below swamps
-        err = std::max(err, std::fabs(double(e[d]) - double(q) * double(sc)));
+      for (int64_t d = 0; d < D_; ++d)
+        for (int x = 0; x < kPanel; ++x) {
+          // any rounding to an int in [-127, 127] will do: err measures what it leaves, e - q sc
+          // by one fma, which rounds by 2^-24 of it at most (the 2^-20 below covers that)
+          const float e = ep[d * kPanel + x];
+          const float q = std::max(-127.0f, std::min(127.0f, std::nearbyint(e * inv[x])));
+          qp[d * kPanel + x] = int8_t(q);
+          err[x] = std::max(err[x], std::fabs(std::fma(-q, sc[x], e)));
+        }
+      for (int x = 0; x < kPanel && p * kPanel + x < n; ++x) {
+        const int64_t i = p * kPanel + x;
+        const double b = bias ? double(bias[lo_ + i]) : 0.0;
+        fin = fin && std::isfinite(b);
+        q8_scale_[size_t(i)] = sc[x];
+        q8_err_[size_t(i)] = float((double(err[x]) + (4.0 * double(D_) + 8.0) * 0x1p-24 * double(m[x])) * (1.0 + 0x1p-20));
+        q8_bias_err_[size_t(i)] = float(0x1p-22 * std::fabs(b) * (1.0 + 0x1p-20));
+        max_m = std::max(max_m, double(m[x]));
+        max_b = std::max(max_b, std::fabs(b));
       }
-      const double b = bias ? double(bias[lo_ + i]) : 0.0;
-      finite = finite && std::isfinite(b);
-      q8_scale_[size_t(i)] = sc;
-      q8_err_[size_t(i)] = float((err + (4.0 * double(D_) + 8.0) * 0x1p-24 * double(m)) * (1.0 + 0x1p-20));
-      q8_bias_err_[size_t(i)] = float(0x1p-22 * std::fabs(b) * (1.0 + 0x1p-20));
-      max_m = std::max(max_m, double(m));
-      max_b = std::max(max_b, std::fabs(b));
+      finite = finite && fin;
     }
     q8_max_abs_ = max_m;
     int8_ok_ = finite && max_m < 1e15 && max_b < 1e30;
