@@ -285,7 +285,7 @@ class CpuSearcher final : public TopkSearcher {
   // i's row is q_i s_i with s_i = max_d |e_id| / 127, q_id = round(e_id / s_i). A search scores
   // every item from that copy, v'_i = (sum_d u_d q_id) s_i + b_i, with a bound w_i on how far the
   // exact score v_i (the fma chain of the other path) can be from it:
-  //   |v_i - v'_i| <= |u|_1 err_i                       (err_i = max_d |e_id - q_id s_i|, exact)
+  //   |v_i - v'_i| <= |u|_1 err_i                       (err_i = max_d |e_id - q_id s_i|, measured)
   //                 + (4 D + 8) 2^-24 |u|_1 m_i          (both float chains' rounding, the product
   //                                                       by s_i and the bias add, twice over;
   //                                                       m_i = max_d |e_id|)
