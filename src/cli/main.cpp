@@ -683,7 +683,7 @@ int main(int argc, char** argv) {
   rt->add_option("--shards", ret_opt.shards,
                  "split the catalog into N shards searched separately and merged exactly (0: one sgemm pass; "
                  "on the CPU, 1 searches a 1M-item catalog about 2x faster, 4x or more for a single history, "
-                 "after about 0.25 s more start-up)")
+                 "after about 0.15 s more start-up)")
       ->check(kNonNegative);
   rt->add_option("--gpu", ret_opt.gpu, "CUDA device index")->check(kNonNegative);
   rt->add_option("--batch", ret_opt.batch, "users per pass (memory grows with it; scores change only in the last bits)")
