@@ -1,6 +1,6 @@
 // The vectorisable exp of src/core/vec_exp.hpp (the CPU backend's SiLU and softmaxes, T = float):
-// its accuracy against exp in double, its special values, and that the backend's vectorised loops
-// give the bits of the scalar definition.
+// its accuracy against exp in double, its special values, and that the backend's vectorised SiLU
+// gives the bits of the scalar definition (its backward: within float rounding).
 #include <catch2/catch.hpp>
 
 #include <cmath>
