@@ -403,19 +403,6 @@ class CpuSearcher final : public TopkSearcher {
     return bias_.empty() ? acc : acc + bias_[size_t(i)];
   }
 
-  // The first j in [j, end) with hi[j] >= t, or end.
-  static int64_t skip_below(const float* hi, int64_t j, int64_t end, float t) {
-#if defined(__AVX2__)
-    const __m256 tv = _mm256_set1_ps(t);
-    for (; j + 8 <= end; j += 8) {
-      const int m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(hi + j), tv, _CMP_GE_OQ));
-      if (m) return j + __builtin_ctz(unsigned(m));
-    }
-#endif
-    while (j < end && !(hi[j] >= t)) ++j;
-    return j;
-  }
-
   // run() for the int8 pass: the same lists (see build_int8).
   std::vector<std::vector<Scored>> run_int8(const Unit& w, const float* U, int k, const Ragged& exclude,
                                             const Ragged* extra) const {
@@ -456,7 +443,8 @@ class CpuSearcher final : public TopkSearcher {
           lo_b[i] = v - wb;
         }
         for (int64_t i = 0;; ++i) {
-          i = skip_below(hi_b, i, tn, t);
+          // hi_b >= t, as skip_to_pass's > the float below t (the bounds are finite here)
+          i = skip_to_pass(hi_b, nullptr, i, tn, std::nextafter(t, -std::numeric_limits<float>::infinity()));
           if (i == tn) break;
           const ItemId id = ItemId(lo_ + j0 + i);
           if (id == 0 || std::binary_search(ex.begin(), ex.end(), id)) continue;
