@@ -11,11 +11,6 @@ using ada_test::check_gradient;
 using ada_test::dot;
 using ada_test::random_vec;
 
-namespace {
-
-
-}  // namespace
-
 TEST_CASE("linear forward is in W^T + b and backward matches finite differences", "[cpu]") {
   auto be = make_cpu_backend<double>();
   const int64_t M = 5, I = 7, O = 3;
