@@ -4,6 +4,7 @@
 
 #include <signal.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -12,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "ada/check.hpp"
@@ -157,6 +159,49 @@ TEST_CASE("safetensors round trip of every dtype with metadata", "[data]") {
     const auto back2 = ada::read_safetensors(path);
     CHECK(back2.tensors.empty());
   }
+}
+
+TEST_CASE("safetensors reads through a pipe as from a file, and FileReader reads exact ranges", "[data]") {
+  TempDir dir;
+  const std::string path = dir.file("model.safetensors");
+  ada::write_safetensors(path, sample_tensors());
+  const std::string bytes = ada::read_file(path);
+
+  // a FIFO is not a regular file: FileReader reads it whole when opening, then serves the ranges
+  const std::string fifo = dir.file("pipe");
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  std::thread feeder([&] {
+    FILE* f = std::fopen(fifo.c_str(), "wb");
+    if (f) {
+      std::fwrite(bytes.data(), 1, bytes.size(), f);
+      std::fclose(f);
+    }
+  });
+  const ada::SafeTensors from_pipe = ada::read_safetensors(fifo);
+  feeder.join();
+  const ada::SafeTensors from_file = ada::read_safetensors(path);
+  REQUIRE(from_pipe.tensors.size() == from_file.tensors.size());
+  for (const auto& kv : from_file.tensors) {
+    INFO(kv.first);
+    CHECK(from_pipe.at(kv.first).data == kv.second.data);
+    CHECK(from_pipe.at(kv.first).shape == kv.second.shape);
+  }
+  CHECK(from_pipe.metadata == from_file.metadata);
+
+  ada::FileReader r(path);
+  REQUIRE(r.size() == bytes.size());
+  std::string part(10, '\0');
+  r.read(5, 10, &part[0]);
+  CHECK(part == bytes.substr(5, 10));
+  r.read(bytes.size(), 0, &part[0]);  // an empty range at the end is fine
+  CHECK_THROWS_WITH(r.read(bytes.size() - 3, 4, &part[0]), Catch::Contains(path) && Catch::Contains("truncated"));
+  // the file shrinks after it was opened: the read that runs past its new end says so
+  REQUIRE(::truncate(path.c_str(), off_t(bytes.size() / 2)) == 0);
+  std::string rest(bytes.size() - 8, '\0');
+  CHECK_THROWS_WITH(r.read(8, rest.size(), &rest[0]),
+                    Catch::Contains(path) && Catch::Contains("truncated while reading"));
+  CHECK_THROWS_AS(ada::FileReader(dir.file("missing")), ada::Error);
+  CHECK_THROWS_AS(ada::FileReader(dir.path()), ada::Error);  // a folder
 }
 
 TEST_CASE("safetensors conversions and lookups", "[data]") {

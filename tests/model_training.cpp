@@ -145,6 +145,18 @@ TEST_CASE("checkpoint round trip keeps every weight and the configuration", "[mo
   SasRec<float> m2(back.sasrec, *be);
   load_params(m2.params(), st, "m");
   REQUIRE(m2.params().values() == m.params().values());
+  REQUIRE_FALSE(m2.params().has_grads());  // a loaded model holds no gradients until it trains
+  // a tensor stored in F64 (another writer) loads through the conversion, to the same floats
+  SafeTensors st64 = st;
+  {
+    const std::vector<float> f = st64.at("item_embedding.weight").to_f32();
+    const std::vector<double> d(f.begin(), f.end());
+    st64.tensors["item_embedding.weight"] = make_blob(st64.at("item_embedding.weight").shape, d.data());
+  }
+  REQUIRE(st64.at("item_embedding.weight").dtype == DType::kF64);
+  SasRec<float> m64(back.sasrec, *be);
+  load_params(m64.params(), st64, "m");
+  REQUIRE(m64.params().values() == m.params().values());
   // a model of another shape refuses the file, naming the tensor
   SasRecConfig other = c;
   other.hidden = 16;
@@ -156,4 +168,47 @@ TEST_CASE("checkpoint round trip keeps every weight and the configuration", "[mo
   write_file_atomic(dir + "/cut.safetensors", bytes.substr(0, bytes.size() / 2));
   REQUIRE_THROWS_WITH(read_safetensors(dir + "/cut.safetensors"), Catch::Contains("cut.safetensors"));
   fs::remove_all(dir);
+}
+
+TEST_CASE("gradients are allocated, as zeros, by their first use: a model that only runs forward holds none", "[model]") {
+  ParamStore<float> ps;
+  ps.add("a", {3, 5});
+  ps.add("b", {7});
+  ps.finalize();
+  REQUIRE_FALSE(ps.has_grads());
+  ps.values()[0] = 1.0f;
+  ParamStore<float> copy(ps);
+  REQUIRE_FALSE(copy.has_grads());
+  float* g = ps.grad(1);
+  REQUIRE(ps.has_grads());
+  REQUIRE(ps.grads().size() == size_t(ps.flat_size()));
+  for (float x : ps.grads()) REQUIRE(x == 0.0f);
+  g[2] = 2.0f;
+  REQUIRE(ps.grads()[size_t(ps.entry(1).offset + 2)] == 2.0f);  // the same memory from then on
+  ps.zero_grad();
+  for (float x : ps.grads()) REQUIRE(x == 0.0f);
+  ParamStore<float> fresh;
+  fresh.add("c", {4});
+  fresh.finalize();
+  fresh.zero_grad();  // allocates them, as zeros
+  REQUIRE(fresh.has_grads());
+  REQUIRE(fresh.flat_grads()[3] == 0.0f);
+
+  // a model: forward passes (evaluation, serving) leave them unallocated; training allocates them
+  auto be = make_cpu_backend<float>();
+  SasRec<float> model(small_config(50), *be);
+  model.init(3);
+  Ragged h;
+  const std::vector<ItemId> seq = {1, 2, 3};
+  h.push_row(seq.data(), seq.data() + seq.size());
+  std::vector<float> u(size_t(model.config().hidden));
+  model.forward(h, false, 0, 0, u.data());
+  REQUIRE_FALSE(model.params().has_grads());
+  std::vector<float> du(u.size(), 1.0f);
+  model.forward(h, true, 0, 0, u.data());
+  model.backward(du.data());
+  REQUIRE(model.params().has_grads());
+  double nonzero = 0;
+  for (float x : model.params().grads()) nonzero += x != 0.0f;
+  REQUIRE(nonzero > 0);
 }

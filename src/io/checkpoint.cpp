@@ -1,5 +1,6 @@
 #include "ada/checkpoint.hpp"
 
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "ada/check.hpp"
@@ -147,8 +148,12 @@ void load_params(ParamStore<float>& params, const SafeTensors& st, const std::st
     ADA_CHECK(b.shape == e.shape, path << ": tensor " << e.name << " has shape "
                                        << json(b.shape).dump() << ", the model expects "
                                        << json(e.shape).dump());
-    const std::vector<float> v = b.to_f32();
-    std::copy(v.begin(), v.end(), params.value(int(i)));
+    if (b.dtype == DType::kF32 && b.data.size() == size_t(e.numel) * sizeof(float)) {
+      if (e.numel > 0) std::memcpy(params.value(int(i)), b.data.data(), b.data.size());  // no converted copy
+    } else {
+      const std::vector<float> v = b.to_f32();
+      std::copy(v.begin(), v.end(), params.value(int(i)));
+    }
   }
   if (ignored) {
     for (const auto& [name, blob] : st.tensors)

@@ -6,6 +6,7 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -65,6 +66,49 @@ class TempFile {
   std::string name_;
 };
 
+// Opens path for reading (a directory is an error); the caller closes the descriptor.
+int open_for_reading(const std::string& path, struct stat& st) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    ADA_FAIL(path << ": cannot open: " << errno_text(err));
+  }
+  if (::fstat(fd, &st) != 0) {
+    const int err = errno;
+    ::close(fd);
+    ADA_FAIL(path << ": cannot stat: " << errno_text(err));
+  }
+  if (S_ISDIR(st.st_mode)) {
+    ::close(fd);
+    ADA_FAIL(path << ": is a directory, not a file");
+  }
+  return fd;
+}
+
+// The rest of an open file's content, read until EOF rather than trusting st_size: pipes and /proc
+// files report 0.
+std::string read_all(int fd, const std::string& path, const struct stat& st) {
+  std::string out;
+  if (S_ISREG(st.st_mode) && st.st_size > 0) out.reserve(size_t(st.st_size));
+  char buf[1 << 16];
+  for (;;) {
+    const ssize_t r = ::read(fd, buf, sizeof buf);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      const int err = errno;
+      ADA_FAIL(path << ": read failed: " << errno_text(err));
+    }
+    if (r == 0) break;
+    out.append(buf, size_t(r));
+  }
+  return out;
+}
+
+struct Closer {
+  int fd;
+  ~Closer() { ::close(fd); }
+};
+
 }  // namespace
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
@@ -119,36 +163,49 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
 }
 
 std::string read_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    const int err = errno;
-    ADA_FAIL(path << ": cannot open: " << errno_text(err));
-  }
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
   struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ADA_FAIL(path << ": cannot stat: " << errno_text(err));
+  const Closer file{open_for_reading(path, st)};
+  return read_all(file.fd, path, st);
+}
+
+FileReader::FileReader(const std::string& path) : path_(path) {
+  struct stat st {};
+  const int fd = open_for_reading(path, st);
+  if (S_ISREG(st.st_mode)) {
+    fd_ = fd;
+    size_ = uint64_t(st.st_size);
+  } else {  // read from this descriptor: a pipe opened twice would lose what its writer sent the first
+    const Closer file{fd};
+    whole_ = read_all(fd, path, st);
+    size_ = whole_.size();
   }
-  ADA_CHECK(!S_ISDIR(st.st_mode), path << ": is a directory, not a file");
-  std::string out;
-  if (S_ISREG(st.st_mode) && st.st_size > 0) out.reserve(size_t(st.st_size));
-  // Read until EOF rather than trusting st_size: pipes and /proc files report 0.
-  char buf[1 << 16];
-  for (;;) {
-    const ssize_t r = ::read(fd, buf, sizeof buf);
+}
+
+FileReader::~FileReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void FileReader::read(uint64_t offset, uint64_t n, void* dst) const {
+  ADA_CHECK(offset <= size_ && n <= size_ - offset,
+            path_ << ": truncated: bytes " << offset << ".." << offset + n << " wanted, file has " << size_);
+  char* out = static_cast<char*>(dst);
+  if (fd_ < 0) {
+    if (n) std::memcpy(out, whole_.data() + offset, size_t(n));
+    return;
+  }
+  uint64_t done = 0;
+  while (done < n) {
+    const size_t chunk = size_t(std::min<uint64_t>(n - done, 1ull << 30));
+    const ssize_t r = ::pread(fd_, out + done, chunk, off_t(offset + done));
     if (r < 0) {
       if (errno == EINTR) continue;
       const int err = errno;
-      ADA_FAIL(path << ": read failed: " << errno_text(err));
+      ADA_FAIL(path_ << ": read failed: " << errno_text(err));
     }
-    if (r == 0) break;
-    out.append(buf, size_t(r));
+    ADA_CHECK(r > 0, path_ << ": truncated while reading: the file ended at byte " << offset + done << " of the "
+                           << size_ << " it had when opened");
+    done += uint64_t(r);
   }
-  return out;
 }
 
 bool file_exists(const std::string& path) {
