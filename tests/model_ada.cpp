@@ -115,7 +115,7 @@ TEST_CASE("Ada round 0 is exactly the base model and every ablation still runs",
 // and copies it into later rounds; a training forward computes every round's own blocks (it keeps
 // them for the backward and draws other dropout masks each round). Without dropout the two are the
 // same function: user vectors to rounding, contexts equal, with and without the filter.
-TEST_CASE("an inference forward reuses the context blocks: a training forward without dropout agrees", "[model]") {
+TEST_CASE("an inference forward reuses the context blocks and runs every round in one backbone context: a training forward without dropout agrees", "[model]") {
   auto be = make_cpu_backend<double>();
   SasRecConfig bc = ada_test::tiny_sasrec_config(40);
   bc.dropout = 0.0f;

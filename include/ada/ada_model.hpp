@@ -94,7 +94,7 @@ class AdaSasRec {
     Buffer<T> E, F, R, mean, rstd, Et;  // [B, kc, D] each (mean/rstd [B*kc]); filter_block_forward's
   };
   struct Round {
-    typename SasRec<T>::Context sctx;
+    typename SasRec<T>::Context sctx;  // the backbone's activations: round_ctx(t)
     // IRA (rounds > 0)
     bool ira = false;
     std::vector<Block> blocks;
@@ -106,6 +106,10 @@ class AdaSasRec {
     Buffer<T> z, a1, a1r, a2, r2, mean2, rstd2;  // MLP
   };
   uint64_t stream(int round, uint32_t site) const;
+  // Round t's backbone context. A training forward keeps every round's activations for the
+  // backward; without training the rounds differ only in their token inputs, so they all run in
+  // round 0's (one set of activations instead of T: at B = 1024 about 250 MB each).
+  typename SasRec<T>::Context& round_ctx(int t) { return rounds_[size_t(training_ ? t : 0)].sctx; }
   void ira_forward(Round& rd, int t, int64_t B);
   void ira_backward(Round& rd, int t, int64_t B, const T* d_xp);
   void ura_forward(Round& rd, int t, int64_t B, const T* users, T* out);

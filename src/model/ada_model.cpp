@@ -325,11 +325,11 @@ void AdaSasRec<T>::forward_lists(const Ragged& hist, const Ragged& exclude, cons
 
 template <class T>
 void AdaSasRec<T>::ira_forward(Round& rd, int t, int64_t B) {
-  const int64_t D = base_.config().hidden, K = kc_, Ntok = rd.sctx.num_tokens(), Nc = int64_t(t) * K;
+  const int64_t D = base_.config().hidden, K = kc_, Ntok = round_ctx(t).num_tokens(), Nc = int64_t(t) * K;
   const ParamStore<T>& ps = params();
   const float p = training_ ? base_.config().dropout : 0.0f;
   rd.X.ensure(size_t(Ntok * D), mem_);
-  be_.embedding_forward(rd.X.data(), rd.sctx.op_ids, base_.item_table(), nullptr, nullptr, Ntok, D);
+  be_.embedding_forward(rd.X.data(), round_ctx(t).op_ids, base_.item_table(), nullptr, nullptr, Ntok, D);
   rd.C.ensure(size_t(B * Nc * D), mem_);
   rd.blocks.resize(size_t(t));
   for (int r = 0; r < t; ++r) {
@@ -372,13 +372,13 @@ void AdaSasRec<T>::ira_forward(Round& rd, int t, int64_t B) {
   rd.rstd.ensure(size_t(Ntok), mem_);
   rd.Xp.ensure(size_t(Ntok * D), mem_);
   be_.context_block_forward(rd.Xp.data(), rd.probs.data(), rd.r.data(), rd.mean.data(), rd.rstd.data(), rd.X.data(),
-                            rd.C.data(), ps.dvalue(p_aln_w_), ps.dvalue(p_aln_b_), rd.sctx.tok_offsets.data(), B, Nc,
+                            rd.C.data(), ps.dvalue(p_aln_w_), ps.dvalue(p_aln_b_), round_ctx(t).tok_offsets.data(), B, Nc,
                             D, ada_.attention, p, seed_, stream(t, kIraSite), T(ada_.ln_eps));
 }
 
 template <class T>
 void AdaSasRec<T>::ira_backward(Round& rd, int t, int64_t B, const T* d_xp) {
-  const int64_t D = base_.config().hidden, K = kc_, Ntok = rd.sctx.num_tokens(), Nc = int64_t(t) * K;
+  const int64_t D = base_.config().hidden, K = kc_, Ntok = round_ctx(t).num_tokens(), Nc = int64_t(t) * K;
   ParamStore<T>& ps = params();
   const float p = base_.config().dropout;
   // d X = d r (residual) + attention's d queries, d C, d LN (Backend::context_block_backward)
@@ -389,10 +389,10 @@ void AdaSasRec<T>::ira_backward(Round& rd, int t, int64_t B, const T* d_xp) {
   mem_zero(mem_, d_c.data(), B * Nc * D);
   be_.context_block_backward(d_x.data(), d_c.data(), ps.dgrad(p_aln_w_), ps.dgrad(p_aln_b_), d_xp, rd.probs.data(),
                              rd.r.data(), rd.mean.data(), rd.rstd.data(), rd.X.data(), rd.C.data(),
-                             ps.dvalue(p_aln_w_), rd.sctx.tok_offsets.data(), B, Nc, D, ada_.attention, p, seed_,
+                             ps.dvalue(p_aln_w_), round_ctx(t).tok_offsets.data(), B, Nc, D, ada_.attention, p, seed_,
                              stream(t, kIraSite));
   // history tokens: gradient into the item table (padding tokens skipped by the op)
-  be_.embedding_backward(base_.item_table_grad(), nullptr, d_x.data(), rd.sctx.op_ids, nullptr, Ntok, D);
+  be_.embedding_backward(base_.item_table_grad(), nullptr, d_x.data(), round_ctx(t).op_ids, nullptr, Ntok, D);
   // each earlier round's block
   for (int r = 0; r < t; ++r) {
     Block& bl = rd.blocks[size_t(r)];
@@ -616,17 +616,18 @@ void AdaSasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uin
   users_.ensure(size_t(R * B * D), mem_);
   for (int t = 0; t < R; ++t) {
     Round& rd = rounds_[size_t(t)];
-    base_.prepare(rd.sctx, hist, training, seed, step, uint32_t(t) * kSitesPerRound);
+    typename SasRec<T>::Context& sc = round_ctx(t);
+    if (training || t == 0) base_.prepare(sc, hist, training, seed, step, uint32_t(t) * kSitesPerRound);
     rd.ira = t > 0 && ada_.ira;
     rd.ura = t > 0 && ada_.ura;
     if (rd.ira) ira_forward(rd, t, B);
     T* u = users_.data() + int64_t(t) * B * D;
     if (rd.ura) {
       rd.v.ensure(size_t(B * D), mem_);
-      base_.forward(rd.sctx, rd.ira ? rd.Xp.data() : nullptr, rd.v.data());
+      base_.forward(sc, rd.ira ? rd.Xp.data() : nullptr, rd.v.data());
       ura_forward(rd, t, B, users_.data(), u);
     } else {
-      base_.forward(rd.sctx, rd.ira ? rd.Xp.data() : nullptr, u);
+      base_.forward(sc, rd.ira ? rd.Xp.data() : nullptr, u);
     }
     const bool context = t + 1 < R;
     ItemId* round_ids = context ? ctx_.data() + int64_t(t) * B * kc_ : nullptr;
@@ -653,8 +654,8 @@ void AdaSasRec<T>::backward(T* d_users) {
       d_v = scratch2_.data();
     }
     Buffer<T>& d_tokens = g_.d_tokens;
-    if (rd.ira) d_tokens.ensure(size_t(rd.sctx.num_tokens() * D), mem_);
-    base_.backward(rd.sctx, d_v, rd.ira ? d_tokens.data() : nullptr);
+    if (rd.ira) d_tokens.ensure(size_t(round_ctx(t).num_tokens() * D), mem_);
+    base_.backward(round_ctx(t), d_v, rd.ira ? d_tokens.data() : nullptr);
     if (rd.ira) ira_backward(rd, t, B, d_tokens.data());
   }
 }
