@@ -98,7 +98,7 @@ class AdaSasRec {
     // IRA (rounds > 0)
     bool ira = false;
     std::vector<Block> blocks;
-    Buffer<T> X, C, probs, r, mean, rstd, Xp;  // context_block_forward's inputs, saved tensors, output
+    Buffer<T> X, C, probs, r, mean, rstd, Xp;  // context_block_forward's inputs, saved tensors, output: ira_io(t)
     // URA (rounds > 0)
     bool ura = false;
     Buffer<T> v;                         // backbone user vector [B, D]
@@ -110,6 +110,10 @@ class AdaSasRec {
   // backward; without training the rounds differ only in their token inputs, so they all run in
   // round 0's (one set of activations instead of T: at B = 1024 about 250 MB each).
   typename SasRec<T>::Context& round_ctx(int t) { return rounds_[size_t(training_ ? t : 0)].sctx; }
+  // Round t's (t >= 1) context-attention inputs, saved tensors and output (X, C, probs, r, mean,
+  // rstd, Xp), likewise: round 1's for every round without training. (The context blocks stay
+  // per round: later rounds copy theirs.)
+  Round& ira_io(int t) { return rounds_[size_t(training_ ? t : 1)]; }
   void ira_forward(Round& rd, int t, int64_t B);
   void ira_backward(Round& rd, int t, int64_t B, const T* d_xp);
   void ura_forward(Round& rd, int t, int64_t B, const T* users, T* out);

@@ -325,12 +325,13 @@ void AdaSasRec<T>::forward_lists(const Ragged& hist, const Ragged& exclude, cons
 
 template <class T>
 void AdaSasRec<T>::ira_forward(Round& rd, int t, int64_t B) {
+  Round& io = ira_io(t);
   const int64_t D = base_.config().hidden, K = kc_, Ntok = round_ctx(t).num_tokens(), Nc = int64_t(t) * K;
   const ParamStore<T>& ps = params();
   const float p = training_ ? base_.config().dropout : 0.0f;
-  rd.X.ensure(size_t(Ntok * D), mem_);
-  be_.embedding_forward(rd.X.data(), round_ctx(t).op_ids, base_.item_table(), nullptr, nullptr, Ntok, D);
-  rd.C.ensure(size_t(B * Nc * D), mem_);
+  io.X.ensure(size_t(Ntok * D), mem_);
+  be_.embedding_forward(io.X.data(), round_ctx(t).op_ids, base_.item_table(), nullptr, nullptr, Ntok, D);
+  io.C.ensure(size_t(B * Nc * D), mem_);
   rd.blocks.resize(size_t(t));
   for (int r = 0; r < t; ++r) {
     // Without training (no dropout) block r's rows are the same in every round after r: round r + 1
@@ -338,7 +339,7 @@ void AdaSasRec<T>::ira_forward(Round& rd, int t, int64_t B) {
     // round's own blocks for the backward, and draws other dropout masks each round).
     if (!training_ && r + 1 < t) {
       const Block& first = rounds_[size_t(r + 1)].blocks[size_t(r)];
-      copy_rows_in(mem_, rd.C.data(), (ada_.filter ? first.Et : first.E).data(), B, Nc, int64_t(r) * K, K, D);
+      copy_rows_in(mem_, io.C.data(), (ada_.filter ? first.Et : first.E).data(), B, Nc, int64_t(r) * K, K, D);
       continue;
     }
     Block& bl = rd.blocks[size_t(r)];
@@ -361,23 +362,24 @@ void AdaSasRec<T>::ira_forward(Round& rd, int t, int64_t B) {
                                stream(t, kBlockSite + uint32_t(r)));
       ctx_rows = bl.Et.data();
     }
-    copy_rows_in(mem_, rd.C.data(), ctx_rows, B, Nc, int64_t(r) * K, K, D);
+    copy_rows_in(mem_, io.C.data(), ctx_rows, B, Nc, int64_t(r) * K, K, D);
   }
   // Xp = LN(X + dropout(softmax(X C^T / sqrt(D)) C)) in one op (Backend::context_block_forward: the
   // CPU composes the primitive ops, the CUDA backend runs a fused kernel); without attention the
   // queries are zero, which makes the softmax uniform: the mean of the context.
-  rd.probs.ensure(size_t(Ntok * Nc), mem_);
-  rd.r.ensure(size_t(Ntok * D), mem_);
-  rd.mean.ensure(size_t(Ntok), mem_);
-  rd.rstd.ensure(size_t(Ntok), mem_);
-  rd.Xp.ensure(size_t(Ntok * D), mem_);
-  be_.context_block_forward(rd.Xp.data(), rd.probs.data(), rd.r.data(), rd.mean.data(), rd.rstd.data(), rd.X.data(),
-                            rd.C.data(), ps.dvalue(p_aln_w_), ps.dvalue(p_aln_b_), round_ctx(t).tok_offsets.data(), B, Nc,
+  io.probs.ensure(size_t(Ntok * Nc), mem_);
+  io.r.ensure(size_t(Ntok * D), mem_);
+  io.mean.ensure(size_t(Ntok), mem_);
+  io.rstd.ensure(size_t(Ntok), mem_);
+  io.Xp.ensure(size_t(Ntok * D), mem_);
+  be_.context_block_forward(io.Xp.data(), io.probs.data(), io.r.data(), io.mean.data(), io.rstd.data(), io.X.data(),
+                            io.C.data(), ps.dvalue(p_aln_w_), ps.dvalue(p_aln_b_), round_ctx(t).tok_offsets.data(), B, Nc,
                             D, ada_.attention, p, seed_, stream(t, kIraSite), T(ada_.ln_eps));
 }
 
 template <class T>
 void AdaSasRec<T>::ira_backward(Round& rd, int t, int64_t B, const T* d_xp) {
+  Round& io = ira_io(t);
   const int64_t D = base_.config().hidden, K = kc_, Ntok = round_ctx(t).num_tokens(), Nc = int64_t(t) * K;
   ParamStore<T>& ps = params();
   const float p = base_.config().dropout;
@@ -387,8 +389,8 @@ void AdaSasRec<T>::ira_backward(Round& rd, int t, int64_t B, const T* d_xp) {
   Buffer<T>& d_c = g_.d_c;
   d_c.ensure(size_t(B * Nc * D), mem_);
   mem_zero(mem_, d_c.data(), B * Nc * D);
-  be_.context_block_backward(d_x.data(), d_c.data(), ps.dgrad(p_aln_w_), ps.dgrad(p_aln_b_), d_xp, rd.probs.data(),
-                             rd.r.data(), rd.mean.data(), rd.rstd.data(), rd.X.data(), rd.C.data(),
+  be_.context_block_backward(d_x.data(), d_c.data(), ps.dgrad(p_aln_w_), ps.dgrad(p_aln_b_), d_xp, io.probs.data(),
+                             io.r.data(), io.mean.data(), io.rstd.data(), io.X.data(), io.C.data(),
                              ps.dvalue(p_aln_w_), round_ctx(t).tok_offsets.data(), B, Nc, D, ada_.attention, p, seed_,
                              stream(t, kIraSite));
   // history tokens: gradient into the item table (padding tokens skipped by the op)
@@ -624,10 +626,10 @@ void AdaSasRec<T>::forward(const Ragged& hist, bool training, uint64_t seed, uin
     T* u = users_.data() + int64_t(t) * B * D;
     if (rd.ura) {
       rd.v.ensure(size_t(B * D), mem_);
-      base_.forward(sc, rd.ira ? rd.Xp.data() : nullptr, rd.v.data());
+      base_.forward(sc, rd.ira ? ira_io(t).Xp.data() : nullptr, rd.v.data());
       ura_forward(rd, t, B, users_.data(), u);
     } else {
-      base_.forward(sc, rd.ira ? rd.Xp.data() : nullptr, u);
+      base_.forward(sc, rd.ira ? ira_io(t).Xp.data() : nullptr, u);
     }
     const bool context = t + 1 < R;
     ItemId* round_ids = context ? ctx_.data() + int64_t(t) * B * kc_ : nullptr;
