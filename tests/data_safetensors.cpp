@@ -145,6 +145,27 @@ TEST_CASE("safetensors round trip of every dtype with metadata", "[data]") {
   CHECK(header.at("b.f64").at("dtype") == "F64");
   CHECK(header.at("c.i32").at("shape") == nlohmann::json::array({2, 1, 2}));
 
+  // the same file opened for one tensor at a time: the header's view and each tensor's bytes
+  const ada::SafeTensorsFile f(path);
+  CHECK(f.path() == path);
+  CHECK(f.metadata() == st.metadata);
+  std::vector<std::string> names;
+  for (const auto& kv : st.tensors) names.push_back(kv.first);
+  CHECK(f.names() == names);
+  for (const auto& kv : st.tensors) {
+    INFO(kv.first);
+    CHECK(f.has(kv.first));
+    CHECK(f.dtype(kv.first) == kv.second.dtype);
+    CHECK(f.shape(kv.first) == kv.second.shape);
+    CHECK(f.blob(kv.first).data == kv.second.data);
+    std::vector<uint8_t> raw(kv.second.data.size() + 1, 0xAB);  // one guard byte
+    f.read_raw(kv.first, raw.data());
+    CHECK(std::equal(kv.second.data.begin(), kv.second.data.end(), raw.begin()));
+    CHECK(raw.back() == 0xAB);
+  }
+  CHECK_FALSE(f.has("nope"));
+  CHECK_THROWS_WITH(f.shape("nope"), Catch::Contains("tensor 'nope' not found") && Catch::Contains("a.f32"));
+
   SECTION("no __metadata__ when there is none") {
     ada::SafeTensors plain;
     plain.tensors["x"] = st.tensors.at("a.f32");

@@ -157,6 +157,19 @@ TEST_CASE("checkpoint round trip keeps every weight and the configuration", "[mo
   SasRec<float> m64(back.sasrec, *be);
   load_params(m64.params(), st64, "m");
   REQUIRE(m64.params().values() == m.params().values());
+  // the same through SafeTensorsFile (the header, then each tensor straight into the parameters)
+  const SafeTensorsFile file(dir + "/m.safetensors");
+  REQUIRE(checkpoint_info(file, "m").sasrec.activation == Activation::kGelu);
+  SasRec<float> mf(back.sasrec, *be);
+  std::vector<std::string> ignored;
+  load_params(mf.params(), file, "m", false, &ignored);
+  REQUIRE(mf.params().values() == m.params().values());
+  REQUIRE(ignored.empty());
+  REQUIRE_FALSE(mf.params().has_grads());
+  write_safetensors(dir + "/m64.safetensors", st64);  // and an F64 tensor through the file's conversion
+  SasRec<float> mf64(back.sasrec, *be);
+  load_params(mf64.params(), SafeTensorsFile(dir + "/m64.safetensors"), "m64");
+  REQUIRE(mf64.params().values() == m.params().values());
   // a model of another shape refuses the file, naming the tensor
   SasRecConfig other = c;
   other.hidden = 16;

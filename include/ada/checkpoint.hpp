@@ -31,14 +31,19 @@ void save_checkpoint(const std::string& path, const ParamStore<float>& params, c
                      const std::map<std::string, TensorBlob>& extra = {},
                      const std::map<std::string, std::string>& extra_meta = {});
 
-// The configuration a checkpoint describes (metadata, else inferred from shapes).
+// The configuration a checkpoint describes (metadata, else inferred from shapes). The SafeTensorsFile
+// overloads read only the header here, and each tensor once, into the parameters, in load_params.
 ModelInfo checkpoint_info(const SafeTensors& st, const std::string& path);
+ModelInfo checkpoint_info(const SafeTensorsFile& st, const std::string& path);
 
 // Copies every parameter of `params` from the file, checking shapes; names in the file that the
 // model does not have are returned in *ignored (e.g. Ada adapter tensors when loading a base model).
 // A parameter missing from the file is an error unless allow_missing (then it keeps its value and is
 // listed in *missing).
 void load_params(ParamStore<float>& params, const SafeTensors& st, const std::string& path,
+                 bool allow_missing = false, std::vector<std::string>* ignored = nullptr,
+                 std::vector<std::string>* missing = nullptr);
+void load_params(ParamStore<float>& params, const SafeTensorsFile& st, const std::string& path,
                  bool allow_missing = false, std::vector<std::string>* ignored = nullptr,
                  std::vector<std::string>* missing = nullptr);
 

@@ -4,10 +4,13 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace ada {
+
+class FileReader;  // fileio.hpp
 
 enum class DType { kF32, kF64, kI32, kI64 };
 
@@ -32,6 +35,40 @@ struct SafeTensors {
   std::map<std::string, std::string> metadata;
   const TensorBlob& at(const std::string& name) const;  // throws naming the missing tensor
   bool has(const std::string& name) const { return tensors.count(name) != 0; }
+};
+
+// A safetensors file opened for reading one tensor at a time: the constructor reads and validates the
+// header (every check of read_safetensors, the same errors) and no tensor data; blob() and read_raw()
+// read a tensor's bytes when asked, so a large tensor can go straight into the memory that keeps it.
+class SafeTensorsFile {
+ public:
+  explicit SafeTensorsFile(const std::string& path);
+  ~SafeTensorsFile();
+  SafeTensorsFile(SafeTensorsFile&&) noexcept;
+  SafeTensorsFile& operator=(SafeTensorsFile&&) noexcept;
+  const std::string& path() const { return path_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  bool has(const std::string& name) const { return tensors_.count(name) != 0; }
+  std::vector<std::string> names() const;  // in name order
+  // A tensor's dtype and shape (throw naming a missing tensor).
+  DType dtype(const std::string& name) const { return info(name).dtype; }
+  const std::vector<int64_t>& shape(const std::string& name) const { return info(name).shape; }
+  TensorBlob blob(const std::string& name) const;
+  // Its raw bytes (numel * dtype size) into dst.
+  void read_raw(const std::string& name, void* dst) const;
+
+ private:
+  struct Info {
+    DType dtype;
+    std::vector<int64_t> shape;
+    uint64_t begin, end;  // offsets in the data region
+  };
+  const Info& info(const std::string& name) const;
+  std::string path_;
+  std::unique_ptr<FileReader> file_;
+  std::map<std::string, Info> tensors_;
+  std::map<std::string, std::string> metadata_;
+  uint64_t data_start_ = 0;
 };
 
 // Validates everything: file too short, header length beyond the file, JSON syntax, unknown dtype,

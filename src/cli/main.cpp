@@ -291,11 +291,11 @@ int cmd_train(const DataArgs& da, const ModelArgs& ma, const AdaArgs& aa, TrainO
   ModelInfo info;
   info.sasrec = make_config(ma, ds.n_items);
   info.dataset = ds.name;
-  std::unique_ptr<SafeTensors> init;
+  std::unique_ptr<SafeTensorsFile> init;
   std::string init_path;
   if (!aa.init_from.empty()) {
     init_path = checkpoint_path(aa.init_from);
-    init = std::make_unique<SafeTensors>(read_safetensors(init_path));
+    init = std::make_unique<SafeTensorsFile>(init_path);
     const ModelInfo from = checkpoint_info(*init, init_path);
     ADA_CHECK(from.sasrec.n_items == ds.n_items, init_path << " has " << from.sasrec.n_items - 1
                                                           << " items, the data " << ds.n_items - 1);
@@ -328,7 +328,7 @@ int cmd_eval(DataArgs da, const std::string& ckpt_arg, const AdaConfig& slices, 
   set_threads(threads);
   const std::string device = resolve_device(device_arg);
   const std::string ckpt = checkpoint_path(ckpt_arg);
-  const SafeTensors st = read_safetensors(ckpt);
+  const SafeTensorsFile st(ckpt);
   const ModelInfo info = checkpoint_info(st, ckpt);
   Dataset ds = load_data(da);
   if (!ds.item_names.empty()) {

@@ -101,31 +101,66 @@ void save_checkpoint(const std::string& path, const ParamStore<float>& params, c
   write_safetensors(path, st);
 }
 
-ModelInfo checkpoint_info(const SafeTensors& st, const std::string& path) {
-  auto it = st.metadata.find("ada_config");
-  if (it != st.metadata.end()) return model_info_from_json(it->second, path);
+namespace {
+
+// checkpoint_info and load_params read a SafeTensors (all tensors in memory) or a SafeTensorsFile
+// (tensors read when asked, F32 ones straight into the parameters) through these.
+const std::vector<int64_t>& shape_of(const SafeTensors& s, const std::string& n) { return s.at(n).shape; }
+const std::vector<int64_t>& shape_of(const SafeTensorsFile& s, const std::string& n) { return s.shape(n); }
+const std::map<std::string, std::string>& metadata_of(const SafeTensors& s) { return s.metadata; }
+const std::map<std::string, std::string>& metadata_of(const SafeTensorsFile& s) { return s.metadata(); }
+std::vector<std::string> names_of(const SafeTensors& s) {
+  std::vector<std::string> out;
+  for (const auto& kv : s.tensors) out.push_back(kv.first);
+  return out;
+}
+std::vector<std::string> names_of(const SafeTensorsFile& s) { return s.names(); }
+// Tensor n's numel values as float into dst: F32 bytes copied as they are, other dtypes converted.
+void copy_f32(const SafeTensors& s, const std::string& n, float* dst, int64_t numel) {
+  const TensorBlob& b = s.at(n);
+  if (b.dtype == DType::kF32 && b.data.size() == size_t(numel) * sizeof(float)) {
+    if (numel > 0) std::memcpy(dst, b.data.data(), b.data.size());  // no converted copy
+  } else {
+    const std::vector<float> v = b.to_f32();
+    std::copy(v.begin(), v.end(), dst);
+  }
+}
+void copy_f32(const SafeTensorsFile& s, const std::string& n, float* dst, int64_t numel) {
+  if (s.dtype(n) == DType::kF32) {  // (the header's checks: its bytes are numel floats)
+    s.read_raw(n, dst);
+  } else {
+    const std::vector<float> v = s.blob(n).to_f32();
+    std::copy(v.begin(), v.end(), dst);
+  }
+}
+
+template <class Src>
+ModelInfo info_from(const Src& st, const std::string& path) {
+  const auto& meta = metadata_of(st);
+  auto it = meta.find("ada_config");
+  if (it != meta.end()) return model_info_from_json(it->second, path);
   // A reference (PyTorch) state dict: infer what the shapes say.
   ModelInfo info;
   SasRecConfig& c = info.sasrec;
   ADA_CHECK(st.has("item_embedding.weight"),
             path << ": no ada_config metadata and no item_embedding.weight: not a SASRec checkpoint");
-  const auto& emb = st.at("item_embedding.weight").shape;
+  const auto& emb = shape_of(st, "item_embedding.weight");
   ADA_CHECK(emb.size() == 2, path << ": item_embedding.weight must be 2-D");
   c.n_items = int32_t(emb[0]);
   c.hidden = int(emb[1]);
-  if (st.has("position_embedding.weight")) c.max_len = int(st.at("position_embedding.weight").shape[0]) - 1;
+  if (st.has("position_embedding.weight")) c.max_len = int(shape_of(st, "position_embedding.weight")[0]) - 1;
   c.layers = 0;
   while (st.has("trm_encoder.layer." + std::to_string(c.layers) + ".multi_head_attention.query.weight"))
     ++c.layers;
   ADA_CHECK(c.layers > 0, path << ": no trm_encoder layers found");
   const std::string f1 = "trm_encoder.layer.0.feed_forward.dense_1.weight";
-  if (st.has(f1)) c.inner = int(st.at(f1).shape[0]);
+  if (st.has(f1)) c.inner = int(shape_of(st, f1)[0]);
   c.item_bias = st.has("item_bias");
   // Reference Ada weights: the filter's frequency count gives k = 2 * (bins - 1) (even k assumed) and
   // T comes from the reference defaults (5 rounds, K = 100); metadata-less files cannot say more.
   if (st.has("low_filter.complex_weight") && st.has("post_trans_gru_layer.weight_ih_l0")) {
     info.ada = true;
-    const auto& cw = st.at("low_filter.complex_weight").shape;
+    const auto& cw = shape_of(st, "low_filter.complex_weight");
     ADA_CHECK(cw.size() == 4, path << ": low_filter.complex_weight must be 4-D");
     const int k = int(2 * (cw[1] - 1));
     info.ada_cfg.total_k = k * info.ada_cfg.rounds;
@@ -133,9 +168,9 @@ ModelInfo checkpoint_info(const SafeTensors& st, const std::string& path) {
   return info;
 }
 
-void load_params(ParamStore<float>& params, const SafeTensors& st, const std::string& path,
-                 bool allow_missing, std::vector<std::string>* ignored,
-                 std::vector<std::string>* missing) {
+template <class Src>
+void load_from(ParamStore<float>& params, const Src& st, const std::string& path, bool allow_missing,
+               std::vector<std::string>* ignored, std::vector<std::string>* missing) {
   // tensors the file lacks keep their current (device) values through the push below; when it has
   // them all, nothing needs to come back from the device first (256 MB for a 1M-item table)
   bool all_there = true;
@@ -148,22 +183,30 @@ void load_params(ParamStore<float>& params, const SafeTensors& st, const std::st
       if (missing) missing->push_back(e.name);
       continue;
     }
-    const TensorBlob& b = st.at(e.name);
-    ADA_CHECK(b.shape == e.shape, path << ": tensor " << e.name << " has shape "
-                                       << json(b.shape).dump() << ", the model expects "
-                                       << json(e.shape).dump());
-    if (b.dtype == DType::kF32 && b.data.size() == size_t(e.numel) * sizeof(float)) {
-      if (e.numel > 0) std::memcpy(params.value(int(i)), b.data.data(), b.data.size());  // no converted copy
-    } else {
-      const std::vector<float> v = b.to_f32();
-      std::copy(v.begin(), v.end(), params.value(int(i)));
-    }
+    const std::vector<int64_t>& shape = shape_of(st, e.name);
+    ADA_CHECK(shape == e.shape, path << ": tensor " << e.name << " has shape " << json(shape).dump()
+                                     << ", the model expects " << json(e.shape).dump());
+    copy_f32(st, e.name, params.value(int(i)), e.numel);
   }
   if (ignored) {
-    for (const auto& [name, blob] : st.tensors)
+    for (const std::string& name : names_of(st))
       if (params.find(name) < 0) ignored->push_back(name);
   }
   params.push();  // a model on a device trains on its mirror
+}
+
+}  // namespace
+
+ModelInfo checkpoint_info(const SafeTensors& st, const std::string& path) { return info_from(st, path); }
+ModelInfo checkpoint_info(const SafeTensorsFile& st, const std::string& path) { return info_from(st, path); }
+
+void load_params(ParamStore<float>& params, const SafeTensors& st, const std::string& path, bool allow_missing,
+                 std::vector<std::string>* ignored, std::vector<std::string>* missing) {
+  load_from(params, st, path, allow_missing, ignored, missing);
+}
+void load_params(ParamStore<float>& params, const SafeTensorsFile& st, const std::string& path, bool allow_missing,
+                 std::vector<std::string>* ignored, std::vector<std::string>* missing) {
+  load_from(params, st, path, allow_missing, ignored, missing);
 }
 
 }  // namespace ada

@@ -189,28 +189,34 @@ TensorBlob make_blob(const std::vector<int64_t>& shape, const int64_t* values) {
   return make_blob_impl(shape, values, DType::kI64);
 }
 
+namespace {
+
+// The error for a tensor name a file does not have, listing up to 8 of the names it has.
+template <class Map>
+[[noreturn]] void tensor_not_found(const std::string& name, const Map& tensors) {
+  std::ostringstream os;
+  size_t shown = 0;
+  for (const auto& kv : tensors) {
+    if (shown == 8) {
+      os << ", ...";
+      break;
+    }
+    os << (shown++ ? ", " : "") << kv.first;
+  }
+  ADA_FAIL("tensor '" << name << "' not found (" << tensors.size() << " tensors: " << os.str() << ")");
+}
+
+}  // namespace
+
 const TensorBlob& SafeTensors::at(const std::string& name) const {
   auto it = tensors.find(name);
-  if (it == tensors.end()) {
-    std::ostringstream os;
-    size_t shown = 0;
-    for (const auto& kv : tensors) {
-      if (shown == 8) {
-        os << ", ...";
-        break;
-      }
-      os << (shown++ ? ", " : "") << kv.first;
-    }
-    ADA_FAIL("tensor '" << name << "' not found (" << tensors.size() << " tensors: " << os.str()
-                        << ")");
-  }
+  if (it == tensors.end()) tensor_not_found(name, tensors);
   return it->second;
 }
 
-SafeTensors read_safetensors(const std::string& path) {
-  // The header is read first; each tensor's bytes then go straight from the file into its blob
-  // (a 1M-item checkpoint is 260 MB: a copy of the whole file first cost as much again).
-  const FileReader file(path);
+SafeTensorsFile::SafeTensorsFile(const std::string& path) : path_(path), file_(std::make_unique<FileReader>(path)) {
+  // The header only: the tensors' bytes are read when asked for (blob, read_raw).
+  const FileReader& file = *file_;
   const uint64_t size = file.size();
   ADA_CHECK(size >= kHeaderLengthBytes,
             path << ": truncated: file has " << size
@@ -236,7 +242,6 @@ SafeTensors read_safetensors(const std::string& path) {
   }
   ADA_CHECK(header.is_object(), path << ": header JSON must be an object, got " << header.type_name());
 
-  SafeTensors st;
   std::vector<Entry> entries;
   for (auto it = header.begin(); it != header.end(); ++it) {
     const std::string& name = it.key();
@@ -247,7 +252,7 @@ SafeTensors read_safetensors(const std::string& path) {
       for (auto m = v.begin(); m != v.end(); ++m) {
         ADA_CHECK(m.value().is_string(), path << ": __metadata__ value for '" << m.key()
                                               << "' must be a string, got " << m.value().dump());
-        st.metadata[m.key()] = m.value().get<std::string>();
+        metadata_[m.key()] = m.value().get<std::string>();
       }
       continue;
     }
@@ -319,14 +324,48 @@ SafeTensors read_safetensors(const std::string& path) {
                                       << " trailing bytes after the last tensor (data region has "
                                       << data_size << " bytes, tensors cover " << cursor << ")");
 
-  for (Entry& e : entries) {
-    TensorBlob b;
-    b.dtype = e.dtype;
-    b.shape = std::move(e.shape);
-    b.data.resize(size_t(e.end - e.begin));
-    file.read(data_start + e.begin, e.end - e.begin, b.data.data());
-    st.tensors.emplace(e.name, std::move(b));
-  }
+  data_start_ = data_start;
+  for (Entry& e : entries) tensors_.emplace(e.name, Info{e.dtype, std::move(e.shape), e.begin, e.end});
+}
+
+SafeTensorsFile::~SafeTensorsFile() = default;
+SafeTensorsFile::SafeTensorsFile(SafeTensorsFile&&) noexcept = default;
+SafeTensorsFile& SafeTensorsFile::operator=(SafeTensorsFile&&) noexcept = default;
+
+const SafeTensorsFile::Info& SafeTensorsFile::info(const std::string& name) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) tensor_not_found(name, tensors_);
+  return it->second;
+}
+
+std::vector<std::string> SafeTensorsFile::names() const {
+  std::vector<std::string> out;
+  for (const auto& kv : tensors_) out.push_back(kv.first);
+  return out;
+}
+
+void SafeTensorsFile::read_raw(const std::string& name, void* dst) const {
+  const Info& t = info(name);
+  file_->read(data_start_ + t.begin, t.end - t.begin, dst);
+}
+
+TensorBlob SafeTensorsFile::blob(const std::string& name) const {
+  const Info& t = info(name);
+  TensorBlob b;
+  b.dtype = t.dtype;
+  b.shape = t.shape;
+  b.data.resize(size_t(t.end - t.begin));
+  read_raw(name, b.data.data());
+  return b;
+}
+
+SafeTensors read_safetensors(const std::string& path) {
+  // each tensor's bytes go straight from the file into its blob (a 1M-item checkpoint is 260 MB:
+  // a copy of the whole file first cost as much again)
+  const SafeTensorsFile file(path);
+  SafeTensors st;
+  st.metadata = file.metadata();
+  for (const std::string& name : file.names()) st.tensors.emplace(name, file.blob(name));
   return st;
 }
 

@@ -147,10 +147,10 @@ AdaRetriever::~AdaRetriever() = default;
 AdaRetriever AdaRetriever::load(const std::string& checkpoint, const RetrieverOptions& options) {
   const std::string path =
       file_exists(checkpoint + "/model.safetensors") ? checkpoint + "/model.safetensors" : checkpoint;
-  // the file's tensors are released once the model holds them, before the searcher's copies
-  auto st = std::make_unique<SafeTensors>(read_safetensors(path));
+  // the header now; each tensor is read once, straight into the model's parameters (load_params)
+  const SafeTensorsFile st(path);
   auto impl = std::make_unique<Impl>();
-  impl->info = checkpoint_info(*st, path);
+  impl->info = checkpoint_info(st, path);
   impl->info.sasrec.dropout = 0.0f;  // serving never drops out
   ADA_CHECK(options.device == "cpu" || options.device == "cuda",
             "retriever: device must be \"cpu\" or \"cuda\", got \"" << options.device << "\"");
@@ -169,12 +169,11 @@ AdaRetriever AdaRetriever::load(const std::string& checkpoint, const RetrieverOp
   impl->mem = impl->be->device_memory();
   if (impl->info.ada) {
     impl->ada = std::make_unique<AdaSasRec<float>>(impl->info.sasrec, impl->info.ada_cfg, *impl->be);
-    load_params(impl->ada->params(), *st, path);
+    load_params(impl->ada->params(), st, path);
   } else {
     impl->base = std::make_unique<SasRec<float>>(impl->info.sasrec, *impl->be);
-    load_params(impl->base->params(), *st, path, false);
+    load_params(impl->base->params(), st, path, false);
   }
-  st.reset();
   const auto slash = path.find_last_of('/');
   const std::string map_path = (slash == std::string::npos ? std::string(".") : path.substr(0, slash)) + "/item_map.tsv";
   if (file_exists(map_path)) impl->names = load_item_map(map_path);

@@ -420,7 +420,7 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
     state_from_json(st, it->second, state_path);
     if (file_exists(model_path)) {
       ParamStore<float> tmp = P;
-      load_params(tmp, read_safetensors(model_path), model_path);
+      load_params(tmp, SafeTensorsFile(model_path), model_path);
       best_params = tmp.values();
     }
     log("resuming at epoch " + std::to_string(st.next_epoch) + " (step " + std::to_string(st.step) + ")");
