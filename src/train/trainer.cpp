@@ -408,15 +408,15 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
   st.report.parameters = P.count();
   if (opt.resume) {
     ADA_CHECK(write, "train: --resume needs an output folder");
-    const SafeTensors s = read_safetensors(state_path);
+    const SafeTensorsFile s(state_path);  // (each tensor read once, when needed)
     load_params(P, s, state_path);
-    const std::vector<float> m0 = s.at("adam.m").to_f32(), v0 = s.at("adam.v").to_f32();
+    const std::vector<float> m0 = s.blob("adam.m").to_f32(), v0 = s.blob("adam.v").to_f32();
     ADA_CHECK(int64_t(m0.size()) == n_flat && int64_t(v0.size()) == n_flat,
               state_path << ": optimizer state does not match the model");
     mem_upload(mem, adam_m.data(), m0.data(), n_flat);
     mem_upload(mem, adam_v.data(), v0.data(), n_flat);
-    auto it = s.metadata.find("trainer");
-    ADA_CHECK(it != s.metadata.end(), state_path << ": no trainer state");
+    auto it = s.metadata().find("trainer");
+    ADA_CHECK(it != s.metadata().end(), state_path << ": no trainer state");
     state_from_json(st, it->second, state_path);
     if (file_exists(model_path)) {
       ParamStore<float> tmp = P;
