@@ -437,6 +437,10 @@ TEST_CASE("file helpers", "[data]") {
   CHECK(ada::read_file(f) == "short");
   ada::write_file_atomic(f, "");
   CHECK(ada::read_file(f).empty());
+  // pieces are written in order, empty ones included
+  const std::string p1 = "head:", p3(100000, 'q');
+  ada::write_file_atomic(f, {{p1.data(), p1.size()}, {nullptr, 0}, {p3.data(), p3.size()}});
+  CHECK(ada::read_file(f) == p1 + p3);
   CHECK(dir.listing() == std::set<std::string>{"a"});
   CHECK_THROWS_AS(ada::read_file(dir.file("missing")), ada::Error);
   CHECK_THROWS_AS(ada::read_file(nested), ada::Error);  // a folder is not a file

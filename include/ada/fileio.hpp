@@ -2,12 +2,20 @@
 // so a crash or an error never leaves a half-written file and never destroys the previous one.
 #pragma once
 #include <cstdint>
+#include <cstddef>
 #include <string>
+#include <vector>
 
 namespace ada {
 
 // Write `bytes` to `path` atomically (temp file in the same folder, fsync, rename).
 void write_file_atomic(const std::string& path, const std::string& bytes);
+// The same for a file made of pieces, written in order without first copying them into one string.
+struct ByteSpan {
+  const void* data;
+  size_t size;
+};
+void write_file_atomic(const std::string& path, const std::vector<ByteSpan>& parts);
 // Whole file as bytes; throws ada::Error naming the path when it cannot be read.
 std::string read_file(const std::string& path);
 

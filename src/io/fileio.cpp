@@ -112,6 +112,10 @@ struct Closer {
 }  // namespace
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
+  write_file_atomic(path, std::vector<ByteSpan>{ByteSpan{bytes.data(), bytes.size()}});
+}
+
+void write_file_atomic(const std::string& path, const std::vector<ByteSpan>& parts) {
   ADA_CHECK(!path.empty(), "write_file_atomic: empty path");
   int fd = -1;
   std::string tmp;
@@ -127,17 +131,19 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   }
   TempFile file(fd, tmp);
 
-  const char* p = bytes.data();
-  size_t left = bytes.size();
-  while (left > 0) {
-    const ssize_t w = ::write(file.fd(), p, left);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      const int err = errno;
-      ADA_FAIL(path << ": write failed: " << errno_text(err));
+  for (const ByteSpan& part : parts) {
+    const char* p = static_cast<const char*>(part.data);
+    size_t left = part.size;
+    while (left > 0) {
+      const ssize_t w = ::write(file.fd(), p, left);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        const int err = errno;
+        ADA_FAIL(path << ": write failed: " << errno_text(err));
+      }
+      p += w;
+      left -= size_t(w);
     }
-    p += w;
-    left -= size_t(w);
   }
   // Data must be on disk before the rename makes it visible, or a crash could leave an empty file
   // under the final name.

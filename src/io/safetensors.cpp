@@ -405,14 +405,11 @@ void write_safetensors(const std::string& path, const SafeTensors& st) {
   // Pad with spaces (valid JSON whitespace) so the data starts 8-byte aligned, as safetensors does.
   while ((kHeaderLengthBytes + text.size()) % 8 != 0) text.push_back(' ');
 
-  std::string out;
-  out.reserve(kHeaderLengthBytes + text.size() + offset);
+  // written as pieces: the length, the header, each tensor's bytes (no copy of the whole file)
   const uint64_t header_len = text.size();
-  out.append(reinterpret_cast<const char*>(&header_len), kHeaderLengthBytes);
-  out.append(text);
-  for (const auto& kv : st.tensors)
-    out.append(reinterpret_cast<const char*>(kv.second.data.data()), kv.second.data.size());
-  write_file_atomic(path, out);
+  std::vector<ByteSpan> parts{{&header_len, kHeaderLengthBytes}, {text.data(), text.size()}};
+  for (const auto& kv : st.tensors) parts.push_back({kv.second.data.data(), kv.second.data.size()});
+  write_file_atomic(path, parts);
 }
 
 }  // namespace ada
