@@ -4,8 +4,9 @@
 // the catalog: the evaluation's sgemm path (shards 0) and 4 CPU shards with the model on the CPU
 // backend, and the GPU (skipped without a CUDA device): the model on the CUDA backend, its context
 // and the returned lists from the fused top-k kernel. scripts/gpu-check runs the GPU rows.
-//   BM_retrieve/<device: 0 cpu-sgemm, 1 cpu-shards, 2 cuda, 3 cuda with the top-k variants prepared
-//               for measurement: mma.sync bounds, one warp per query in the select step>/<N>/<B>
+//   BM_retrieve/<device: 0 cpu-sgemm, 1 cpu-shards, 2 cuda (the top-k launches autotuned, as by
+//               default: the tuning happens in the untimed first call), 3 cuda with the top-k's
+//               fixed launch rules instead (autotuning off)>/<N>/<B>
 //   BM_user_vectors/<device>/<N>/<B>   the model's part alone: forward() of the T rounds with its
 //                                      T - 1 context searches (BM_retrieve runs T searches in all,
 //                                      each giving a round's list and the next round's context)
@@ -93,21 +94,20 @@ std::optional<std::pair<AdaRetriever, std::vector<std::vector<ItemId>>>> setup(b
   return std::make_pair(AdaRetriever::load(checkpoint_for(n_items), o), histories(st.range(2), n_items));
 }
 
-// Mode 3's top-k variants for the scope of a row (back to the defaults at its end).
+// Mode 3: the top-k's autotuning off for the scope of a row (back to what it was at its end).
 struct Variants {
   explicit Variants(int mode) : on(mode == 3) {
     if (!on) return;
-    set_gpu_topk_tc_kernel(TcKernel::kMma);
-    set_gpu_topk_select_threads(32);
+    was = gpu_topk_autotune();
+    set_gpu_topk_autotune(TopkAutotune::kOff);
   }
   ~Variants() {
-    if (!on) return;
-    set_gpu_topk_tc_kernel(TcKernel::kWmma);
-    set_gpu_topk_select_threads(0);
+    if (on) set_gpu_topk_autotune(was);
   }
   Variants(const Variants&) = delete;
   Variants& operator=(const Variants&) = delete;
   bool on;
+  TopkAutotune was = TopkAutotune::kOn;
 };
 
 // One untimed call before the timed ones: the first call of a freshly loaded retriever allocates

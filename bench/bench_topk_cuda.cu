@@ -1,7 +1,11 @@
 // Batched top-k retrieval on the GPU: the fused kernel (kernels/topk.cu) against its baselines.
 //
-//   BM_topk/B/N/k                 exact score + exclusions + top-k (no B x N matrix; from B = 64
-//                                 TF32 bounds on tensor cores, then exact FP32 rescoring)
+//   BM_topk/B/N/k                 exact score + exclusions + top-k (no B x N matrix), the launch
+//                                 autotuned as by default (the tuning happens in the warm-up; with
+//                                 ADA_TOPK_AUTOTUNE=verbose each tuning's times go to stderr)
+//   BM_topk_untuned/B/N/k         BM_topk with the fixed launch rules (autotuning off): from B = 64
+//                                 over 2^16 items or more TF32 bounds on tensor cores (wmma), then
+//                                 exact FP32 rescoring
 //   BM_topk_baseline_sgemm/B/N/k  cuBLAS SGEMM writing the B x N scores (FP32, no TF32): the floor
 //   BM_topk_baseline_cub/B/N/k    SGEMM + bias/exclusion kernels + CUB segmented radix sort of every
 //                                 row + gather of the first k (the composed baseline)
@@ -9,6 +13,7 @@
 //                                 sort of all scores, then a stable sort by row) + gather
 //   BM_topk_bounds_only/B/N/k     the first of BM_topk's two kernels alone (scores -> group bounds)
 //   BM_topk_fp32_bounds/B/N/k     BM_topk without tensor cores (FP32 bounds; identical lists)
+// (The rows below run fixed launches: autotuning off, the switches they do not set at their rules.)
 //   BM_topk_tc_shared/B/N/k       BM_topk with the tensor-core kernel's products over its item tile
 //   BM_topk_tc_mma/B/N/k          BM_topk with the mma.sync tensor-core kernel (products in registers)
 //                                 (these two, and the other *_tc_mma rows, force tensor cores on: the
@@ -44,6 +49,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "ada/topk.hpp"
 #include "kernels/topk.cuh"
 #include "bench/cuda_bench_util.cuh"
 
@@ -212,10 +218,18 @@ void run_fused(benchmark::State& st, int D) {
 
 // The kernels' process-wide settings for the scope of a benchmark, back to the defaults at its
 // end: the tensor-core mode (0 auto, 1 always, 2 never), the tensor-core bounds kernel (0 wmma,
-// 1 wmma with its products over the item tile, 2 mma.sync) and the select threads (0: by batch).
+// 1 wmma with its products over the item tile, 2 mma.sync, 3 auto) and the select threads (0: auto),
+// with autotuning off: a row of fixed settings times those launches, the rest by the fixed rules.
 struct Settings {
-  Settings(int tensor_cores, int tc_kernel, int select_threads) { set(tensor_cores, tc_kernel, select_threads); }
-  ~Settings() { set(0, 0, 0); }
+  Settings(int tensor_cores, int tc_kernel, int select_threads) : tuning(ada::gpu_topk_autotune()) {
+    ada::set_gpu_topk_autotune(ada::TopkAutotune::kOff);
+    set(tensor_cores, tc_kernel, select_threads);
+  }
+  ~Settings() {
+    set(0, ada::cuda::kTcAuto, 0);
+    ada::set_gpu_topk_autotune(tuning);
+  }
+  const ada::TopkAutotune tuning;
   Settings(const Settings&) = delete;
   Settings& operator=(const Settings&) = delete;
   static void set(int tensor_cores, int tc_kernel, int select_threads) {
@@ -226,6 +240,12 @@ struct Settings {
 };
 
 void BM_topk(benchmark::State& st) { run_fused(st, 64); }
+
+// BM_topk with the fixed launch rules (autotuning off).
+void BM_topk_untuned(benchmark::State& st) {
+  const Settings s(0, ada::cuda::kTcAuto, 0);
+  run_fused(st, 64);
+}
 
 // BM_topk with the tensor cores switched off (FP32 bounds kernel; the same lists).
 void BM_topk_fp32_bounds(benchmark::State& st) {
@@ -428,6 +448,7 @@ void other_cases(benchmark::internal::Benchmark* b) {
 }
 
 BENCHMARK(BM_topk)->Apply(acceptance_cases);
+BENCHMARK(BM_topk_untuned)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_baseline_sgemm)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_baseline_cub)->Apply(acceptance_cases);
 BENCHMARK(BM_topk_baseline_thrust)->Apply(acceptance_cases);

@@ -1073,10 +1073,7 @@ size_t tc_smem(int D, bool share) {
   return (size_t(kTcQueries) * (D + 4) + size_t(tc_region_floats(D, share)) + 2 * kTiledItems) * sizeof(float);
 }
 
-int g_tensor_cores = 0;  // TensorCores of topk.hpp: 0 auto, 1 always, 2 never
-bool g_staged = true;    // small batches: the staged warp kernel where it applies (topk_staged)
-int g_tc_kernel = 0;      // the tensor-core bounds kernel (topk_tc_kernel): 0 wmma, 1 wmma sharing, 2 mma.sync
-int g_select_threads = 0;  // threads per select block (topk_select_threads), 0: by the batch
+TopkKnobs g_knobs;  // the process-wide settings (topk_tensor_cores, topk_staged, ...): TopkKnobs{} at first
 constexpr int64_t kTcAutoMinItems = 65536;
 
 template <class Kernel>
@@ -1101,7 +1098,11 @@ void* TopkWorkspace::get(size_t bytes) {
   return ptr_;
 }
 
-TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
+TopkKnobs topk_knobs() { return g_knobs; }
+
+TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) { return plan_topk(B, n, D, k, device, g_knobs); }
+
+TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device, const TopkKnobs& knobs) {
   ADA_CHECK(B >= 1 && B <= INT32_MAX, "topk: B = " << B << " out of range");
   ADA_CHECK(n >= 1 && n <= INT32_MAX, "topk: item range of " << n << " items");
   ADA_CHECK(D >= 1, "topk: D = " << D);
@@ -1117,12 +1118,14 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
   // when that does not fit, a warp per span of items.
   // The mma.sync kernel takes 128 queries per block (two m16 tiles per warp) where D <= 64 and the
   // batch fills them, else 64.
-  const bool tc_wanted = g_tensor_cores == 1 || (g_tensor_cores == 0 && n >= kTcAutoMinItems);
-  const size_t tc_bytes = g_tc_kernel == 2 ? mma_smem(D) : tc_smem(D, g_tc_kernel == 1);
+  // (Left to auto, the tensor-core kernel is wmma: the one measured so far.)
+  const int tc_kernel = knobs.tc_kernel == kTcAuto ? 0 : knobs.tc_kernel;
+  const bool tc_wanted = knobs.tensor_cores == 1 || (knobs.tensor_cores == 0 && n >= kTcAutoMinItems);
+  const size_t tc_bytes = tc_kernel == 2 ? mma_smem(D) : tc_smem(D, tc_kernel == 1);
   if (tc_wanted && B >= kTcQueries && (D == 32 || D == 64 || D == 128) && tc_bytes <= size_t(smem_optin)) {
     p.tensor_cores = true;
-    p.tc_kernel = g_tc_kernel;
-    p.queries_per_block = g_tc_kernel == 2 ? mma_queries(D, B >= 128 ? mma_m_tiles(D) : 1) : kTcQueries;
+    p.tc_kernel = tc_kernel;
+    p.queries_per_block = tc_kernel == 2 ? mma_queries(D, B >= 128 ? mma_m_tiles(D) : 1) : kTcQueries;
     p.smem_bounds = tc_bytes;
   }
   for (int qb : {64, 32, 16}) {
@@ -1142,7 +1145,7 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
     p.queries_per_block = qb;
     const size_t staged = size_t(qb) * D * sizeof(float) +
                           (D == 32 ? stage_floats<32>() : stage_floats<64>()) * sizeof(float);
-    if ((D == 32 || D == 64) && g_staged && staged <= size_t(smem_optin)) {
+    if ((D == 32 || D == 64) && knobs.staged && staged <= size_t(smem_optin)) {
       p.staged = true;
       p.smem_bounds = staged;
     }
@@ -1159,7 +1162,7 @@ TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device) {
   p.n_groups = (n + p.group - 1) / p.group;
   // Kernel 2: 1024 threads per query while the batch leaves multiprocessors idle, else 256. Its
   // shared memory grows with the groups: on devices with less of it, fewer and larger groups.
-  p.select_threads = g_select_threads ? g_select_threads : B <= 2 * int64_t(sms) ? kMaxSelectThreads : 256;
+  p.select_threads = knobs.select_threads ? knobs.select_threads : B <= 2 * int64_t(sms) ? kMaxSelectThreads : 256;
   p.cap = int(next_pow2(k + kSelectBatch * p.select_threads));
   while (select_smem(p.n_groups, D, p.cap) > size_t(smem_optin) && p.n_groups > 1 && p.group < (1 << 29)) {
     p.group *= 2;
@@ -1277,16 +1280,10 @@ void launch_bounds_kernel(const TopkPlan& p, const float* Us, int64_t nb, bool f
 
 }  // namespace
 
-namespace {
-
-// Both kernels over every query slice (only kernel 1 without `select`).
-void run_topk(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo, int64_t n, int k,
-              const int64_t* ex_off, const int32_t* ex_ids, float* out_scores, int32_t* out_ids, int32_t* out_count,
-              TopkWorkspace& ws, cudaStream_t stream, bool select) {
+void run_topk_plan(const TopkPlan& p, const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo,
+                   int64_t n, int k, const int64_t* ex_off, const int32_t* ex_ids, float* out_scores, int32_t* out_ids,
+                   int32_t* out_count, TopkWorkspace& ws, cudaStream_t stream, bool select) {
   if (B == 0) return;
-  int device = 0;
-  ADA_CUDA_OK(cudaGetDevice(&device));
-  const TopkPlan p = plan_topk(B, n, D, k, device);
   void* base = ws.get(p.workspace_bytes);
   auto select_for = [](int D, auto clock) {
     constexpr bool c = decltype(clock)::value;
@@ -1311,26 +1308,26 @@ void run_topk(const float* U, int64_t B, int D, const float* E, const float* bia
   }
 }
 
-}  // namespace
-
-void topk_device(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo, int64_t n, int k,
-                 const int64_t* ex_off, const int32_t* ex_ids, float* out_scores, int32_t* out_ids,
-                 int32_t* out_count, TopkWorkspace& ws, cudaStream_t stream) {
-  run_topk(U, B, D, E, bias, lo, n, k, ex_off, ex_ids, out_scores, out_ids, out_count, ws, stream, true);
+// The knobs' setters: a change also forgets the tunings made under the old settings.
+void topk_tensor_cores(int mode) {
+  ADA_CHECK(mode >= 0 && mode <= 2, "topk: tensor-core mode " << mode << " (0 auto, 1 always, 2 never)");
+  g_knobs.tensor_cores = mode;
+  topk_tunings_clear();
 }
-
-void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo,
-                             int64_t n, int k, TopkWorkspace& ws, cudaStream_t stream) {
-  run_topk(U, B, D, E, bias, lo, n, k, nullptr, nullptr, nullptr, nullptr, nullptr, ws, stream, false);
+void topk_staged(bool on) {
+  g_knobs.staged = on;
+  topk_tunings_clear();
 }
-
-void topk_tensor_cores(int mode) { g_tensor_cores = mode; }
-void topk_staged(bool on) { g_staged = on; }
-void topk_tc_kernel(int kernel) { g_tc_kernel = kernel; }
+void topk_tc_kernel(int kernel) {
+  ADA_CHECK(kernel >= 0 && kernel <= kTcAuto, "topk: tensor-core kernel " << kernel << " (0 wmma, 1 wmma sharing, 2 mma.sync, 3 auto)");
+  g_knobs.tc_kernel = kernel;
+  topk_tunings_clear();
+}
 void topk_select_threads(int threads) {
   ADA_CHECK(threads == 0 || (threads % 32 == 0 && threads >= 32 && threads <= kMaxSelectThreads),
             "topk: " << threads << " select threads (0, or a multiple of 32 up to " << kMaxSelectThreads << ")");
-  g_select_threads = threads;
+  g_knobs.select_threads = threads;
+  topk_tunings_clear();
 }
 
 }  // namespace cuda

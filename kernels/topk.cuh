@@ -64,12 +64,44 @@ struct TopkPlan {
   size_t workspace_bytes = 0;
 };
 
+// The process-wide settings a plan is made from (the setters below; TopkKnobs{} holds the defaults).
+constexpr int kTcAuto = 3;
+struct TopkKnobs {
+  int tensor_cores = 0;      // topk_tensor_cores: 0 auto (by the items, unless tuned), 1 always, 2 never
+  int tc_kernel = kTcAuto;   // topk_tc_kernel: 0 wmma, 1 wmma sharing, 2 mma.sync, kTcAuto (wmma unless tuned)
+  int select_threads = 0;    // topk_select_threads: 0 by the batch (unless tuned)
+  bool staged = true;        // topk_staged
+};
+TopkKnobs topk_knobs();
+
+// The plan for these settings, the knobs left to auto resolved by fixed rules (no tuning).
+TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device, const TopkKnobs& knobs);
+// plan_topk with the current settings.
 TopkPlan plan_topk(int64_t B, int64_t n, int D, int k, int device);
 
-// Everything on `stream`, asynchronous. out_scores/out_ids: [B, k]; out_count: [B].
+// Everything on `stream`, asynchronous, except that the first search of a kind (below: autotuning)
+// times its candidate launches and so waits for them. out_scores/out_ids: [B, k]; out_count: [B].
 void topk_device(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo, int64_t n,
                  int k, const int64_t* ex_off, const int32_t* ex_ids, float* out_scores, int32_t* out_ids,
                  int32_t* out_count, TopkWorkspace& ws, cudaStream_t stream);
+
+// Autotuning (ada::set_gpu_topk_autotune, docs/design.md "Autotuning"): while it is on, the first
+// topk_device of a kind (device, batch rounded up to a power of two, items, D, k rounded up to a
+// power of two, bias or not) with any knob left to auto times the launches those knobs allow, each
+// on its own inputs (a warm-up, then the best of up to 5 runs within about 2 ms), keeps the fastest
+// for every later search of that kind, and runs it last, so that its results are the ones returned
+// (every launch gives the same lists). Not while the stream is being captured into a graph: the
+// fixed rules then. mode: 0 off (the fixed rules), 1 on, 2 on and each tuning described on stderr,
+// -1 as the environment says (ADA_TOPK_AUTOTUNE = 0, 1 or verbose; unset: 1). Any change of mode or
+// of a knob forgets the tunings.
+void topk_autotune(int mode);
+void topk_tunings_clear();
+
+// Both kernels with a given plan (of plan_topk for these B, n, D, k on the current device), over
+// every query slice; only kernel 1 without `select`. No tuning.
+void run_topk_plan(const TopkPlan& p, const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo,
+                   int64_t n, int k, const int64_t* ex_off, const int32_t* ex_ids, float* out_scores, int32_t* out_ids,
+                   int32_t* out_count, TopkWorkspace& ws, cudaStream_t stream, bool select);
 
 // When the tensor-core bounds kernel is used: 0 = auto (the default), 1 = always, 2 = never (the
 // values of ada::TensorCores in topk.hpp; process-wide, for tests and benchmarks). Results are identical.
@@ -81,18 +113,19 @@ void topk_tensor_cores(int mode);
 void topk_staged(bool on);
 
 // Which tensor-core bounds kernel runs (the values of ada::TcKernel in topk.hpp): 0 = wmma with its
-// products in their own shared memory (the default), 1 = the same with its products in the item
-// tile's, after one more block barrier (53 instead of 87 KB per block at D = 64), 2 = mma.sync with
-// the products folded in registers and the item tiles loaded by cp.async. Process-wide, for tests
-// and benchmarks; results are identical.
+// products in their own shared memory, 1 = the same with its products in the item tile's, after one
+// more block barrier (53 instead of 87 KB per block at D = 64), 2 = mma.sync with the products folded
+// in registers and the item tiles loaded by cp.async, kTcAuto (the default) = tuned, or wmma without
+// tuning. Process-wide, for tests and benchmarks; results are identical.
 void topk_tc_kernel(int kernel);
 
-// Threads per block of the select kernel: 0 = by the batch (the default: 1024 while the batch leaves
-// multiprocessors idle, else 256), or 32 .. 1024 in multiples of 32 (32: a warp per query, many
+// Threads per block of the select kernel: 0 = tuned, or by the batch without tuning (the default:
+// 1024 while the batch leaves multiprocessors idle, else 256), or 32 .. 1024 in multiples of 32 (32: a warp per query, many
 // queries per multiprocessor). Process-wide, for tests and benchmarks; results are identical.
 void topk_select_threads(int threads);
 
 // Kernel 1 alone (its output stays in ws): for benchmarks that split the time between the kernels.
+// It takes the launch a tuning chose for its kind when there is one, and never tunes.
 void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo,
                              int64_t n, int k, TopkWorkspace& ws, cudaStream_t stream);
 

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <filesystem>
 #include <limits>
+#include <set>
+#include <string>
 
 #include "ada/ada_model.hpp"
 #include "ada/check.hpp"
@@ -60,8 +62,8 @@ class Scoped {
   T default_;
 };
 // The tensor-core mode (default kAuto), whether small batches use the staged warp kernel (default
-// on), which tensor-core bounds kernel runs (default wmma), the select kernel's threads per query
-// (default 0: by the batch).
+// on), which tensor-core bounds kernel runs (default kAuto), the select kernel's threads per query
+// (default 0). (The tests run untuned, tests/main.cpp: auto then means the fixed rules.)
 struct TensorCoreMode : Scoped<ada::TensorCores> {
   explicit TensorCoreMode(ada::TensorCores m) : Scoped(ada::set_gpu_topk_tensor_cores, m, ada::TensorCores::kAuto) {}
 };
@@ -69,7 +71,7 @@ struct StagedMode : Scoped<bool> {
   explicit StagedMode(bool on) : Scoped(ada::set_gpu_topk_staged, on, true) {}
 };
 struct TcKernelMode : Scoped<ada::TcKernel> {
-  explicit TcKernelMode(ada::TcKernel k) : Scoped(ada::set_gpu_topk_tc_kernel, k, ada::TcKernel::kWmma) {}
+  explicit TcKernelMode(ada::TcKernel k) : Scoped(ada::set_gpu_topk_tc_kernel, k, ada::TcKernel::kAuto) {}
 };
 struct SelectThreadsMode : Scoped<int> {
   explicit SelectThreadsMode(int threads) : Scoped(ada::set_gpu_topk_select_threads, threads, 0) {}
@@ -224,6 +226,87 @@ TEST_CASE("cuda top-k: select blocks of one and two warps", "[cuda][topk]") {
     }
   }
   for (int bad : {-32, 16, 48, 2048}) REQUIRE_THROWS_WITH(ada::set_gpu_topk_select_threads(bad), Catch::Contains("select threads"));
+}
+
+// A tuning's report: each launch timed once, a positive time each, the chosen one among them and
+// the fastest of them.
+void check_tuning(const ada::GpuTopkTuning& t) {
+  std::set<std::string> seen;
+  for (const auto& [what, ms] : t.tried) {
+    INFO(what << ": " << ms << " ms, chosen " << t.chosen << ": " << t.chosen_ms << " ms");
+    CHECK(seen.insert(what).second);
+    CHECK(ms > 0);
+    CHECK(ms >= t.chosen_ms);
+  }
+  CHECK(std::count(t.tried.begin(), t.tried.end(), std::make_pair(t.chosen, t.chosen_ms)) == 1);
+}
+
+// Autotuning (ada::set_gpu_topk_autotune; the other tests run without it): the first search of a
+// kind times each launch its auto switches allow (tensor cores or not, which tensor-core kernel,
+// the select threads) and keeps the fastest for the kind; the lists stay the CPU's throughout.
+TEST_CASE("cuda top-k: autotuning times the allowed launches once per kind and keeps the fastest", "[cuda][topk]") {
+  require_gpu();
+  struct AutotuneOn {
+    AutotuneOn() { ada::set_gpu_topk_autotune(ada::TopkAutotune::kOn); }
+    ~AutotuneOn() { ada::set_gpu_topk_autotune(ada::TopkAutotune::kOff); }
+  } on;
+  REQUIRE(ada::gpu_topk_autotune() == ada::TopkAutotune::kOn);
+  REQUIRE(ada::gpu_topk_tunings().empty());
+  const Problem p = random_problem(70, 3001, 32, 71u, 40);
+  compare(p, 0, p.N, 20);  // the first search of its kind: tuned
+  std::vector<ada::GpuTopkTuning> t = ada::gpu_topk_tunings();
+  REQUIRE(t.size() == 1);
+  CHECK(t[0].batch == 128);  // kinds by powers of two
+  CHECK(t[0].items == p.N);
+  CHECK(t[0].dim == 32);
+  CHECK(t[0].k == 32);
+  CHECK(t[0].bias);
+  // 70 queries: tensor cores allowed, so every bounds kernel (FP32 and the three on tensor cores),
+  // then the select threads after the fastest; each launch timed once
+  check_tuning(t[0]);
+  bool fp32 = false, mma = false, warp = false;
+  for (const auto& [what, ms] : t[0].tried) {
+    fp32 = fp32 || what.find("fp32") == 0;
+    mma = mma || what.find("mma.sync") == 0;
+    warp = warp || what.find(", 32 select threads") != std::string::npos;
+  }
+  CHECK((fp32 && mma && warp));
+  CHECK(t[0].tried.size() >= 7);
+
+  // the same kind (up to 128 queries, k up to 32; the table does not matter): no new tuning
+  compare(random_problem(100, 3001, 32, 73u, 40), 0, 3001, 25);
+  CHECK(ada::gpu_topk_tunings().size() == 1);
+  // k up to 128 is another kind
+  compare(p, 0, p.N, 100);
+  REQUIRE(ada::gpu_topk_tunings().size() == 2);
+  check_tuning(ada::gpu_topk_tunings()[1]);
+
+  // a fixed switch forgets the tunings and leaves the others to tune
+  {
+    const SelectThreadsMode sel(64);
+    CHECK(ada::gpu_topk_tunings().empty());
+    compare(p, 0, p.N, 20);
+    t = ada::gpu_topk_tunings();
+    REQUIRE(t.size() == 1);
+    CHECK(t[0].tried.size() == 4);  // the four bounds kernels
+    check_tuning(t[0]);
+    for (const auto& tried : t[0].tried) CHECK(tried.first.find(", 64 select threads") != std::string::npos);
+    // nothing left to choose: tensor cores off and the select threads fixed (no tuning recorded)
+    const TensorCoreMode never(ada::TensorCores::kNever);
+    compare(p, 0, p.N, 20);
+    CHECK(ada::gpu_topk_tunings().empty());
+  }
+  // below 64 queries only the select threads are left to choose (one bounds launch, timed once)
+  const Problem one = random_problem(3, 3001, 32, 79u, 40);
+  compare(one, 0, one.N, 20);
+  t = ada::gpu_topk_tunings();
+  REQUIRE(t.size() == 1);
+  CHECK(t[0].tried.size() == 5);
+  check_tuning(t[0]);
+  // off: no tuning
+  ada::set_gpu_topk_autotune(ada::TopkAutotune::kOff);
+  compare(p, 0, p.N, 20);
+  CHECK(ada::gpu_topk_tunings().empty());
 }
 
 // The select kernel's phase clock (ada::set_cuda_phase_clock, for benchmarks): every query's block

@@ -23,6 +23,8 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "ada/data.hpp"
@@ -86,30 +88,57 @@ std::unique_ptr<TopkSearcher> make_gpu_searcher(const float* E, const float* bia
                                                 int64_t hi, int64_t D, int device = 0);
 // The largest k the GPU kernel supports.
 constexpr int kGpuTopkMaxK = 1024;
+// GPU searches choose among several launches that return the same lists (which bounds kernel,
+// tensor cores or not, how many threads select each query's items). The switches below fix a
+// choice, for tests and benchmarks; each left at its default (auto) is autotuned: the first search
+// of a kind (device, batch size rounded up to a power of two, catalog range, D, k rounded up to a
+// power of two, bias or not) times every launch the auto switches allow on its own inputs, waiting
+// for them (once per kind: about 2-20 times that search's time), and every later search of that
+// kind takes the fastest. Without tuning, fixed rules choose (below). The lists never depend on it.
+// Off: set_gpu_topk_autotune(TopkAutotune::kOff), or ADA_TOPK_AUTOTUNE=0 in the environment
+// (until set, the environment's: 0, 1 or verbose; unset: on). kVerbose: each tuning is also
+// described on stderr. A search on a stream being captured into a CUDA graph never tunes. Changing
+// this or any switch below forgets the tunings. Process-wide; no-ops without CUDA (kOff there).
+enum class TopkAutotune { kOff, kOn, kVerbose };
+void set_gpu_topk_autotune(TopkAutotune mode);
+TopkAutotune gpu_topk_autotune();
+// What the tunings so far measured and chose, in the order they were made.
+struct GpuTopkTuning {
+  int device = 0;
+  int64_t batch = 0;  // batches of up to this many queries (a power of two)
+  int64_t items = 0;  // the searched range's size
+  int dim = 0;
+  int k = 0;          // k up to this (a power of two, at most kGpuTopkMaxK)
+  bool bias = false;
+  std::string chosen;  // e.g. "mma.sync bounds, 256 select threads"
+  double chosen_ms = 0;
+  std::vector<std::pair<std::string, double>> tried;  // every launch timed: description, best time in ms
+};
+std::vector<GpuTopkTuning> gpu_topk_tunings();
+
 // Whether GPU searches bound scores on tensor cores (TF32, then exact FP32 rescoring of whatever
-// the bounds cannot rule out) or with the FP32 kernels. kAuto (the default): tensor cores for 64
-// queries or more over 65,536 items or more (on an H100 they were faster at 1M items and slower at
-// 12k; the cut between is not measured); kAlways: from 64 queries on, whatever the items; kNever.
-// The lists are the same in every mode; this is for tests and benchmarks. Process-wide; a no-op
-// without CUDA.
+// the bounds cannot rule out) or with the FP32 kernels. kAuto (the default): tuned; without tuning,
+// tensor cores for 64 queries or more over 65,536 items or more (on an H100 they were faster at 1M
+// items and slower at 12k; the cut between is not measured). kAlways: from 64 queries on, whatever
+// the items; kNever. The lists are the same in every mode.
 enum class TensorCores { kAuto, kAlways, kNever };
 void set_gpu_topk_tensor_cores(TensorCores mode);
 // Whether GPU searches of fewer than 16 queries with D = 32 or 64 stage the table's rows in shared
 // memory, read coalesced (true, the default), or read each row straight from global memory. The
 // lists are the same either way; for tests and benchmarks. Process-wide; a no-op without CUDA.
 void set_gpu_topk_staged(bool on);
-// Which kernel bounds the scores on tensor cores (when they are used, above): kWmma (the default
-// until measured otherwise: wmma fragments, the products through shared memory), kWmmaShared (the
-// same with the products stored over the item tile just used: less shared memory per block, so
-// more blocks per multiprocessor, for two more barriers per tile), kMma (mma.sync, the products
-// folded in registers, the item tiles loaded asynchronously; not yet run on a GPU). The lists are
-// the same; for tests and benchmarks. Process-wide; a no-op without CUDA.
-enum class TcKernel { kWmma, kWmmaShared, kMma };
+// Which kernel bounds the scores on tensor cores (when they are used, above): kWmma (wmma
+// fragments, the products through shared memory), kWmmaShared (the same with the products stored
+// over the item tile just used: less shared memory per block, so more blocks per multiprocessor,
+// for two more barriers per tile), kMma (mma.sync, the products folded in registers, the item tiles
+// loaded asynchronously; not yet run on a GPU), kAuto (the default): tuned, or kWmma without tuning.
+// The lists are the same.
+enum class TcKernel { kWmma, kWmmaShared, kMma, kAuto };
 void set_gpu_topk_tc_kernel(TcKernel kernel);
-// Threads per query in the GPU searches' selection step: 0 (the default) by the batch, 1024 for
-// small batches and 256 otherwise; or a multiple of 32 up to 1024 (32: one warp per query and many
-// queries per multiprocessor, no wait on other warps at its barriers). ada::Error otherwise. The
-// lists are the same; for tests and benchmarks. Process-wide; a no-op without CUDA.
+// Threads per query in the GPU searches' selection step: 0 (the default) tuned among 32, 64, 128,
+// 256 and the batch's rule (without tuning: 1024 for small batches and 256 otherwise); or a
+// multiple of 32 up to 1024 (32: one warp per query and many queries per multiprocessor, no wait on
+// other warps at its barriers). ada::Error otherwise. The lists are the same.
 void set_gpu_topk_select_threads(int threads);
 
 // Exact merge of shard results for the same rows: the best k of the union, in the order above.

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdarg>
 #include <iterator>
 #include <cstdio>
@@ -908,6 +909,49 @@ cudaError_t cudaStreamDestroy(cudaStream_t s) {
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
   return stream_ok(s) ? cudaSuccess : set_error(cudaErrorInvalidResourceHandle);
+}
+
+struct EmuEvent {
+  bool recorded = false;
+  std::chrono::steady_clock::time_point at;
+};
+namespace {
+std::set<cudaEvent_t> events;
+bool event_ok(cudaEvent_t e) { return e != nullptr && events.count(e) != 0; }
+}  // namespace
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  if (!e) return set_error(cudaErrorInvalidValue);
+  *e = new EmuEvent;
+  events.insert(*e);
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  if (!event_ok(e)) return set_error(cudaErrorInvalidResourceHandle);
+  events.erase(e);
+  delete e;
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  if (!event_ok(e) || !stream_ok(s)) return set_error(cudaErrorInvalidResourceHandle);
+  e->recorded = true;
+  e->at = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  return event_ok(e) ? cudaSuccess : set_error(cudaErrorInvalidResourceHandle);
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  if (!ms) return set_error(cudaErrorInvalidValue);
+  if (!event_ok(start) || !event_ok(end) || !start->recorded || !end->recorded)
+    return set_error(cudaErrorInvalidResourceHandle);
+  *ms = std::chrono::duration<float, std::milli>(end->at - start->at).count();
+  return cudaSuccess;
+}
+cudaError_t cudaStreamIsCapturing(cudaStream_t s, cudaStreamCaptureStatus* status) {
+  if (!status) return set_error(cudaErrorInvalidValue);
+  if (!stream_ok(s)) return set_error(cudaErrorInvalidResourceHandle);
+  *status = cudaStreamCaptureStatusNone;
+  return cudaSuccess;
 }
 
 namespace emu {
