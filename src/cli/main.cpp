@@ -2,6 +2,7 @@
 // Errors print one line naming file/line/value and exit 1.
 #include <cblas.h>
 #include <omp.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -9,6 +10,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <cstdio>
@@ -27,6 +29,7 @@
 #include "ada/npy.hpp"
 #include "ada/retriever.hpp"
 #include "ada/train.hpp"
+#include "src/cli/serve.hpp"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -378,14 +381,75 @@ void print_timing(const RetrieveTiming& t) {
             << " (checkpoint loading and input parsing not included)\n";
 }
 
-// Input sequences for `ada retrieve`: --seq "3 17 42" or --input FILE with `user item item ...` lines.
-// Ids are the user's own when the model came with an item map.
-// An empty --seq "" is an empty history (a new user).
-int cmd_retrieve(const std::string& ckpt, bool seq_given, const std::string& seq_text, const std::string& input,
-                 int k, int T, bool as_json, bool timing, int threads, const RetrieverOptions& opt) {
-  set_threads(threads);
-  ADA_CHECK(seq_given != !input.empty(), "retrieve: give exactly one of --seq and --input");
-  AdaRetriever r = AdaRetriever::load(ckpt, opt);
+// Input sequences for `ada retrieve`: --seq "3 17 42" or --input FILE with `user item item ...` lines,
+// or with --serve such lines as they arrive (src/cli/serve.hpp). Ids are the user's own when the model
+// came with an item map. An empty --seq "" is an empty history (a new user).
+struct RetrieveArgs {
+  std::string ckpt, seq, input;
+  bool seq_given = false, serve = false, json = false, timing = false;
+  int k = 100, T = 5, threads = 0;
+};
+
+// `ada retrieve --serve`: parse_line reads a request line (false: blank), to_json and to_text
+// format an answer as `--json` and the plain output do. Returns the exit status: 1 when a request
+// failed (each got its error line), else 0.
+int serve_retrieve(
+    const RetrieveArgs& a, int64_t batch, AdaRetriever& r,
+    const std::function<bool(const std::string&, const std::string&, std::string&, std::vector<ItemId>&)>& parse_line,
+    const std::function<json(const std::string&, const std::vector<Retrieved>&)>& to_json,
+    const std::function<std::string(const std::string&, const std::vector<Retrieved>&)>& to_text) {
+  (void)AdaRetriever::round_sizes(a.k, a.T);  // k and T themselves, before any request
+  const bool from_stdin = a.input.empty() || a.input == "-";
+  const std::string where = from_stdin ? "stdin" : a.input;
+  int fd = 0;
+  if (!from_stdin) {
+    fd = ::open(a.input.c_str(), O_RDONLY | O_CLOEXEC);
+    ADA_CHECK(fd >= 0, a.input << ": cannot open: " << std::strerror(errno));
+  }
+  struct Close {
+    int fd;
+    ~Close() {
+      if (fd > 0) ::close(fd);
+    }
+  } close_fd{fd};
+  const int64_t n_items = r.num_items();
+  cli::ServeHooks h;
+  h.parse = [&](const std::string& line, int64_t line_no, std::string& user, std::vector<ItemId>& seq) {
+    const std::string at = where + ":" + std::to_string(line_no);
+    parse_line(line, at, user, seq);
+    // k against this history's candidates here, so that one such request does not fail its batch
+    std::vector<ItemId> distinct(seq);
+    std::sort(distinct.begin(), distinct.end());
+    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+    const int64_t candidates = n_items - 1 - int64_t(distinct.size());
+    ADA_CHECK(a.k <= candidates, at << ": k = " << a.k << " but the history leaves only " << candidates
+                                    << " candidate items");
+  };
+  h.answer = [&](const std::vector<std::vector<ItemId>>& seqs) { return r.retrieve_batch(seqs, a.k, a.T); };
+  h.format = [&](const std::string& user, const std::vector<Retrieved>& items) {
+    return a.json ? to_json(user, items).dump() : to_text(user, items);
+  };
+  h.format_error = [&](const std::string& user, int64_t line_no, const std::string& error) {
+    return a.json ? json{{"user", user}, {"line", line_no}, {"error", error}}.dump() : user + ": error: " + error;
+  };
+  cli::LineReader in(fd);
+  const cli::ServeStats st = cli::serve_lines(in, stdout, batch, h);
+  if (a.timing) print_timing(r.timing());
+  if (st.failed == 0) return 0;
+  std::ostringstream lines;
+  for (size_t i = 0; i < st.failed_lines.size(); ++i) lines << (i ? ", " : "") << st.failed_lines[i];
+  std::cerr << "ada: error: " << st.failed << " of " << st.requests << " requests failed (" << where << " lines "
+            << lines.str() << (st.failed > int64_t(st.failed_lines.size()) ? ", ..." : "") << ")\n";
+  return 1;
+}
+
+int cmd_retrieve(const RetrieveArgs& a, const RetrieverOptions& opt) {
+  set_threads(a.threads);
+  if (a.serve)
+    ADA_CHECK(!a.seq_given, "retrieve: --serve reads histories from --input (default: standard input), not --seq");
+  else
+    ADA_CHECK(a.seq_given != !a.input.empty(), "retrieve: give exactly one of --seq and --input (or --serve)");
+  AdaRetriever r = AdaRetriever::load(a.ckpt, opt);
   const std::vector<std::string>& names = r.item_names();
   std::map<std::string, ItemId> id_of;
   for (size_t i = 1; i < names.size(); ++i) id_of[names[i]] = ItemId(i);
@@ -402,51 +466,60 @@ int cmd_retrieve(const std::string& ckpt, bool seq_given, const std::string& seq
               where << ": item id \"" << tok << "\" is not an item of the model (1.." << r.num_items() - 1 << ")");
     return ItemId(v);
   };
+  // A `user item item ...` line; false for a blank one.
+  auto parse_line = [&](const std::string& line, const std::string& where, std::string& user,
+                        std::vector<ItemId>& seq) {
+    std::istringstream ls(line);
+    seq.clear();
+    if (!(ls >> user)) return false;
+    for (std::string tok; ls >> tok;) seq.push_back(parse_item(tok, where));
+    return true;
+  };
+  auto name = [&](ItemId id) { return names.empty() ? std::to_string(id) : names[size_t(id)]; };
+  auto to_json = [&](const std::string& user, const std::vector<Retrieved>& list) {
+    json items = json::array();
+    for (const Retrieved& x : list) {
+      const json item = names.empty() ? json(x.item) : json(name(x.item));
+      items.push_back({{"item", item}, {"score", x.score}, {"round", x.round}});
+    }
+    json o = {{"items", items}};
+    if (!user.empty()) o["user"] = user;
+    return o;
+  };
+  auto to_text = [&](const std::string& user, const std::vector<Retrieved>& list) {
+    std::string line = user.empty() ? "" : user + ":";
+    for (const Retrieved& x : list) line += " " + name(x.item);
+    return line;
+  };
+  r.set_timing(a.timing);
+  if (a.serve) return serve_retrieve(a, opt.batch, r, parse_line, to_json, to_text);
   std::vector<std::string> users;
   std::vector<std::vector<ItemId>> seqs;
-  if (seq_given) {
-    std::istringstream is(seq_text);
+  if (a.seq_given) {
+    std::istringstream is(a.seq);
     std::vector<ItemId> seq;
     for (std::string tok; is >> tok;) seq.push_back(parse_item(tok, "--seq"));
     users.push_back("");
     seqs.push_back(seq);
   } else {
-    std::istringstream is(read_file(input));
-    std::string line;
-    for (int ln = 1; std::getline(is, line); ++ln) {
-      std::istringstream ls(line);
-      std::string user;
-      if (!(ls >> user)) continue;
-      std::vector<ItemId> seq;
-      for (std::string tok; ls >> tok;) seq.push_back(parse_item(tok, input + ":" + std::to_string(ln)));
-      users.push_back(user);
-      seqs.push_back(seq);
-    }
-    ADA_CHECK(!seqs.empty(), input << ": no sequences");
-  }
-  r.set_timing(timing);
-  const auto results = r.retrieve_batch(seqs, k, T);
-  if (timing) print_timing(r.timing());
-  auto name = [&](ItemId id) { return names.empty() ? std::to_string(id) : names[size_t(id)]; };
-  if (as_json) {
-    json all = json::array();
-    for (size_t i = 0; i < results.size(); ++i) {
-      json items = json::array();
-      for (const Retrieved& x : results[i]) {
-        const json item = names.empty() ? json(x.item) : json(name(x.item));
-        items.push_back({{"item", item}, {"score", x.score}, {"round", x.round}});
+    std::istringstream is(read_file(a.input));
+    std::string line, user;
+    std::vector<ItemId> seq;
+    for (int ln = 1; std::getline(is, line); ++ln)
+      if (parse_line(line, a.input + ":" + std::to_string(ln), user, seq)) {
+        users.push_back(user);
+        seqs.push_back(seq);
       }
-      json o = {{"items", items}};
-      if (!users[i].empty()) o["user"] = users[i];
-      all.push_back(o);
-    }
-    std::cout << (seq_given ? all[0] : all).dump(2) << "\n";
+    ADA_CHECK(!seqs.empty(), a.input << ": no sequences");
+  }
+  const auto results = r.retrieve_batch(seqs, a.k, a.T);
+  if (a.timing) print_timing(r.timing());
+  if (a.json) {
+    json all = json::array();
+    for (size_t i = 0; i < results.size(); ++i) all.push_back(to_json(users[i], results[i]));
+    std::cout << (a.seq_given ? all[0] : all).dump(2) << "\n";
   } else {
-    for (size_t i = 0; i < results.size(); ++i) {
-      if (!users[i].empty()) std::cout << users[i] << ":";
-      for (const Retrieved& x : results[i]) std::cout << " " << name(x.item);
-      std::cout << "\n";
-    }
+    for (size_t i = 0; i < results.size(); ++i) std::cout << to_text(users[i], results[i]) << "\n";
   }
   return 0;
 }
@@ -661,21 +734,24 @@ int main(int argc, char** argv) {
   e->add_option("--total-k", eval_slices.total_k, "per-round analysis of a base model: K items in all")
       ->check(kPositive);
 
-  std::string ret_ckpt, ret_seq, ret_input;
-  int ret_k = 100, ret_T = 5, ret_threads = 0;
-  bool ret_json = false, ret_timing = false;
+  RetrieveArgs ret;
   auto* rt = app.add_subcommand("retrieve", "the next k items for histories, over T rounds (round order)");
-  rt->add_option("--checkpoint", ret_ckpt, "model.safetensors or its run folder (base or Ada)")->required();
+  rt->add_option("--checkpoint", ret.ckpt, "model.safetensors or its run folder (base or Ada)")->required();
   auto* ret_seq_opt =
-      rt->add_option("--seq", ret_seq, "one history: item ids separated by spaces, oldest first (\"\": a new user)");
-  rt->add_option("--input", ret_input, "a file of histories, `user item item ...` per line");
-  rt->add_option("-k", ret_k, "items to return")->check(kPositive);
-  rt->add_option("-T", ret_T, "rounds (k is split over them: the first k % T rounds get one more)")
+      rt->add_option("--seq", ret.seq, "one history: item ids separated by spaces, oldest first (\"\": a new user)");
+  rt->add_option("--input", ret.input, "a file of histories, `user item item ...` per line (with --serve: - or "
+                                       "absent is standard input)");
+  rt->add_flag("--serve", ret.serve,
+               "stay up: answer each line of --input as it arrives, one output line per request (JSON Lines "
+               "with --json), flushed per batch; a bad request gets an error line and the rest go on; exit 1 "
+               "at the end if any request failed");
+  rt->add_option("-k", ret.k, "items to return")->check(kPositive);
+  rt->add_option("-T", ret.T, "rounds (k is split over them: the first k % T rounds get one more)")
       ->check(kPositive);
-  rt->add_flag("--json", ret_json, "JSON with each item's score and round");
-  rt->add_flag("--timing", ret_timing,
+  rt->add_flag("--json", ret.json, "JSON with each item's score and round");
+  rt->add_flag("--timing", ret.timing,
                "print where the retrieval's time went to stderr: forward, device wait, searches, bookkeeping");
-  rt->add_option("--threads", ret_threads, "CPU threads");
+  rt->add_option("--threads", ret.threads, "CPU threads");
   RetrieverOptions ret_opt;
   rt->add_option("--device", ret_opt.device,
                  "cpu, or cuda: the model and every catalog search (the fused top-k kernel) on the GPU")
@@ -735,9 +811,10 @@ int main(int argc, char** argv) {
                                      eval_device);
     if (d->parsed()) return cmd_demo(demo_threads, demo_epochs, demo_out);
     if (ex->parsed()) return cmd_export(exp, exp_data);
-    if (rt->parsed())
-      return cmd_retrieve(ret_ckpt, ret_seq_opt->count() > 0, ret_seq, ret_input, ret_k, ret_T, ret_json, ret_timing,
-                          ret_threads, ret_opt);
+    if (rt->parsed()) {
+      ret.seq_given = ret_seq_opt->count() > 0;
+      return cmd_retrieve(ret, ret_opt);
+    }
   } catch (const std::exception& ex) {
     std::cerr << "ada: error: " << ex.what() << "\n";
     return 1;
