@@ -182,6 +182,30 @@ TEST_CASE("safetensors round trip of every dtype with metadata", "[data]") {
   }
 }
 
+// Tensors written from views (save_checkpoint's way: the parameters' memory, no copy) give the same
+// file as the same tensors in blobs; a view whose bytes disagree with its shape is refused by name.
+TEST_CASE("safetensors written from views equal the blobs' file", "[data]") {
+  TempDir dir;
+  const ada::SafeTensors st = sample_tensors();
+  ada::write_safetensors(dir.file("blobs.safetensors"), st);
+  std::map<std::string, ada::TensorView> views;
+  for (const auto& kv : st.tensors) views.emplace(kv.first, ada::view_of(kv.second));
+  ada::write_safetensors(dir.file("views.safetensors"), views, st.metadata);
+  CHECK(ada::read_file(dir.file("views.safetensors")) == ada::read_file(dir.file("blobs.safetensors")));
+  const std::vector<float> v = {1.5f, -2.25f, 3.0f};
+  const ada::TensorView f = ada::view_f32({3}, v.data());
+  CHECK(f.dtype == ada::DType::kF32);
+  CHECK(f.bytes == 12);
+  CHECK(f.data == v.data());
+  ada::write_safetensors(dir.file("one.safetensors"), {{"w", f}}, {});
+  CHECK(ada::read_safetensors(dir.file("one.safetensors")).at("w").to_f32() == v);
+  ada::TensorView bad = f;
+  bad.bytes = 8;
+  CHECK_THROWS_WITH(ada::write_safetensors(dir.file("bad.safetensors"), {{"w", bad}}, {}),
+                    Catch::Contains("bad.safetensors") && Catch::Contains("'w' holds 8 bytes"));
+  CHECK(!ada::file_exists(dir.file("bad.safetensors")));
+}
+
 TEST_CASE("safetensors reads through a pipe as from a file, and FileReader reads exact ranges", "[data]") {
   TempDir dir;
   const std::string path = dir.file("model.safetensors");

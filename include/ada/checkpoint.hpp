@@ -25,10 +25,10 @@ std::string model_info_to_json(const ModelInfo& info);
 ModelInfo model_info_from_json(const std::string& json, const std::string& where);
 
 // Writes params (float) + info atomically. `extra` tensors (e.g. optimizer moments) are added
-// under their own names; `extra_meta` adds metadata entries.
-// The host values of params are written: a model on a device calls params.pull() first.
+// under their own names; `extra_meta` adds metadata entries. Every tensor is written from where it
+// is (no copy). The host values of params are written: a model on a device calls params.pull() first.
 void save_checkpoint(const std::string& path, const ParamStore<float>& params, const ModelInfo& info,
-                     const std::map<std::string, TensorBlob>& extra = {},
+                     const std::map<std::string, TensorView>& extra = {},
                      const std::map<std::string, std::string>& extra_meta = {});
 
 // The configuration a checkpoint describes (metadata, else inferred from shapes). The SafeTensorsFile

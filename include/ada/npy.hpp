@@ -26,6 +26,9 @@ struct NpyArray {
   int64_t numel() const;
 };
 
+// The bytes before the values: magic, version, length and the padded header dict, for dtype "<f4"
+// or "<i4" (a writer can put the values after it from where they are).
+std::string npy_header(const std::string& descr, const std::vector<int64_t>& shape);
 // The whole file's bytes (header + data). shape () is a scalar (one value).
 std::string npy_encode(const float* data, const std::vector<int64_t>& shape);
 std::string npy_encode(const int32_t* data, const std::vector<int64_t>& shape);

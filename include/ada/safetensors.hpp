@@ -71,11 +71,25 @@ class SafeTensorsFile {
   uint64_t data_start_ = 0;
 };
 
+// A tensor's bytes where they already are (not owned; numel * dtype size of them): what a writer
+// needs, so that parameters or optimizer moments go into a file without a copy.
+struct TensorView {
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  const void* data = nullptr;
+  size_t bytes = 0;
+};
+TensorView view_of(const TensorBlob& b);
+TensorView view_f32(const std::vector<int64_t>& shape, const float* values);  // numel floats at values
+
 // Validates everything: file too short, header length beyond the file, JSON syntax, unknown dtype,
 // offsets out of order / overlapping / beyond the data / not matching shape*dtype size, trailing bytes.
 // Errors name the file and what is wrong.
 SafeTensors read_safetensors(const std::string& path);
-// Written atomically (fileio.hpp). Tensors in name order, data 8-byte aligned.
+// Written atomically (fileio.hpp). Tensors in name order, data 8-byte aligned. The views' bytes are
+// written where they are, with no whole-file or per-tensor copy.
 void write_safetensors(const std::string& path, const SafeTensors& st);
+void write_safetensors(const std::string& path, const std::map<std::string, TensorView>& tensors,
+                       const std::map<std::string, std::string>& metadata);
 
 }  // namespace ada

@@ -539,27 +539,41 @@ struct ExportArgs {
   int threads = 0;
 };
 
+// An output of `ada export`: `head`, then `bytes` bytes at `data` (written from where they are: the
+// model's item table is not copied).
+struct OutFile {
+  std::string path;
+  std::string head;  // an .npy header, or a whole text file
+  const void* data = nullptr;
+  size_t bytes = 0;
+};
+OutFile npy_file(const std::string& path, const float* values, const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return {path, npy_header("<f4", shape), values, size_t(n) * sizeof(float)};
+}
+
 // Writes all the files or none of them: each goes beside its target first (complete, via
 // write_file_atomic), and only when all are there are they renamed into place.
-void write_all_or_nothing(const std::vector<std::pair<std::string, std::string>>& files) {
+void write_all_or_nothing(const std::vector<OutFile>& files) {
   for (size_t i = 0; i < files.size(); ++i)
     for (size_t j = 0; j < i; ++j)
-      ADA_CHECK(files[i].first != files[j].first, "export: " << files[i].first << " is named for two outputs");
+      ADA_CHECK(files[i].path != files[j].path, "export: " << files[i].path << " is named for two outputs");
   for (const auto& f : files) {
-    const auto slash = f.first.find_last_of('/');
-    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : f.first.substr(0, slash);
+    const auto slash = f.path.find_last_of('/');
+    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : f.path.substr(0, slash);
     ADA_CHECK(::access(dir.c_str(), W_OK) == 0,
-              f.first << ": cannot write there (folder " << dir << ": " << std::strerror(errno) << ")");
+              f.path << ": cannot write there (folder " << dir << ": " << std::strerror(errno) << ")");
   }
   std::vector<std::string> staged;
   try {
-    for (const auto& [path, bytes] : files) {
-      write_file_atomic(path + ".export.tmp", bytes);
-      staged.push_back(path + ".export.tmp");
+    for (const OutFile& f : files) {
+      write_file_atomic(f.path + ".export.tmp", {{f.head.data(), f.head.size()}, {f.data, f.bytes}});
+      staged.push_back(f.path + ".export.tmp");
     }
     for (size_t i = 0; i < files.size(); ++i)
-      ADA_CHECK(std::rename(staged[i].c_str(), files[i].first.c_str()) == 0,
-                files[i].first << ": cannot write (" << std::strerror(errno) << ")");
+      ADA_CHECK(std::rename(staged[i].c_str(), files[i].path.c_str()) == 0,
+                files[i].path << ": cannot write (" << std::strerror(errno) << ")");
   } catch (...) {
     for (const std::string& tmp : staged) std::remove(tmp.c_str());
     throw;
@@ -571,9 +585,10 @@ int cmd_export(const ExportArgs& a, const DataArgs& da) {
   const std::string ckpt = checkpoint_path(a.ckpt);
   AdaRetriever r = AdaRetriever::load(ckpt);
   const int64_t N = r.num_items(), D = r.embedding_dim();
-  std::vector<std::pair<std::string, std::string>> files;
+  std::vector<OutFile> files;
+  std::vector<float> U;  // user vectors (kept until the files are written)
   std::ostringstream said;
-  files.emplace_back(a.out, npy_encode(r.item_embeddings(), {N, D}));
+  files.push_back(npy_file(a.out, r.item_embeddings(), {N, D}));
   said << "wrote " << a.out << ": item embeddings float32 [" << N << ", " << D << "] (row = item id, row 0 = padding)\n";
   const std::vector<std::string>& names = r.item_names();
   if (!names.empty()) {
@@ -581,13 +596,13 @@ int cmd_export(const ExportArgs& a, const DataArgs& da) {
     const std::string tsv_path = (npy_ext ? a.out.substr(0, a.out.size() - 4) : a.out) + ".tsv";
     std::string tsv;
     for (size_t i = 1; i < names.size(); ++i) tsv += std::to_string(i) + "\t" + names[i] + "\n";
-    files.emplace_back(tsv_path, tsv);
+    files.push_back({tsv_path, tsv});
     said << "wrote " << tsv_path << ": row -> your item id (" << names.size() - 1 << " items)\n";
   }
   if (!a.bias_out.empty()) {
     ADA_CHECK(r.item_bias() != nullptr,
               "export: --bias-out: " << ckpt << " has no item bias (its scores are <u, e_i> alone)");
-    files.emplace_back(a.bias_out, npy_encode(r.item_bias(), {N}));
+    files.push_back(npy_file(a.bias_out, r.item_bias(), {N}));
     said << "wrote " << a.bias_out << ": item bias float32 [" << N << "]\n";
   } else if (r.item_bias() != nullptr) {
     said << "note: the model has an item bias (score = <u, e_i> + b_i); --bias-out writes it\n";
@@ -615,16 +630,16 @@ int cmd_export(const ExportArgs& a, const DataArgs& da) {
     if (ds.dropped_users > 0)
       std::cerr << "note: " << da.path << ": " << ds.dropped_users
                 << " users with fewer than 3 items were left out by the loader\n";
-    const std::vector<float> U = r.user_vectors(ds.sequences, T);
+    U = r.user_vectors(ds.sequences, T);
     const int64_t B = int64_t(ds.sequences.size());
     const std::vector<int64_t> shape = T == 1 ? std::vector<int64_t>{B, D} : std::vector<int64_t>{B, T, D};
-    files.emplace_back(a.users_out, npy_encode(U.data(), shape));
+    files.push_back(npy_file(a.users_out, U.data(), shape));
     said << "wrote " << a.users_out << ": user vectors float32 [" << B << (T == 1 ? "" : ", " + std::to_string(T))
          << ", " << D << "]\n";
     if (!a.user_ids_out.empty()) {
       std::string ids;
       for (const std::string& u : ds.user_names) ids += u + "\n";
-      files.emplace_back(a.user_ids_out, ids);
+      files.push_back({a.user_ids_out, ids});
       said << "wrote " << a.user_ids_out << ": one user id per row of " << a.users_out << "\n";
     }
   }

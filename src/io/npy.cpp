@@ -41,9 +41,11 @@ int64_t numel_of(const std::vector<int64_t>& shape, const std::string& name) {
   return n;
 }
 
-std::string encode(const char* descr, const void* data, const std::vector<int64_t>& shape) {
-  const int64_t n = numel_of(shape, "npy");
-  ADA_CHECK(n == 0 || data != nullptr, "npy: no data for shape " << shape_repr(shape));
+}  // namespace
+
+std::string npy_header(const std::string& descr, const std::vector<int64_t>& shape) {
+  ADA_CHECK(descr == "<f4" || descr == "<i4", "npy: cannot write dtype " << descr);
+  numel_of(shape, "npy");  // (checks the shape)
   // numpy's _write_array_header: the dict with sorted keys, spare space for the first axis to grow,
   // then _wrap_header pads with spaces and '\n' to a multiple of 64 (always at least one space).
   std::string header = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': " +
@@ -58,15 +60,32 @@ std::string encode(const char* descr, const void* data, const std::vector<int64_
   header += '\n';
   ADA_CHECK(header.size() <= 65535, "npy: header of " << header.size() << " bytes does not fit format 1.0");
   std::string out;
-  out.reserve(prefix + header.size() + size_t(n) * 4);
+  out.reserve(prefix + header.size());
   out.append(kMagic, kMagicLen);
   out += char(1);
   out += char(0);
   out += char(header.size() & 0xff);
   out += char((header.size() >> 8) & 0xff);
   out += header;
+  return out;
+}
+
+namespace {
+
+std::string encode(const char* descr, const void* data, const std::vector<int64_t>& shape) {
+  const int64_t n = numel_of(shape, "npy");
+  ADA_CHECK(n == 0 || data != nullptr, "npy: no data for shape " << shape_repr(shape));
+  std::string out = npy_header(descr, shape);
   if (n > 0) out.append(static_cast<const char*>(data), size_t(n) * 4);
   return out;
+}
+
+// The header, then the values from where they are (no copy of the whole file).
+void write_pieces(const std::string& path, const char* descr, const void* data, const std::vector<int64_t>& shape) {
+  const int64_t n = numel_of(shape, "npy");
+  ADA_CHECK(n == 0 || data != nullptr, "npy: no data for shape " << shape_repr(shape));
+  const std::string header = npy_header(descr, shape);
+  write_file_atomic(path, {{header.data(), header.size()}, {data, size_t(n) * 4}});
 }
 
 // A tiny parser for the header dict numpy writes (a Python literal).
@@ -231,10 +250,10 @@ NpyArray npy_decode(const std::string& b, const std::string& name) {
 }
 
 void write_npy(const std::string& path, const float* data, const std::vector<int64_t>& shape) {
-  write_file_atomic(path, npy_encode(data, shape));
+  write_pieces(path, "<f4", data, shape);
 }
 void write_npy(const std::string& path, const int32_t* data, const std::vector<int64_t>& shape) {
-  write_file_atomic(path, npy_encode(data, shape));
+  write_pieces(path, "<i4", data, shape);
 }
 
 NpyArray read_npy(const std::string& path) { return npy_decode(read_file(path), path); }

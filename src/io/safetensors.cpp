@@ -369,20 +369,35 @@ SafeTensors read_safetensors(const std::string& path) {
   return st;
 }
 
+TensorView view_of(const TensorBlob& b) { return {b.dtype, b.shape, b.data.data(), b.data.size()}; }
+
+TensorView view_f32(const std::vector<int64_t>& shape, const float* values) {
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  return {DType::kF32, shape, values, size_t(std::max<int64_t>(numel, 0)) * sizeof(float)};
+}
+
 void write_safetensors(const std::string& path, const SafeTensors& st) {
+  std::map<std::string, TensorView> views;
+  for (const auto& kv : st.tensors) views.emplace(kv.first, view_of(kv.second));
+  write_safetensors(path, views, st.metadata);
+}
+
+void write_safetensors(const std::string& path, const std::map<std::string, TensorView>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
   Json header = Json::object();
   uint64_t offset = 0;
   // std::map iterates in byte-wise name order, which is the documented layout.
-  for (const auto& kv : st.tensors) {
+  for (const auto& kv : tensors) {
     const std::string& name = kv.first;
-    const TensorBlob& b = kv.second;
+    const TensorView& b = kv.second;
     ADA_CHECK(!name.empty(), path << ": cannot write a tensor with an empty name");
     ADA_CHECK(name != kMetadataKey, path << ": '" << kMetadataKey << "' is reserved and cannot name a tensor");
     int64_t numel = 0;
     ADA_CHECK(checked_numel(b.shape, numel),
               path << ": tensor '" << name << "' has an invalid shape " << shape_text(b.shape));
     const uint64_t need = uint64_t(numel) * dtype_size(b.dtype);
-    ADA_CHECK(b.data.size() == need, path << ": tensor '" << name << "' holds " << b.data.size()
+    ADA_CHECK(b.bytes == need, path << ": tensor '" << name << "' holds " << b.bytes
                                           << " bytes but shape " << shape_text(b.shape) << " "
                                           << dtype_name(b.dtype) << " needs " << need);
     Json entry = Json::object();
@@ -393,7 +408,7 @@ void write_safetensors(const std::string& path, const SafeTensors& st) {
     offset += need;
   }
   // Readers treat an empty __metadata__ as noise; write it only when there is something to say.
-  if (!st.metadata.empty()) header[kMetadataKey] = st.metadata;
+  if (!metadata.empty()) header[kMetadataKey] = metadata;
 
   std::string text;
   try {
@@ -408,7 +423,7 @@ void write_safetensors(const std::string& path, const SafeTensors& st) {
   // written as pieces: the length, the header, each tensor's bytes (no copy of the whole file)
   const uint64_t header_len = text.size();
   std::vector<ByteSpan> parts{{&header_len, kHeaderLengthBytes}, {text.data(), text.size()}};
-  for (const auto& kv : st.tensors) parts.push_back({kv.second.data.data(), kv.second.data.size()});
+  for (const auto& kv : tensors) parts.push_back({kv.second.data, kv.second.bytes});
   write_file_atomic(path, parts);
 }
 

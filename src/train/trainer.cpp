@@ -510,13 +510,20 @@ TrainReport train(TrainableModel& model, const Dataset& ds, const TrainOptions& 
     log(buf);
     if (write) {
       P.pull();
-      std::vector<float> m_host(static_cast<size_t>(n_flat)), v_host(static_cast<size_t>(n_flat));
-      mem_download(mem, m_host.data(), adam_m.data(), n_flat);
-      mem_download(mem, v_host.data(), adam_v.data(), n_flat);
-      std::map<std::string, TensorBlob> extra;
-      extra["adam.m"] = make_blob({n_flat}, m_host.data());
-      extra["adam.v"] = make_blob({n_flat}, v_host.data());
-      save_checkpoint(state_path, P, info, extra, {{"trainer", state_json(st)}});
+      // the moments are written from where they are on the CPU; from a device, through host copies
+      std::vector<float> m_host, v_host;
+      const float* m = adam_m.data();
+      const float* v = adam_v.data();
+      if (mem) {
+        m_host.resize(static_cast<size_t>(n_flat));
+        v_host.resize(static_cast<size_t>(n_flat));
+        mem_download(mem, m_host.data(), m, n_flat);
+        mem_download(mem, v_host.data(), v, n_flat);
+        m = m_host.data();
+        v = v_host.data();
+      }
+      save_checkpoint(state_path, P, info, {{"adam.m", view_f32({n_flat}, m)}, {"adam.v", view_f32({n_flat}, v)}},
+                      {{"trainer", state_json(st)}});
     }
   }
   st.report.train_seconds = train_seconds_before + seconds_since(train_t0);
