@@ -534,42 +534,52 @@ TEST_CASE("AdaRetriever on device cuda: the model on the GPU, lists exact for it
   }
   CHECK(rs.user_vectors(seqs, T) == ug);  // one GPU model: the same forward either way
 
-  // For the GPU's own vectors, the lists are exact: the CPU searcher's, round by round (history and
-  // earlier rounds excluded), scores bit for bit, from the kernel and from the GPU shards alike.
+  // For the GPU's own vectors (of a batch of these histories), the lists are exact: the CPU
+  // searcher's, round by round (history and earlier rounds excluded), scores bit for bit.
   auto exact = ada::make_cpu_searcher(rg.item_embeddings(), rg.item_bias(), 1, c.n_items, D);
   const std::vector<int> ks = ada::AdaRetriever::round_sizes(k, T);
-  std::vector<std::vector<ada::Retrieved>> want(seqs.size());
-  std::vector<std::vector<ItemId>> earlier(seqs.size());
-  ada::Ragged hist;
-  for (const auto& s : seqs) hist.push_row(s.data(), s.data() + s.size());
-  for (int t = 0; t < T; ++t) {
-    std::vector<float> U(size_t(B * D));  // round t's vectors, [B, D] (user_vectors is [B, T, D])
-    for (int64_t b = 0; b < B; ++b)
-      std::copy_n(ug.begin() + long((b * T + t) * D), D, U.begin() + long(b * D));
-    ada::Ragged extra;
-    for (const auto& e : earlier) extra.push_row(e.data(), e.data() + e.size());
-    const ada::TopkLists top = exact->search(U.data(), B, ks[size_t(t)], hist, &extra);
-    for (int64_t b = 0; b < B; ++b)
-      for (int i = 0; i < ks[size_t(t)]; ++i) {
-        const size_t at = size_t(b * ks[size_t(t)] + i);
-        want[size_t(b)].push_back({top.ids[at], top.scores[at], t});
-        earlier[size_t(b)].push_back(top.ids[at]);
-      }
-  }
-  // The third pass: the kernel with the serving timing on (each search first waits for the device).
-  for (int pass = 0; pass < 3; ++pass) {
-    ada::AdaRetriever* r = pass == 1 ? &rs : &rg;
-    if (pass == 2) rg.set_timing(true);
-    const auto got = r->retrieve_batch(seqs, k, T);
-    for (size_t b = 0; b < seqs.size(); ++b) {
+  auto expected = [&](const std::vector<std::vector<ItemId>>& batch, const std::vector<float>& u) {
+    const int64_t nb = int64_t(batch.size());
+    std::vector<std::vector<ada::Retrieved>> want(batch.size());
+    std::vector<std::vector<ItemId>> earlier(batch.size());
+    ada::Ragged hist;
+    for (const auto& s : batch) hist.push_row(s.data(), s.data() + s.size());
+    for (int t = 0; t < T; ++t) {
+      std::vector<float> U(size_t(nb * D));  // round t's vectors, [B, D] (user_vectors is [B, T, D])
+      for (int64_t b = 0; b < nb; ++b)
+        std::copy_n(u.begin() + long((b * T + t) * D), D, U.begin() + long(b * D));
+      ada::Ragged extra;
+      for (const auto& e : earlier) extra.push_row(e.data(), e.data() + e.size());
+      const ada::TopkLists top = exact->search(U.data(), nb, ks[size_t(t)], hist, &extra);
+      for (int64_t b = 0; b < nb; ++b)
+        for (int i = 0; i < ks[size_t(t)]; ++i) {
+          const size_t at = size_t(b * ks[size_t(t)] + i);
+          want[size_t(b)].push_back({top.ids[at], top.scores[at], t});
+          earlier[size_t(b)].push_back(top.ids[at]);
+        }
+    }
+    return want;
+  };
+  auto check = [&](const std::vector<std::vector<ada::Retrieved>>& got,
+                   const std::vector<std::vector<ada::Retrieved>>& want, const std::string& what) {
+    REQUIRE(got.size() == want.size());
+    for (size_t b = 0; b < got.size(); ++b) {
       REQUIRE(got[b].size() == want[b].size());
       for (size_t i = 0; i < got[b].size(); ++i) {
-        INFO((pass == 0 ? "kernel" : pass == 1 ? "shards" : "kernel, timed") << ": user " << b << " position " << i);
+        INFO(what << ": user " << b << " position " << i);
         REQUIRE(got[b][i].item == want[b][i].item);
         REQUIRE(got[b][i].score == want[b][i].score);
         REQUIRE(got[b][i].round == want[b][i].round);
       }
     }
+  };
+  const std::vector<std::vector<ada::Retrieved>> want = expected(seqs, ug);
+  // From the kernel, from the GPU shards, and from the kernel with the serving timing on (each
+  // search first waits for the device).
+  for (int pass = 0; pass < 3; ++pass) {
+    ada::AdaRetriever* r = pass == 1 ? &rs : &rg;
+    if (pass == 2) rg.set_timing(true);
+    check(r->retrieve_batch(seqs, k, T), want, pass == 0 ? "kernel" : pass == 1 ? "shards" : "kernel, timed");
   }
   const ada::RetrieveTiming tm = rg.timing();
   REQUIRE(tm.calls == 1);
@@ -579,6 +589,15 @@ TEST_CASE("AdaRetriever on device cuda: the model on the GPU, lists exact for it
   REQUIRE(tm.wait_s >= 0.0);
   REQUIRE(tm.host_s >= 0.0);
   REQUIRE(tm.forward_s + tm.wait_s + tm.search_s + tm.host_s + tm.request_s == Approx(tm.total_s).epsilon(1e-9));
+  rg.set_timing(false);
+  // Served as `ada retrieve --serve` does: batches that shrink and grow on the same model (its device
+  // buffers reused), each exact for the vectors of its own batch.
+  for (const std::vector<size_t>& rows : std::vector<std::vector<size_t>>{{2}, {3, 0}, {1}, {0, 1, 2, 3}, {3}}) {
+    std::vector<std::vector<ItemId>> batch;
+    for (size_t i : rows) batch.push_back(seqs[i]);
+    check(rg.retrieve_batch(batch, k, T), expected(batch, rg.user_vectors(batch, T)),
+          "a batch of " + std::to_string(rows.size()));
+  }
   // The host tables are the checkpoint's (for export and external indexes).
   REQUIRE(std::equal(rg.item_embeddings(), rg.item_embeddings() + c.n_items * D, rc.item_embeddings()));
 }
