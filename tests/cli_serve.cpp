@@ -171,12 +171,14 @@ TEST_CASE("ada retrieve --serve answers each request as it arrives and reports b
     CHECK(err.find("1 of 3 requests failed (stdin lines 2)") != std::string::npos);
   }
   {  // JSON Lines errors; k above a history's candidates fails that request only
-    write_file_atomic(in, "u1 1 2 3\nu2 7\nu3 99999\n");  // 1,500 items: u1 leaves 1,497
+    // 1,500 items: u1 leaves 1,497; u4's id has a NUL byte inside
+    const char lines[] = "u1 1 2 3\nu2 7\nu3 99999\nu4 12\0x\n";
+    write_file_atomic(in, std::string(lines, sizeof lines - 1));
     const Run r = run_ada("retrieve --checkpoint " + (dir / "m").string() + " -k 1498 -T 2 --serve --json --input " + in);
     INFO(r.out);
     CHECK(r.code == 1);
     const std::vector<std::string> out = lines_of(r.out);
-    REQUIRE(out.size() >= 3);
+    REQUIRE(out.size() == 5);  // four answers, then the summary on stderr (run_ada merges the two)
     const nlohmann::json e1 = nlohmann::json::parse(out[0]), ok = nlohmann::json::parse(out[1]),
                          e3 = nlohmann::json::parse(out[2]);
     CHECK(e1["user"] == "u1");
@@ -186,7 +188,10 @@ TEST_CASE("ada retrieve --serve answers each request as it arrives and reports b
     CHECK(ok["items"].size() == 1498);
     CHECK(e3["line"] == 3);
     CHECK(e3["error"].get<std::string>().find("99999") != std::string::npos);
-    CHECK(r.out.find("2 of 3 requests failed") != std::string::npos);
+    const nlohmann::json e4 = nlohmann::json::parse(out[3]);
+    CHECK(e4["line"] == 4);
+    CHECK(e4["error"].get<std::string>().find("is not an item of the model") != std::string::npos);
+    CHECK(r.out.find("3 of 4 requests failed") != std::string::npos);
   }
   {  // what --serve refuses before serving
     const Run seq = run_ada("retrieve" + ck + "--serve --seq \"3\"");

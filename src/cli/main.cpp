@@ -462,7 +462,7 @@ int cmd_retrieve(const RetrieveArgs& a, const RetrieverOptions& opt) {
     char* end = nullptr;
     errno = 0;
     const long v = std::strtol(tok.c_str(), &end, 10);
-    ADA_CHECK(end && *end == 0 && errno == 0 && v >= 1 && v < r.num_items(),
+    ADA_CHECK(end == tok.c_str() + tok.size() && errno == 0 && v >= 1 && v < r.num_items(),
               where << ": item id \"" << tok << "\" is not an item of the model (1.." << r.num_items() - 1 << ")");
     return ItemId(v);
   };
