@@ -190,7 +190,7 @@ TEST_CASE("ada retrieve --serve answers each request as it arrives and reports b
     CHECK(e3["error"].get<std::string>().find("99999") != std::string::npos);
     const nlohmann::json e4 = nlohmann::json::parse(out[3]);
     CHECK(e4["line"] == 4);
-    CHECK(e4["error"].get<std::string>().find("is not an item of the model") != std::string::npos);
+    CHECK(e4["error"].get<std::string>().find("item id \"12\\x00x\" is not an item of the model") != std::string::npos);
     CHECK(r.out.find("3 of 4 requests failed") != std::string::npos);
   }
   {  // what --serve refuses before serving

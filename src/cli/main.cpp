@@ -453,17 +453,31 @@ int cmd_retrieve(const RetrieveArgs& a, const RetrieverOptions& opt) {
   const std::vector<std::string>& names = r.item_names();
   std::map<std::string, ItemId> id_of;
   for (size_t i = 1; i < names.size(); ++i) id_of[names[i]] = ItemId(i);
+  // (a token is quoted in errors with its control bytes escaped: what() ends at a NUL)
+  auto quoted = [](const std::string& tok) {
+    std::string q = "\"";
+    for (const unsigned char ch : tok) {
+      if (ch >= 0x20 && ch != 0x7f) {
+        q += char(ch);
+      } else {
+        char hex[8];
+        std::snprintf(hex, sizeof hex, "\\x%02x", ch);
+        q += hex;
+      }
+    }
+    return q + "\"";
+  };
   auto parse_item = [&](const std::string& tok, const std::string& where) -> ItemId {
     if (!names.empty()) {
       auto f = id_of.find(tok);
-      ADA_CHECK(f != id_of.end(), where << ": item \"" << tok << "\" is not in the model's item map");
+      ADA_CHECK(f != id_of.end(), where << ": item " << quoted(tok) << " is not in the model's item map");
       return f->second;
     }
     char* end = nullptr;
     errno = 0;
     const long v = std::strtol(tok.c_str(), &end, 10);
     ADA_CHECK(end == tok.c_str() + tok.size() && errno == 0 && v >= 1 && v < r.num_items(),
-              where << ": item id \"" << tok << "\" is not an item of the model (1.." << r.num_items() - 1 << ")");
+              where << ": item id " << quoted(tok) << " is not an item of the model (1.." << r.num_items() - 1 << ")");
     return ItemId(v);
   };
   // A `user item item ...` line; false for a blank one.
