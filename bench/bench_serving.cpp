@@ -10,6 +10,11 @@
 //   BM_user_vectors/<device>/<N>/<B>   the model's part alone: forward() of the T rounds with its
 //                                      T - 1 context searches (BM_retrieve runs T searches in all,
 //                                      each giving a round's list and the next round's context)
+//   BM_batching/<device>/<N>/<how>/threads:<n>  n threads at once, each sending one history at a
+//                                      time through one model: how 0 = each takes a mutex and calls
+//                                      retrieve_scored (B = 1), 1 = a BatchingRetriever (one worker
+//                                      serves the waiting requests as one batch); requests/s, and
+//                                      the mean and largest batch
 //   BM_retrieve_phases/<device>/<N>/<B>  BM_retrieve with AdaRetriever's timing on: where a call's
 //                                      time goes (ms per call: forward launches or CPU forward,
 //                                      wait for the device, searches, bookkeeping, request), as the
@@ -19,10 +24,13 @@
 
 #include <filesystem>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 
 #include "ada/ada_model.hpp"
+#include "ada/batching.hpp"
 #include "ada/checkpoint.hpp"
 #include "ada/device.hpp"
 #include "ada/retriever.hpp"
@@ -165,6 +173,58 @@ void BM_retrieve_phases(benchmark::State& st) {
   st.SetLabel("ms per call and searches per call");  // no comma: CSV
 }
 
+// One model shared by the row's threads (made by thread 0 before the loop, whose start and end
+// every thread meets).
+struct SharedModel {
+  std::optional<AdaRetriever> model;
+  std::unique_ptr<BatchingRetriever> server;
+  std::mutex mu;
+  std::vector<std::vector<ItemId>> seqs;
+};
+
+void BM_batching(benchmark::State& st) {
+  static SharedModel* sh = nullptr;
+  const int mode = int(st.range(0));
+  const bool batching = st.range(2) == 1;
+  if (st.thread_index() == 0) {
+    sh = nullptr;
+    if (mode < 2 || cuda_device_count() > 0) {
+      RetrieverOptions o;
+      o.device = mode >= 2 ? "cuda" : "cpu";
+      sh = new SharedModel;
+      sh->model.emplace(AdaRetriever::load(checkpoint_for(int32_t(st.range(1))), o));
+      sh->seqs = histories(1024, int32_t(st.range(1)));
+      for (int i = 0; i < 3; ++i) sh->model->retrieve_scored(sh->seqs[size_t(i)], 100, 5);  // first calls untimed
+      if (batching) sh->server = std::make_unique<BatchingRetriever>(*sh->model, 100, 5);
+    }
+  }
+  size_t i = size_t(st.thread_index());
+  for (auto _ : st) {
+    if (!sh) {
+      st.SkipWithError("no CUDA device");
+      break;
+    }
+    const std::vector<ItemId>& seq = sh->seqs[i % sh->seqs.size()];
+    i += size_t(st.threads());
+    if (batching) {
+      benchmark::DoNotOptimize(sh->server->retrieve(seq));
+    } else {
+      const std::lock_guard<std::mutex> lock(sh->mu);
+      benchmark::DoNotOptimize(sh->model->retrieve_scored(seq, 100, 5));
+    }
+  }
+  st.SetItemsProcessed(int64_t(st.iterations()));  // summed over the threads: requests/s
+  if (st.thread_index() == 0 && sh) {
+    if (sh->server) {
+      const BatchingRetriever::Stats s = sh->server->stats();
+      st.counters["mean_batch"] = s.batches > 0 ? double(s.requests) / double(s.batches) : 0.0;
+      st.counters["largest_batch"] = double(s.largest);
+    }
+    delete sh;
+    sh = nullptr;
+  }
+}
+
 void grid(benchmark::internal::Benchmark* b) {
   for (int mode : {0, 1, 2, 3})
     for (int64_t N : {12101, 1000000})
@@ -193,6 +253,9 @@ void phases_grid(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_retrieve_phases)->Apply(phases_grid);
 BENCHMARK(BM_retrieve)->Apply(grid);
 BENCHMARK(BM_user_vectors)->Apply(grid);
+// CPU: 12,101 items, 8 threads; GPU: 1M items, 64 threads
+BENCHMARK(BM_batching)->Args({0, 12101, 0})->Args({0, 12101, 1})->Threads(8)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_batching)->Args({2, 1000000, 0})->Args({2, 1000000, 1})->Threads(64)->UseRealTime()->MinTime(0.5);
 
 }  // namespace
 

@@ -3,9 +3,14 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <filesystem>
+#include <random>
 #include <set>
+#include <string>
+#include <thread>
 
+#include "ada/batching.hpp"
 #include "ada/checkpoint.hpp"
 #include "ada/eval.hpp"
 #include "ada/retriever.hpp"
@@ -313,4 +318,86 @@ TEST_CASE("retrieve_batch's timing is off by default, counts calls, users and se
     r.retrieve_batch(seqs, 13, 3);
     REQUIRE(r.timing().calls == 0);
   }
+}
+
+namespace {
+
+// got equals want but for near ties: the same rounds, scores within tol, and an item in another
+// place only where want has it in the same round with a score within tol of got's.
+void check_up_to_ties(const std::vector<Retrieved>& got, const std::vector<Retrieved>& want, float tol) {
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    INFO("position " << i << ": item " << got[i].item << " score " << got[i].score << ", want item "
+                     << want[i].item << " score " << want[i].score);
+    REQUIRE(got[i].round == want[i].round);
+    REQUIRE(std::abs(got[i].score - want[i].score) <= tol * (1.0f + std::abs(want[i].score)));
+    if (got[i].item == want[i].item) continue;
+    const auto same = std::find_if(want.begin(), want.end(), [&](const Retrieved& w) {
+      return w.item == got[i].item && w.round == got[i].round &&
+             std::abs(w.score - got[i].score) <= tol * (1.0f + std::abs(got[i].score));
+    });
+    REQUIRE(same != want.end());
+  }
+}
+
+}  // namespace
+
+// BatchingRetriever: eight threads' requests through one model, served by one worker in batches of
+// at most max_batch; every answer is its own request's (what a lone retrieve() gives, up to the
+// rounding of another batch shape), a bad request throws in its own thread only, and the counts add
+// up. (That batches form under load is a matter of timing, measured by bench_serving's
+// BM_batching rows, not asserted here.)
+TEST_CASE("BatchingRetriever: many threads through one model, each answer the request's own", "[model]") {
+  const Checkpoints ck;
+  AdaRetriever r = AdaRetriever::load(ck.ada);
+  const int k = 12, T = 3;
+  std::mt19937 rng(5);
+  std::uniform_int_distribution<int> len(0, 9), item(1, 60);
+  std::vector<std::vector<ItemId>> seqs(64);
+  for (auto& s : seqs) {
+    s.resize(size_t(len(rng)));
+    for (ItemId& x : s) x = ItemId(item(rng));
+  }
+  std::vector<std::vector<Retrieved>> want;
+  for (const auto& s : seqs) want.push_back(r.retrieve_scored(s, k, T));
+
+  std::vector<std::vector<Retrieved>> got(seqs.size());
+  std::vector<std::string> refused(8);
+  BatchingRetriever::Stats st;
+  {
+    BatchingRetriever server(r, k, T, 8);
+    std::vector<std::thread> threads;
+    for (size_t w = 0; w < 8; ++w)
+      threads.emplace_back([&, w] {  // (no Catch assertions off the main thread)
+        for (size_t i = w; i < seqs.size(); i += 8) {
+          got[i] = server.retrieve(seqs[i]);
+          if (i == w) try {
+              server.retrieve({3, 61});  // item 61 is beyond the catalog
+            } catch (const Error& e) {
+              refused[w] = e.what();
+            }
+        }
+      });
+    for (auto& t : threads) t.join();
+    st = server.stats();
+  }
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    INFO("request " << i);
+    check_rules(got[i], seqs[i], k, T);
+    check_up_to_ties(got[i], want[i], 1e-4f);
+  }
+  for (const std::string& e : refused) CHECK(e.find("item id 61 is not in the catalog 1..60") != std::string::npos);
+  CHECK(st.requests == 64);
+  CHECK(st.batches >= 8);  // at most 8 requests a batch
+  CHECK(st.batches <= 64);
+  CHECK(st.largest >= 1);
+  CHECK(st.largest <= 8);
+
+  // k above a history's candidates fails that request alone; bad settings are refused
+  BatchingRetriever wide(r, 58, 2);
+  CHECK_THROWS_WITH(wide.retrieve({1, 2, 3}), Catch::Contains("k = 58 but the history leaves only 57"));
+  CHECK(wide.retrieve({1, 2}).size() == 58);
+  CHECK_THROWS_WITH(BatchingRetriever(r, 3, 0), Catch::Contains("T must be >= 1"));
+  CHECK_THROWS_WITH(BatchingRetriever(r, 3, 4), Catch::Contains("T = 4 rounds"));
+  CHECK_THROWS_WITH(BatchingRetriever(r, 3, 1, 0), Catch::Contains("max_batch must be >= 1"));
 }
