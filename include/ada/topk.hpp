@@ -93,11 +93,12 @@ constexpr int kGpuTopkMaxK = 1024;
 // choice, for tests and benchmarks; each left at its default (auto) is autotuned: the first search
 // of a kind (device, batch size rounded up to a power of two, catalog range, D, k rounded up to a
 // power of two, bias or not) times every launch the auto switches allow on its own inputs, waiting
-// for them (once per kind: about 2-20 times that search's time), and every later search of that
-// kind takes the fastest. Without tuning, fixed rules choose (below). The lists never depend on it.
+// for them (once per kind: up to about 17 times that search's time for a search of 2 ms or more,
+// 49 for a short one), and every later search of that kind takes the fastest. Without tuning,
+// fixed rules choose (below). The lists never depend on it.
 // Off: set_gpu_topk_autotune(TopkAutotune::kOff), or ADA_TOPK_AUTOTUNE=0 in the environment
-// (until set, the environment's: 0, 1 or verbose; unset: on). kVerbose: each tuning is also
-// described on stderr. A search on a stream being captured into a CUDA graph never tunes. Changing
+// (until set, the environment's: 0, 1 or verbose; unset: on; another value makes GPU searches
+// throw ada::Error naming it). kVerbose: each tuning is also described on stderr. A search on a stream being captured into a CUDA graph never tunes. Changing
 // this or any switch below forgets the tunings. Process-wide; no-ops without CUDA (kOff there).
 enum class TopkAutotune { kOff, kOn, kVerbose };
 void set_gpu_topk_autotune(TopkAutotune mode);
