@@ -98,8 +98,9 @@ constexpr int kGpuTopkMaxK = 1024;
 // fixed rules choose (below). The lists never depend on it.
 // Off: set_gpu_topk_autotune(TopkAutotune::kOff), or ADA_TOPK_AUTOTUNE=0 in the environment
 // (until set, the environment's: 0, 1 or verbose; unset: on; another value makes GPU searches
-// throw ada::Error naming it). kVerbose: each tuning is also described on stderr. A search on a stream being captured into a CUDA graph never tunes. Changing
-// this or any switch below forgets the tunings. Process-wide; no-ops without CUDA (kOff there).
+// throw ada::Error naming it). kVerbose: each tuning is also described on stderr. A search on a
+// stream being captured into a CUDA graph never tunes. Changing this or any switch below forgets
+// the tunings. Process-wide; no-ops without CUDA (kOff there).
 enum class TopkAutotune { kOff, kOn, kVerbose };
 void set_gpu_topk_autotune(TopkAutotune mode);
 TopkAutotune gpu_topk_autotune();
