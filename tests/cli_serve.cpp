@@ -2,6 +2,8 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -9,6 +11,8 @@
 #include <cerrno>
 #include <chrono>
 #include <csignal>
+#include <cstring>
+#include <thread>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -31,6 +35,51 @@ std::vector<std::string> lines_of(const std::string& text) {
   for (std::string line; std::getline(is, line);) out.push_back(line);
   return out;
 }
+
+// The next line from fd (buf keeps what came after it), waiting at most `seconds`; "<timeout>" or
+// "<eof>" otherwise.
+std::string next_line(int fd, std::string& buf, int seconds) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+  for (;;) {
+    const size_t nl = buf.find('\n');
+    if (nl != std::string::npos) {
+      std::string line = buf.substr(0, nl);
+      buf.erase(0, nl + 1);
+      return line;
+    }
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return "<timeout>";
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, int(left.count())) <= 0) continue;
+    char chunk[4096];
+    const ssize_t n = ::read(fd, chunk, sizeof chunk);
+    if (n <= 0) return "<eof>";
+    buf.append(chunk, size_t(n));
+  }
+}
+
+// A client of `ada retrieve --listen`: a connection to its socket.
+class Client {
+ public:
+  explicit Client(const std::string& path) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    REQUIRE(fd_ >= 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    REQUIRE(path.size() < sizeof a.sun_path);
+    std::memcpy(a.sun_path, path.c_str(), path.size() + 1);
+    REQUIRE(::connect(fd_, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0);
+  }
+  ~Client() { ::close(fd_); }
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+  void send(const std::string& text) { REQUIRE(::send(fd_, text.data(), text.size(), MSG_NOSIGNAL) == ssize_t(text.size())); }
+  std::string read_line() { return next_line(fd_, buf_, 120); }
+
+ private:
+  int fd_ = -1;
+  std::string buf_;
+};
 
 // `ada` with its standard input, output and error on pipes, so that a test can talk to it a line at
 // a time.
@@ -80,30 +129,13 @@ class Child {
   void send(const std::string& text) {
     REQUIRE(::write(in_, text.data(), text.size()) == ssize_t(text.size()));
   }
+  void signal(int sig) { ::kill(pid_, sig); }
   void close_input() {
     if (in_ >= 0) ::close(in_);
     in_ = -1;
   }
   // The next line of standard output, waiting at most `seconds`; "<timeout>" or "<eof>" otherwise.
-  std::string read_line(int seconds = 120) {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
-    for (;;) {
-      const size_t nl = buf_.find('\n');
-      if (nl != std::string::npos) {
-        std::string line = buf_.substr(0, nl);
-        buf_.erase(0, nl + 1);
-        return line;
-      }
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
-      if (left.count() <= 0) return "<timeout>";
-      pollfd p{out_, POLLIN, 0};
-      if (::poll(&p, 1, int(left.count())) <= 0) continue;
-      char chunk[4096];
-      const ssize_t n = ::read(out_, chunk, sizeof chunk);
-      if (n <= 0) return "<eof>";
-      buf_.append(chunk, size_t(n));
-    }
-  }
+  std::string read_line(int seconds = 120) { return next_line(out_, buf_, seconds); }
   // Waits for the exit; returns the status and standard error.
   int wait(std::string& err) {
     close_input();
@@ -202,6 +234,69 @@ TEST_CASE("ada retrieve --serve answers each request as it arrives and reports b
     const Run missing = run_ada("retrieve" + ck + "--serve --input " + (dir / "none.txt").string());
     CHECK(missing.code != 0);
     CHECK(missing.out.find("none.txt: cannot open") != std::string::npos);
+  }
+  fs::remove_all(dir);
+}
+
+// --listen: a Unix-domain socket whose connections send request lines and read answer lines, their
+// requests served through one model (a BatchingRetriever); a lone request is answered at once and
+// equals a one-history --seq call; a bad request gets its error line on its own connection; a second
+// server on a live socket is refused, a stale socket file is replaced, any other file is left alone;
+// SIGTERM stops the server with status 0, a count of what it served, and the socket removed.
+TEST_CASE("ada retrieve --listen serves connections through one model and stops cleanly on SIGTERM", "[cli]") {
+  const fs::path dir = fs::temp_directory_path() / ("ada_cli_listen_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string model = (dir / "m").string();
+  const Run t = run_ada("train --ada --rounds 2 --total-k 10 --out " + model +
+                        " --epochs 2 --max-batches 3 --hidden 16 --heads 2 --inner 32 --threads 2 --seed 9");
+  INFO(t.out);
+  REQUIRE(t.code == 0);
+  const std::string sock = (dir / "ada.sock").string();
+  auto wait_for_socket = [&] {
+    for (int i = 0; i < 600 && !fs::is_socket(sock); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    return fs::is_socket(sock);
+  };
+  {  // a stale socket file (its server gone) is replaced
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::memcpy(a.sun_path, sock.c_str(), sock.size() + 1);
+    REQUIRE(::bind(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0);
+    ::close(fd);
+    REQUIRE(fs::is_socket(sock));
+  }
+  Child server({"retrieve", "--checkpoint", model, "-k", "7", "-T", "2", "--listen", sock});
+  REQUIRE(wait_for_socket());
+  {
+    const std::string ck = " --checkpoint " + model + " -k 7 -T 2 ";
+    const Run one = run_ada("retrieve" + ck + "--seq \"3 17\"");
+    const Run three = run_ada("retrieve" + ck + "--seq \"5 6 7 8 9\"");
+    REQUIRE(one.code == 0);
+    REQUIRE(three.code == 0);
+    Client a(sock), b(sock);
+    a.send("alice 3 17\n");
+    CHECK(a.read_line() == "alice:" + lines_of(one.out).at(0));
+    b.send("bob 4 x9\ncarol 5 6 7 8 9\n");
+    CHECK(b.read_line().rfind("bob: error: " + sock + ":1: item id \"x9\"", 0) == 0);
+    CHECK(b.read_line() == "carol:" + lines_of(three.out).at(0));
+    // a second server on the live socket is refused
+    const Run second = run_ada("retrieve" + ck + "--listen " + sock);
+    CHECK(second.code != 0);
+    CHECK(second.out.find("another server is listening there") != std::string::npos);
+  }
+  server.signal(SIGTERM);
+  std::string err;
+  CHECK(server.wait(err) == 0);
+  INFO(err);
+  CHECK(err.find("served 3 requests (1 refused)") != std::string::npos);
+  CHECK(!fs::exists(sock));
+  {  // any other file at the path is an error, and stays
+    write_file_atomic(sock, "not a socket\n");
+    const Run r = run_ada("retrieve --checkpoint " + model + " -k 7 -T 2 --listen " + sock);
+    CHECK(r.code != 0);
+    CHECK(r.out.find("exists and is not a socket") != std::string::npos);
+    CHECK(ada::read_file(sock) == "not a socket\n");
   }
   fs::remove_all(dir);
 }

@@ -42,6 +42,9 @@ class BatchingRetriever {
 
   // Thread-safe. Blocks until the request's batch is served.
   std::vector<Retrieved> retrieve(std::vector<ItemId> user_seq);
+  // The same without waiting: the request is checked (ada::Error here) and queued; the future holds
+  // its answer, or its batch's error. A caller with several requests submits them all, then waits.
+  std::future<std::vector<Retrieved>> submit(std::vector<ItemId> user_seq);
 
   struct Stats {
     int64_t requests = 0;   // served (a request refused by its checks is not counted)

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <cstdio>
@@ -19,6 +20,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "ada/batching.hpp"
 #include "ada/check.hpp"
 #include "ada/checkpoint.hpp"
 #include "ada/cuda_backend.hpp"
@@ -385,7 +387,7 @@ void print_timing(const RetrieveTiming& t) {
 // or with --serve such lines as they arrive (src/cli/serve.hpp). Ids are the user's own when the model
 // came with an item map. An empty --seq "" is an empty history (a new user).
 struct RetrieveArgs {
-  std::string ckpt, seq, input;
+  std::string ckpt, seq, input, listen;
   bool seq_given = false, serve = false, json = false, timing = false;
   int k = 100, T = 5, threads = 0;
 };
@@ -399,10 +401,12 @@ int serve_retrieve(
     const std::function<json(const std::string&, const std::vector<Retrieved>&)>& to_json,
     const std::function<std::string(const std::string&, const std::vector<Retrieved>&)>& to_text) {
   (void)AdaRetriever::round_sizes(a.k, a.T);  // k and T themselves, before any request
+  const bool listening = !a.listen.empty();
+  ADA_CHECK(!listening || a.input.empty(), "retrieve: --listen serves its socket's connections, not --input");
   const bool from_stdin = a.input.empty() || a.input == "-";
-  const std::string where = from_stdin ? "stdin" : a.input;
+  const std::string where = listening ? a.listen : from_stdin ? "stdin" : a.input;
   int fd = 0;
-  if (!from_stdin) {
+  if (!from_stdin && !listening) {
     fd = ::open(a.input.c_str(), O_RDONLY | O_CLOEXEC);
     ADA_CHECK(fd >= 0, a.input << ": cannot open: " << std::strerror(errno));
   }
@@ -432,8 +436,30 @@ int serve_retrieve(
   h.format_error = [&](const std::string& user, int64_t line_no, const std::string& error) {
     return a.json ? json{{"user", user}, {"line", line_no}, {"error", error}}.dump() : user + ": error: " + error;
   };
+  if (listening) {  // the connections' threads share the model through one batching worker
+    BatchingRetriever server(r, a.k, a.T, int(std::min<int64_t>(batch, INT32_MAX)));
+    h.answer = [&](const std::vector<std::vector<ItemId>>& seqs) {
+      std::vector<std::future<std::vector<Retrieved>>> answers;
+      for (const std::vector<ItemId>& s : seqs) answers.push_back(server.submit(s));
+      std::vector<std::vector<Retrieved>> out;
+      for (auto& f : answers) out.push_back(f.get());
+      return out;
+    };
+    const cli::ListenStats ls = cli::serve_socket(a.listen, batch, h);
+    const BatchingRetriever::Stats bs = server.stats();
+    std::cerr << "ada: served " << ls.requests << " requests (" << ls.failed << " refused) from " << ls.connections
+              << " connections in " << bs.batches << " batches (largest " << bs.largest << ")\n";
+    if (a.timing) print_timing(r.timing());
+    return 0;
+  }
   cli::LineReader in(fd);
-  const cli::ServeStats st = cli::serve_lines(in, stdout, batch, h);
+  const cli::ServeStats st = cli::serve_lines(
+      in,
+      [](const std::string& text) {
+        ADA_CHECK(std::fwrite(text.data(), 1, text.size(), stdout) == text.size() && std::fflush(stdout) == 0,
+                  "serve: writing the answers failed: " << std::strerror(errno));
+      },
+      batch, h);
   if (a.timing) print_timing(r.timing());
   if (st.failed == 0) return 0;
   std::ostringstream lines;
@@ -443,8 +469,9 @@ int serve_retrieve(
   return 1;
 }
 
-int cmd_retrieve(const RetrieveArgs& a, const RetrieverOptions& opt) {
+int cmd_retrieve(RetrieveArgs a, const RetrieverOptions& opt) {
   set_threads(a.threads);
+  a.serve = a.serve || !a.listen.empty();  // --listen is a way of serving
   if (a.serve)
     ADA_CHECK(!a.seq_given, "retrieve: --serve reads histories from --input (default: standard input), not --seq");
   else
@@ -774,6 +801,10 @@ int main(int argc, char** argv) {
                "stay up: answer each line of --input as it arrives, one output line per request (JSON Lines "
                "with --json), flushed per batch; a bad request gets an error line and the rest go on; exit 1 "
                "at the end if any request failed");
+  rt->add_option("--listen", ret.listen,
+                 "serve a Unix-domain socket at this path instead of standard input (implies --serve): each "
+                 "connection sends request lines and reads answer lines, and the requests of all connections are "
+                 "batched together; SIGINT or SIGTERM stops it");
   rt->add_option("-k", ret.k, "items to return")->check(kPositive);
   rt->add_option("-T", ret.T, "rounds (k is split over them: the first k % T rounds get one more)")
       ->check(kPositive);

@@ -9,7 +9,6 @@
 // own output line and the server goes on; errors of the model or device end it.
 #pragma once
 #include <cstdint>
-#include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
@@ -53,9 +52,21 @@ struct ServeStats {
   std::vector<int64_t> failed_lines;  // the first few
 };
 
-// Serves `in` until its end, writing one line per request to `out` (flushed after each batch), at
-// most `batch` requests per batch.
-ServeStats serve_lines(LineReader& in, std::FILE* out, int64_t batch, const ServeHooks& hooks);
+// Serves `in` until its end: one line per request, passed to `write` once per batch (the batch's
+// lines together, each ending in "\n"), at most `batch` requests per batch.
+ServeStats serve_lines(LineReader& in, const std::function<void(const std::string&)>& write, int64_t batch,
+                       const ServeHooks& hooks);
+
+// `--serve --listen PATH`: a Unix-domain stream socket at `path`; each connection is served by its
+// own thread as serve_lines serves a stream, so `hooks` must be thread-safe (answer: a
+// BatchingRetriever's, which batches the connections' requests together). A stale socket file at
+// `path` is replaced; a live server's socket, or any other file, is an error. Runs until SIGINT or
+// SIGTERM, then stops accepting, ends the connections (each gets the answers of the requests it had
+// sent), joins their threads and removes the socket.
+struct ListenStats {
+  int64_t connections = 0, requests = 0, failed = 0;
+};
+ListenStats serve_socket(const std::string& path, int64_t batch, const ServeHooks& hooks);
 
 }  // namespace cli
 }  // namespace ada

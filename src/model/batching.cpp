@@ -23,6 +23,10 @@ BatchingRetriever::~BatchingRetriever() {
 }
 
 std::vector<Retrieved> BatchingRetriever::retrieve(std::vector<ItemId> seq) {
+  return submit(std::move(seq)).get();  // rethrows an error of the batch
+}
+
+std::future<std::vector<Retrieved>> BatchingRetriever::submit(std::vector<ItemId> seq) {
   // The checks retrieve_batch() makes of a row, here, so that this request alone fails.
   const int64_t n = model_.num_items();
   for (ItemId it : seq)
@@ -42,7 +46,7 @@ std::vector<Retrieved> BatchingRetriever::retrieve(std::vector<ItemId> seq) {
     answer = queue_.back().answer.get_future();
   }
   wake_.notify_one();
-  return answer.get();  // rethrows an error of the batch
+  return answer;
 }
 
 BatchingRetriever::Stats BatchingRetriever::stats() const {
