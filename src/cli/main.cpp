@@ -447,19 +447,21 @@ int serve_retrieve(
     };
     const cli::ListenStats ls = cli::serve_socket(a.listen, batch, h);
     const BatchingRetriever::Stats bs = server.stats();
-    std::cerr << "ada: served " << ls.requests << " requests (" << ls.failed << " refused) from " << ls.connections
-              << " connections in " << bs.batches << " batches (largest " << bs.largest << ")\n";
+    std::cerr << "ada: stopped: " << ls.requests << " requests (" << ls.failed << " refused) from " << ls.connections
+              << " connections, " << bs.requests << " answered in " << bs.batches << " batches (largest "
+              << bs.largest << ")\n";
     if (a.timing) print_timing(r.timing());
     return 0;
   }
   cli::LineReader in(fd);
-  const cli::ServeStats st = cli::serve_lines(
+  cli::ServeStats st;
+  cli::serve_lines(
       in,
       [](const std::string& text) {
         ADA_CHECK(std::fwrite(text.data(), 1, text.size(), stdout) == text.size() && std::fflush(stdout) == 0,
                   "serve: writing the answers failed: " << std::strerror(errno));
       },
-      batch, h);
+      batch, h, st);
   if (a.timing) print_timing(r.timing());
   if (st.failed == 0) return 0;
   std::ostringstream lines;

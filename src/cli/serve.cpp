@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstring>
 #include <iostream>
@@ -63,9 +64,8 @@ struct Request {
 
 }  // namespace
 
-ServeStats serve_lines(LineReader& in, const std::function<void(const std::string&)>& write, int64_t batch,
-                       const ServeHooks& hooks) {
-  ServeStats st;
+void serve_lines(LineReader& in, const std::function<void(const std::string&)>& write, int64_t batch,
+                 const ServeHooks& hooks, ServeStats& st) {
   std::vector<Request> pending;
   int64_t line_no = 0, ok = 0;
   std::string line;
@@ -109,7 +109,7 @@ ServeStats serve_lines(LineReader& in, const std::function<void(const std::strin
       if (int64_t(pending.size()) < batch) continue;
     }
     if (!pending.empty()) flush_pending();
-    if (got == LineReader::Got::kEnd) return st;
+    if (got == LineReader::Got::kEnd) return;
   }
 }
 
@@ -117,7 +117,7 @@ namespace {
 
 // The write end of serve_socket's stop pipe, for its SIGINT / SIGTERM handler.
 volatile std::sig_atomic_t g_stop_fd = -1;
-extern "C" void on_stop_signal(int) {
+void on_stop_signal(int) {
   const int fd = g_stop_fd;
   if (fd >= 0) {
     const char c = 1;
@@ -212,7 +212,11 @@ ListenStats serve_socket(const std::string& path, int64_t batch, const ServeHook
     pollfd p[2] = {{lfd, POLLIN, 0}, {stop[0], POLLIN, 0}};
     const int r = ::poll(p, 2, -1);
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0 || p[1].revents != 0) break;  // stop (or a poll failure: stop too)
+    if (r < 0) {
+      std::cerr << "ada: error: serve: poll failed, stopping: " << std::strerror(errno) << "\n";
+      break;
+    }
+    if (p[1].revents != 0) break;  // SIGINT or SIGTERM
     reap(false);
     if (!(p[0].revents & POLLIN)) continue;
     const int cfd = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
@@ -224,11 +228,11 @@ ListenStats serve_socket(const std::string& path, int64_t batch, const ServeHook
       const std::lock_guard<std::mutex> lock(mu);
       ++total.connections;
     }
-    c.thread = std::thread([&hooks, &total, &mu, &c, batch] {
+    auto serve_one = [&hooks, &total, &mu, &c, batch] {
       ServeStats s;
       try {
         LineReader in(c.fd);
-        s = serve_lines(in, [fd = c.fd](const std::string& text) { send_all(fd, text); }, batch, hooks);
+        serve_lines(in, [fd = c.fd](const std::string& text) { send_all(fd, text); }, batch, hooks, s);
       } catch (const std::exception& e) {  // this connection ends; the others go on
         std::cerr << "ada: error: a connection ended: " << e.what() << "\n";
       }
@@ -238,12 +242,29 @@ ListenStats serve_socket(const std::string& path, int64_t batch, const ServeHook
         total.failed += s.failed;
       }
       c.done = true;
-    });
+    };
+    try {
+      c.thread = std::thread(serve_one);
+    } catch (const std::exception& e) {  // (no thread for it: this connection is closed unserved)
+      std::cerr << "ada: error: serve: cannot start a connection's thread: " << e.what() << "\n";
+      ::close(c.fd);
+      conns.pop_back();
+    }
   }
-  // No new connections; the open ones read to their end and answer what they had received.
+  // No new connections; the open ones read to their end and answer what they had received. A client
+  // that does not read its answers would hold its thread in a write: after 10 s the connections
+  // still open are shut for writing too.
   ::close(lfd);
   ::unlink(path.c_str());
   for (Connection& c : conns) ::shutdown(c.fd, SHUT_RD);
+  for (int waited = 0; waited < 1000; ++waited) {
+    bool open = false;
+    for (const Connection& c : conns) open = open || !c.done;
+    if (!open) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  for (Connection& c : conns)
+    if (!c.done) ::shutdown(c.fd, SHUT_RDWR);
   reap(true);
   ::sigaction(SIGINT, &old_int, nullptr);
   ::sigaction(SIGTERM, &old_term, nullptr);

@@ -53,9 +53,10 @@ struct ServeStats {
 };
 
 // Serves `in` until its end: one line per request, passed to `write` once per batch (the batch's
-// lines together, each ending in "\n"), at most `batch` requests per batch.
-ServeStats serve_lines(LineReader& in, const std::function<void(const std::string&)>& write, int64_t batch,
-                       const ServeHooks& hooks);
+// lines together, each ending in "\n"), at most `batch` requests per batch. `st` counts as it goes
+// (so it holds what was done when an error ends the stream).
+void serve_lines(LineReader& in, const std::function<void(const std::string&)>& write, int64_t batch,
+                 const ServeHooks& hooks, ServeStats& st);
 
 // `--serve --listen PATH`: a Unix-domain stream socket at `path`; each connection is served by its
 // own thread as serve_lines serves a stream, so `hooks` must be thread-safe (answer: a
