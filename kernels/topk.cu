@@ -1319,7 +1319,8 @@ void topk_staged(bool on) {
   topk_tunings_clear();
 }
 void topk_tc_kernel(int kernel) {
-  ADA_CHECK(kernel >= 0 && kernel <= kTcAuto, "topk: tensor-core kernel " << kernel << " (0 wmma, 1 wmma sharing, 2 mma.sync, 3 auto)");
+  ADA_CHECK(kernel >= 0 && kernel <= kTcAuto,
+            "topk: tensor-core kernel " << kernel << " (0 wmma, 1 wmma sharing, 2 mma.sync, 3 auto)");
   g_knobs.tc_kernel = kernel;
   topk_tunings_clear();
 }

@@ -120,8 +120,9 @@ void topk_staged(bool on);
 void topk_tc_kernel(int kernel);
 
 // Threads per block of the select kernel: 0 = tuned, or by the batch without tuning (the default:
-// 1024 while the batch leaves multiprocessors idle, else 256), or 32 .. 1024 in multiples of 32 (32: a warp per query, many
-// queries per multiprocessor). Process-wide, for tests and benchmarks; results are identical.
+// 1024 while the batch leaves multiprocessors idle, else 256), or 32 .. 1024 in multiples of 32
+// (32: a warp per query, many queries per multiprocessor). Process-wide, for tests and benchmarks;
+// results are identical.
 void topk_select_threads(int threads);
 
 // Kernel 1 alone (its output stays in ws): for benchmarks that split the time between the kernels.

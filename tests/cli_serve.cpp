@@ -73,7 +73,9 @@ class Client {
   ~Client() { ::close(fd_); }
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
-  void send(const std::string& text) { REQUIRE(::send(fd_, text.data(), text.size(), MSG_NOSIGNAL) == ssize_t(text.size())); }
+  void send(const std::string& text) {
+    REQUIRE(::send(fd_, text.data(), text.size(), MSG_NOSIGNAL) == ssize_t(text.size()));
+  }
   std::string read_line() { return next_line(fd_, buf_, 120); }
 
  private:
@@ -208,7 +210,8 @@ TEST_CASE("ada retrieve --serve answers each request as it arrives and reports b
     // 1,500 items: u1 leaves 1,497; u4's id has a NUL byte inside
     const char lines[] = "u1 1 2 3\nu2 7\nu3 99999\nu4 12\0x\n";
     write_file_atomic(in, std::string(lines, sizeof lines - 1));
-    const Run r = run_ada("retrieve --checkpoint " + (dir / "m").string() + " -k 1498 -T 2 --serve --json --input " + in);
+    const Run r =
+        run_ada("retrieve --checkpoint " + (dir / "m").string() + " -k 1498 -T 2 --serve --json --input " + in);
     INFO(r.out);
     CHECK(r.code == 1);
     const std::vector<std::string> out = lines_of(r.out);

@@ -76,7 +76,8 @@ void serve_lines(LineReader& in, const std::function<void(const std::string&)>& 
       if (r.error.empty()) seqs.push_back(std::move(r.seq));
     std::vector<std::vector<Retrieved>> answers;
     if (!seqs.empty()) answers = hooks.answer(seqs);
-    ADA_CHECK(answers.size() == seqs.size(), "serve: " << answers.size() << " answers for " << seqs.size() << " requests");
+    ADA_CHECK(answers.size() == seqs.size(),
+              "serve: " << answers.size() << " answers for " << seqs.size() << " requests");
     std::string text;
     size_t a = 0;
     for (const Request& r : pending) {
