@@ -392,9 +392,9 @@ struct RetrieveArgs {
   int k = 100, T = 5, threads = 0;
 };
 
-// `ada retrieve --serve`: parse_line reads a request line (false: blank), to_json and to_text
-// format an answer as `--json` and the plain output do. Returns the exit status: 1 when a request
-// failed (each got its error line), else 0.
+// `ada retrieve --serve` (and --listen): parse_line reads a request line (false: blank), to_json and
+// to_text format an answer as `--json` and the plain output do. Returns the exit status: for a
+// stream, 1 when a request failed (each got its error line), else 0; with --listen, 0 once stopped.
 int serve_retrieve(
     const RetrieveArgs& a, int64_t batch, AdaRetriever& r,
     const std::function<bool(const std::string&, const std::string&, std::string&, std::vector<ItemId>&)>& parse_line,
