@@ -3,6 +3,7 @@
 
 #include <cstdio>
 
+#include "ada/check.hpp"
 #include "ada/device.hpp"
 
 namespace ada {
@@ -17,6 +18,14 @@ int cuda_device_count() {
     return 0;
   }
   return n;
+}
+
+void cuda_use_device(int device) {
+  const cudaError_t e = cudaSetDevice(device);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    ADA_FAIL("CUDA device " << device << " cannot be used: " << cudaGetErrorString(e));
+  }
 }
 
 std::string cuda_device_description(int device) {

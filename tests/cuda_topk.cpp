@@ -14,6 +14,7 @@
 #include <string>
 
 #include "ada/ada_model.hpp"
+#include "ada/batching.hpp"
 #include "ada/check.hpp"
 #include "ada/checkpoint.hpp"
 #include "ada/device.hpp"
@@ -597,6 +598,16 @@ TEST_CASE("AdaRetriever on device cuda: the model on the GPU, lists exact for it
     for (size_t i : rows) batch.push_back(seqs[i]);
     check(rg.retrieve_batch(batch, k, T), expected(batch, rg.user_vectors(batch, T)),
           "a batch of " + std::to_string(rows.size()));
+  }
+  // Through a BatchingRetriever, whose worker thread runs the GPU model (made in this thread): one
+  // request at a time, so each batch is that history alone.
+  {
+    std::vector<std::vector<std::vector<ada::Retrieved>>> alone;  // (made first: the server owns rg)
+    for (const auto& s : seqs) alone.push_back(expected({s}, rg.user_vectors({s}, T)));
+    ada::BatchingRetriever server(rg, k, T);
+    for (size_t i = 0; i < seqs.size(); ++i)
+      check({server.retrieve(seqs[i])}, alone[i], "through a BatchingRetriever, history " + std::to_string(i));
+    CHECK(server.stats().batches == int64_t(seqs.size()));
   }
   // The host tables are the checkpoint's (for export and external indexes).
   REQUIRE(std::equal(rg.item_embeddings(), rg.item_embeddings() + c.n_items * D, rc.item_embeddings()));

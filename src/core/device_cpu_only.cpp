@@ -20,6 +20,7 @@ namespace {
 }  // namespace
 
 std::unique_ptr<Backend<float>> make_cuda_backend(int) { no_cuda("make_cuda_backend"); }
+void cuda_use_device(int) { no_cuda("cuda_use_device"); }
 void cuda_synchronize() { no_cuda("cuda_synchronize"); }
 void set_cuda_phase_clock(bool) {}
 PhaseClockReading cuda_phase_clock(const std::string&) { return {}; }

@@ -25,6 +25,12 @@ struct AdaRetriever::Impl {
   // Backend::topk on the device-resident model)
   std::unique_ptr<ShardedSearcher> searcher;
   DeviceMemory* mem = nullptr;  // the backend's device memory (null on the CPU)
+  int gpu = 0;                  // its CUDA device
+  // A GPU model's device made current for the calling thread (the model may have been loaded in
+  // another: a BatchingRetriever's worker, a server's threads).
+  void use_device() const {
+    if (mem) cuda_use_device(gpu);
+  }
   int64_t batch = 1024;         // users per pass (RetrieverOptions::batch)
   Buffer<float> d_users;        // [T, B, D] on the device
   bool timing = false;          // retrieve_batch's timing (set_timing)
@@ -167,6 +173,7 @@ AdaRetriever AdaRetriever::load(const std::string& checkpoint, const RetrieverOp
   }
   impl->be = options.device == "cuda" ? make_cuda_backend(options.gpu) : make_cpu_backend<float>();
   impl->mem = impl->be->device_memory();
+  impl->gpu = options.gpu;
   if (impl->info.ada) {
     impl->ada = std::make_unique<AdaSasRec<float>>(impl->info.sasrec, impl->info.ada_cfg, *impl->be);
     load_params(impl->ada->params(), st, path);
@@ -194,6 +201,7 @@ std::vector<float> AdaRetriever::user_vectors(const std::vector<std::vector<Item
   ADA_CHECK(T >= 1, "user_vectors: T must be >= 1, got " << T);
   impl_->check_ids(seqs, "user_vectors");
   impl_->check_rounds(T);
+  impl_->use_device();
   const size_t B = seqs.size(), D = size_t(embedding_dim());
   std::vector<float> out(B * size_t(T) * D);  // [B, T, D]
   for (size_t b0 = 0; b0 < B; b0 += size_t(impl_->batch)) {
@@ -232,6 +240,7 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
   const int32_t N = num_items();
   const int64_t B = int64_t(seqs.size()), D = impl_->info.sasrec.hidden;
   impl_->check_ids(seqs, "retrieve");  // every id and every row's candidates checked before any work
+  impl_->use_device();
   std::vector<ItemId> distinct;
   for (size_t b = 0; b < seqs.size(); ++b) {
     if (int64_t(k) <= int64_t(N) - 1 - int64_t(seqs[b].size())) continue;  // enough even with no repeats
