@@ -14,7 +14,9 @@
 //   one ranking.
 // - Errors (ada::Error, naming the value): k < 1, T < 1, T > k, an item id outside 1..N-1, k larger
 //   than the catalog minus the history. An empty history is allowed (a new user).
-// Thread-safety: one AdaRetriever serves one thread at a time (it keeps scratch buffers).
+// Thread-safety: one AdaRetriever serves one thread at a time (it keeps scratch buffers), not
+// necessarily the one that loaded it (a GPU model makes its device current for the calling thread;
+// ada::BatchingRetriever in batching.hpp serves many threads through one model).
 #pragma once
 #include <cstddef>
 #include <initializer_list>
