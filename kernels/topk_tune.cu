@@ -270,28 +270,29 @@ void topk_device(const float* U, int64_t B, int D, const float* E, const float* 
   ADA_CUDA_CHECK(cudaGetDevice(&device));
   const Problem pr{U, B, D, E, bias, lo, n, k, ex_off, ex_ids, out_scores, out_ids, out_count, &ws, stream};
   const TopkKnobs knobs = topk_knobs();
+  TopkKnobs use = knobs;  // what this search runs with
   if (any_auto(knobs)) {
     const Kind kind{device, pow2_at_least(B), n, D, int(pow2_at_least(k)), bias != nullptr};
-    const std::lock_guard<std::mutex> lock(g_mu);
+    const std::lock_guard<std::mutex> lock(g_mu);  // (held through a tuning: one at a time)
     if (mode_locked() != 0) {
       const auto it = g_tuned.find(kind);
       if (it != g_tuned.end()) {
-        pr.run(plan_topk(B, n, D, k, device, it->second.knobs));
-        return;
-      }
-      cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-      ADA_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-      if (capture == cudaStreamCaptureStatusNone && has_choice(pr, knobs, device)) {
-        // (k's range is checked by the plan; the tuning of a kind is made by its first search)
-        Tuned t = tune(pr, knobs, kind);
-        if (g_mode == 2) report(t.report);
-        g_order.push_back(kind);
-        g_tuned.emplace(kind, std::move(t));
-        return;
+        use = it->second.knobs;  // run below, outside the lock
+      } else {
+        cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+        ADA_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+        if (capture == cudaStreamCaptureStatusNone && has_choice(pr, knobs, device)) {
+          // (k's range is checked by the plan; the tuning of a kind is made by its first search)
+          Tuned t = tune(pr, knobs, kind);
+          if (g_mode == 2) report(t.report);
+          g_order.push_back(kind);
+          g_tuned.emplace(kind, std::move(t));
+          return;
+        }
       }
     }
   }
-  pr.run(plan_topk(B, n, D, k, device, knobs));
+  pr.run(plan_topk(B, n, D, k, device, use));
 }
 
 void topk_device_bounds_only(const float* U, int64_t B, int D, const float* E, const float* bias, int64_t lo,
