@@ -141,6 +141,11 @@ class AdaRetriever {
 
   // How k splits over T rounds (see above).
   static std::vector<int> round_sizes(int k, int T);
+  // The items a retrieval for this history can return: the catalog's N - 1 minus its distinct ids.
+  int64_t candidates(Span<const ItemId> user_seq) const;
+  // The checks retrieve_batch() makes of one row (ids in 1..N-1, k <= candidates), as ada::Error
+  // without a row number: for a caller that checks each request before it joins a batch.
+  void check_request(Span<const ItemId> user_seq, int k) const;
 
   // Timing of retrieve_batch() (off by default): a serving profile of where a call's time goes.
   // While on, a GPU model waits for its queued device work before each search (timed as wait_s), so

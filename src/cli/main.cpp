@@ -416,16 +416,12 @@ int serve_retrieve(
       if (fd > 0) ::close(fd);
     }
   } close_fd{fd};
-  const int64_t n_items = r.num_items();
   cli::ServeHooks h;
   h.parse = [&](const std::string& line, int64_t line_no, std::string& user, std::vector<ItemId>& seq) {
     const std::string at = where + ":" + std::to_string(line_no);
     parse_line(line, at, user, seq);
     // k against this history's candidates here, so that one such request does not fail its batch
-    std::vector<ItemId> distinct(seq);
-    std::sort(distinct.begin(), distinct.end());
-    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-    const int64_t candidates = n_items - 1 - int64_t(distinct.size());
+    const int64_t candidates = r.candidates(seq);
     ADA_CHECK(a.k <= candidates, at << ": k = " << a.k << " but the history leaves only " << candidates
                                     << " candidate items");
   };

@@ -27,17 +27,7 @@ std::vector<Retrieved> BatchingRetriever::retrieve(std::vector<ItemId> seq) {
 }
 
 std::future<std::vector<Retrieved>> BatchingRetriever::submit(std::vector<ItemId> seq) {
-  // The checks retrieve_batch() makes of a row, here, so that this request alone fails.
-  const int64_t n = model_.num_items();
-  for (ItemId it : seq)
-    ADA_CHECK(it >= 1 && it < n, "retrieve: item id " << it << " is not in the catalog 1.." << n - 1);
-  std::vector<ItemId> distinct(seq);
-  std::sort(distinct.begin(), distinct.end());
-  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-  const int64_t candidates = n - 1 - int64_t(distinct.size());
-  ADA_CHECK(k_ <= candidates, "retrieve: k = " << k_ << " but the history leaves only " << candidates
-                                               << " candidate items (" << n - 1 << " in the catalog, "
-                                               << distinct.size() << " in the history)");
+  model_.check_request(seq, k_);  // here, so that this request alone fails (num_items only: thread-safe)
   std::future<std::vector<Retrieved>> answer;
   {
     const std::lock_guard<std::mutex> lock(mu_);

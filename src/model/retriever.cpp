@@ -223,6 +223,21 @@ std::vector<int> AdaRetriever::round_sizes(int k, int T) {
   return ks;
 }
 
+int64_t AdaRetriever::candidates(Span<const ItemId> seq) const {
+  std::vector<ItemId> distinct(seq.begin(), seq.end());
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  return int64_t(num_items()) - 1 - int64_t(distinct.size());
+}
+
+void AdaRetriever::check_request(Span<const ItemId> seq, int k) const {
+  const int64_t N = num_items();
+  for (ItemId it : seq) ADA_CHECK(it >= 1 && it < N, "retrieve: item id " << it << " is not in the catalog 1.." << N - 1);
+  const int64_t c = candidates(seq);
+  ADA_CHECK(k <= c, "retrieve: k = " << k << " but the history leaves only " << c << " candidate items (" << N - 1
+                                     << " in the catalog, " << N - 1 - c << " in the history)");
+}
+
 void AdaRetriever::set_timing(bool on) {
   impl_->timing = on;
   if (impl_->ada) impl_->ada->set_timing(on);
@@ -241,16 +256,11 @@ std::vector<std::vector<Retrieved>> AdaRetriever::retrieve_batch(const std::vect
   const int64_t B = int64_t(seqs.size()), D = impl_->info.sasrec.hidden;
   impl_->check_ids(seqs, "retrieve");  // every id and every row's candidates checked before any work
   impl_->use_device();
-  std::vector<ItemId> distinct;
   for (size_t b = 0; b < seqs.size(); ++b) {
     if (int64_t(k) <= int64_t(N) - 1 - int64_t(seqs[b].size())) continue;  // enough even with no repeats
-    distinct.assign(seqs[b].begin(), seqs[b].end());
-    std::sort(distinct.begin(), distinct.end());
-    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-    const int64_t candidates = int64_t(N) - 1 - int64_t(distinct.size());
-    ADA_CHECK(k <= candidates, "retrieve: k = " << k << " but sequence " << b << " leaves only " << candidates
-                                               << " candidate items (" << N - 1 << " in the catalog, "
-                                               << distinct.size() << " in the history)");
+    const int64_t c = candidates(seqs[b]);
+    ADA_CHECK(k <= c, "retrieve: k = " << k << " but sequence " << b << " leaves only " << c << " candidate items ("
+                                       << N - 1 << " in the catalog, " << N - 1 - c << " in the history)");
   }
   std::vector<std::vector<Retrieved>> out(seqs.size());
   std::vector<ItemId> ids;
