@@ -67,11 +67,10 @@ struct Request {
 void serve_lines(LineReader& in, const std::function<void(const std::string&)>& write, int64_t batch,
                  const ServeHooks& hooks, ServeStats& st) {
   std::vector<Request> pending;
-  int64_t line_no = 0, ok = 0;
+  int64_t line_no = 0;
   std::string line;
   auto flush_pending = [&] {
     std::vector<std::vector<ItemId>> seqs;
-    seqs.reserve(size_t(ok));
     for (Request& r : pending)
       if (r.error.empty()) seqs.push_back(std::move(r.seq));
     std::vector<std::vector<Retrieved>> answers;
@@ -85,9 +84,7 @@ void serve_lines(LineReader& in, const std::function<void(const std::string&)>& 
       text += '\n';
     }
     write(text);
-    st.batches += seqs.empty() ? 0 : 1;
     pending.clear();
-    ok = 0;
   };
   for (;;) {
     // Block for a batch's first request; after it, take only what has already arrived.
@@ -105,7 +102,6 @@ void serve_lines(LineReader& in, const std::function<void(const std::string&)>& 
         if (st.failed_lines.size() < 10) st.failed_lines.push_back(line_no);
       }
       ++st.requests;
-      if (r.error.empty()) ++ok;
       pending.push_back(std::move(r));
       if (int64_t(pending.size()) < batch) continue;
     }

@@ -48,7 +48,7 @@ struct ServeHooks {
 };
 
 struct ServeStats {
-  int64_t requests = 0, failed = 0, batches = 0;
+  int64_t requests = 0, failed = 0;
   std::vector<int64_t> failed_lines;  // the first few
 };
 
